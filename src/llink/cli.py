@@ -1,0 +1,177 @@
+"""The ``llink`` command line: one entry point, subcommands per stage.
+
+Settings come from dataclass defaults (the offline default), an optional
+``--config FILE`` and ``key=value`` overrides, e.g.
+``llink train stage-a stage_a.steps=2000 run_dir=runs/try``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from llink.checkpoints import CheckpointError
+from llink.config import Config, ConfigError, load_config
+from llink.data.pairs import PairFileError
+
+EPILOG = """\
+settings: every command that takes --config also takes KEY=VALUE overrides, with
+dotted keys into the config sections (model, data, stage_a) and top-level keys
+(run_dir, device, seed, features_cache). `llink config show` prints them all.
+Example: llink train stage-a --config configs/offline.yaml stage_a.steps=2000
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML/TOML/JSON config (default: offline)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. stage_a.steps=2000 run_dir=runs/x")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def _session(args: argparse.Namespace):
+    from llink.workflows import Session
+
+    return Session(_config(args), progress=not args.quiet)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from llink.workflows import run_main
+
+    run_main(_session(args), resume=args.resume)
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    print(json.dumps(_config(args).to_dict(), indent=2))
+
+
+def cmd_data_harvest(args: argparse.Namespace) -> None:
+    from llink.data.harvest import harvest
+
+    out = Path(args.out or f"en-{args.lang}.jsonl.gz")
+    counts = harvest(args.lang, out, sources=tuple(args.sources), workdir=args.workdir,
+                     keep_workdir=args.keep_workdir)
+    print(json.dumps(counts, indent=2))
+    print(f"written: {out}")
+
+
+def cmd_data_split(args: argparse.Namespace) -> None:
+    from llink.data.splits import load_splits
+
+    splits = load_splits(_config(args).data)
+    print(splits.summary())
+
+
+def cmd_models_prepare(args: argparse.Namespace) -> None:
+    from llink.models.offline import resolve_model
+
+    cfg = _config(args)
+    for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
+        print(f"{role}: {name} -> {resolve_model(name, cfg.model.cache_dir)}")
+
+
+def cmd_train_stage_a(args: argparse.Namespace) -> None:
+    from llink.workflows import run_stage_a
+
+    run_stage_a(_session(args), resume=args.resume)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_retrieval
+
+    evaluate_retrieval(_session(args), stage_a_dir=args.stage_a, pairs_file=args.pairs,
+                       baselines=not args.no_baselines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="llink",
+        description="LLINK: teach an English-centric LLM a new language by injecting a "
+        "frozen multilingual encoder's sentence vectors as soft tokens.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(parent, name: str, fn: Callable, help_: str, config: bool = True):
+        p = parent.add_parser(name, help=help_, description=help_, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        if config:
+            _add_config_args(p)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add(sub, "run", cmd_run, "the main job: data, models, Stage A, retrieval evaluation")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+
+    cfg_p = sub.add_parser("config", help="inspect configuration")
+    cfg_sub = cfg_p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    add(cfg_sub, "show", cmd_config_show, "print the resolved config as JSON")
+
+    data = sub.add_parser("data", help="corpora: harvest, split")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = add(data_sub, "harvest", cmd_data_harvest,
+            "build an English-foreign corpus from Debian's translation packages", config=False)
+    p.add_argument("--lang", required=True, help="language code as Debian uses it, e.g. km, th")
+    p.add_argument("--out", help="output .jsonl.gz (default: en-LANG.jsonl.gz)")
+    p.add_argument("--sources", nargs="+", default=["libreoffice-help", "gettext", "firefox"],
+                   choices=["libreoffice-help", "gettext", "firefox"])
+    p.add_argument("--workdir", type=Path, help="download/unpack folder (default: temporary)")
+    p.add_argument("--keep-workdir", action="store_true", help="keep downloaded packages")
+    add(data_sub, "split", cmd_data_split, "show the train/dev/test split and what was dropped")
+
+    models = sub.add_parser("models", help="frozen encoder and decoder")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    add(models_sub, "prepare", cmd_models_prepare,
+        "materialise the configured models (offline defaults are converted once)")
+
+    train = sub.add_parser("train", help="training stages")
+    train_sub = train.add_subparsers(dest="train_command", required=True, metavar="STAGE")
+    p = add(train_sub, "stage-a", cmd_train_stage_a,
+            "Stage A: contrastive projector on cached encoder vectors and teacher states")
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/stage_a-state")
+
+    ev = sub.add_parser("eval", help="evaluations")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
+    p = add(ev_sub, "retrieval", cmd_eval_retrieval,
+            "R@1/5/10, MRR and mean rank of foreign → English retrieval, with baselines")
+    p.add_argument("--stage-a", metavar="DIR", help="Stage A artifact (default: RUN_DIR/stage_a)")
+    p.add_argument("--pairs", metavar="FILE", help="evaluate on this pair file instead of test")
+    p.add_argument("--no-baselines", action="store_true", help="only the trained projector")
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from llink.models.offline import OfflineModelUnavailable
+
+    return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
+            OfflineModelUnavailable)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``llink`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _user_errors() as exc:
+        if os.environ.get("LLINK_DEBUG"):
+            raise
+        print(f"llink: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llink: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

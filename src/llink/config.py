@@ -1,0 +1,208 @@
+"""Configuration: dataclasses for every stage, loaded from a file plus ``key=value`` overrides.
+
+A config file (YAML, TOML or JSON) holds any subset of the sections below; what it
+leaves out keeps the defaults, which are the offline default setup. Command-line
+overrides use dotted keys: ``stage_a.steps=2000 model.num_slots=4``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """Which frozen encoder and decoder to use, and how the foreign text reaches them."""
+
+    encoder: str = "offline:multilingual-e5-small"
+    decoder: str = "offline:smollm2-135m-instruct"
+    encoder_prefix: str = "query: "  # e5 wants "query: "; xlm-roberta wants ""
+    max_foreign_chars: int = 256
+    num_slots: int = 8
+    cache_dir: str | None = None  # converted offline models; default ~/.cache/llink
+    dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen models
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from and how they are split."""
+
+    pairs: str = "builtin:en-km"  # builtin corpus name, or a .jsonl/.tsv(.gz) path
+    lang: str = "km"
+    dev_fraction: float = 0.02
+    test_fraction: float = 0.04
+    split_salt: str = "llink-split-v1"
+    sentence_like_only: bool = True  # train/evaluate on sentence-like pairs
+    max_train_pairs: int | None = 8000
+    max_dev_pairs: int = 500
+    max_test_pairs: int | None = None
+    max_chars: int = 2000  # pairs with a longer side are dropped when read
+
+
+@dataclass
+class StageAConfig:
+    """Contrastive alignment of the projector (METHOD.md, Stage A)."""
+
+    steps: int = 6000
+    batch_size: int = 128
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 600
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    tau_start: float = 0.17
+    tau_end: float = 0.08
+    queue_size: int = 32768
+    queue_topk: int = 256
+    mse_weight: float = 0.05
+    lognorm_weight: float = 0.02
+    dropout: float = 0.1
+    hidden_mult: int = 4
+    center_targets: bool = True  # subtract the training-set mean teacher state
+    eval_every: int = 500
+    save_every: int = 1000
+    encoder_batch_size: int = 64
+    teacher_batch_size: int = 32
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage_a: StageAConfig = field(default_factory=StageAConfig)
+    run_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    features_cache: str | None = (
+        None  # encoder/teacher vector cache; default ~/.cache/llink/features
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override is not valid."""
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        data = yaml.safe_load(text) or {}
+    elif path.suffix == ".toml":
+        data = tomllib.loads(text)
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ConfigError(f"config file {path}: use .yaml, .toml or .json")
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where it is lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} is not a valid {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}{key}: unknown setting; valid: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key}: expected a section (mapping)")
+            _apply(current, value, f"{where}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], f"{where}{key}"))
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``"a.b=3"`` into ``{"a": {"b": 3}}`` (values parsed as YAML scalars)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. stage_a.steps=2000")
+    key, raw = text.split("=", 1)
+    if raw.strip().lower() in ("none", "null", "~"):
+        value = None
+    else:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a :class:`Config` from defaults, an optional file and ``key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        _apply(cfg, _read_file(Path(path)), "")
+    for item in overrides or []:
+        _apply(cfg, parse_override(item), "")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` saved with :meth:`Config.to_dict` (unknown keys are errors)."""
+    cfg = Config()
+    _apply(cfg, data, "")
+    return cfg

@@ -1,0 +1,173 @@
+"""Parallel (English, foreign) pairs: the one reader and writer of pair files.
+
+Formats: JSONL (``{"en": ..., "foreign": ...}`` per line, optional ``lang`` and
+``source``) and TSV (``english<TAB>foreign``). A ``.gz`` suffix means gzip. Every
+line is validated: malformed lines raise :class:`PairFileError` naming the file and
+line; pairs that are empty, too long or identical on both sides are dropped and
+counted in a :class:`ReadReport`, never silently.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+from llink.fileio import atomic_path
+
+#: Aliases accepted for the two sides in JSONL files.
+EN_KEYS = ("en", "english", "tgt", "target")
+FOREIGN_KEYS = ("foreign", "src", "source_text", "xx")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One English sentence and its translation in the foreign language."""
+
+    en: str
+    foreign: str
+    lang: str = ""
+    source: str = ""
+
+
+class PairFileError(ValueError):
+    """A pair file has a line that cannot be read as a pair."""
+
+    def __init__(self, path: str | Path, line: int, message: str) -> None:
+        super().__init__(f"{path}:{line}: {message}")
+        self.path = str(path)
+        self.line = line
+
+
+@dataclass
+class ReadReport:
+    """What happened to the lines of one pair file."""
+
+    path: str
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
+        return f"{self.path}: kept {self.kept} pairs; dropped: {drops}"
+
+
+def _open_text(path: Path, mode: str) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+    return open(path, mode, encoding="utf-8")
+
+
+def _first_key(obj: dict, keys: tuple[str, ...]) -> str | None:
+    return next((k for k in keys if k in obj), None)
+
+
+def _parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
+    if fmt == "tsv":
+        cols = line.split("\t")
+        if len(cols) < 2:
+            raise PairFileError(path, lineno, "expected 'english<TAB>foreign', found no tab")
+        if len(cols) > 2:
+            raise PairFileError(
+                path, lineno, f"expected 2 tab-separated columns, found {len(cols)}"
+            )
+        return Pair(en=cols[0], foreign=cols[1])
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise PairFileError(
+            path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise PairFileError(path, lineno, f"expected a JSON object, found {type(obj).__name__}")
+    en_key, fo_key = _first_key(obj, EN_KEYS), _first_key(obj, FOREIGN_KEYS)
+    if en_key is None or fo_key is None:
+        missing = "English ('en')" if en_key is None else "foreign ('foreign')"
+        raise PairFileError(path, lineno, f"missing the {missing} field; keys: {sorted(obj)}")
+    en, fo = obj[en_key], obj[fo_key]
+    if not isinstance(en, str) or not isinstance(fo, str):
+        raise PairFileError(path, lineno, "the 'en' and 'foreign' fields must be strings")
+    lang, source = obj.get("lang", ""), obj.get("source", "")
+    return Pair(en=en, foreign=fo, lang=str(lang or ""), source=str(source or ""))
+
+
+def _file_format(path: Path) -> str:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    ext = suffixes[-1] if suffixes else ""
+    if ext in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if ext in (".tsv", ".txt"):
+        return "tsv"
+    raise PairFileError(
+        path, 0, f"unknown pair file type {ext!r}: use .jsonl or .tsv (optionally .gz)"
+    )
+
+
+def iter_pairs(
+    path: str | Path, max_chars: int = 2000, report: ReadReport | None = None
+) -> Iterator[Pair]:
+    """Yield validated pairs from a JSONL or TSV file (``.gz`` allowed).
+
+    Raises :class:`PairFileError` for a malformed line. Empty pairs, pairs with a
+    side longer than ``max_chars`` characters and pairs whose two sides are
+    identical are dropped and counted in ``report``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pair file not found: {path}")
+    fmt = _file_format(path)
+    report = report if report is not None else ReadReport(str(path))
+    with _open_text(path, "r") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                continue
+            try:
+                pair = _parse_line(path, lineno, line, fmt)
+            except UnicodeDecodeError:
+                raise PairFileError(path, lineno, "not valid UTF-8") from None
+            en, fo = pair.en.strip(), pair.foreign.strip()
+            if not en or not fo:
+                report.dropped["empty"] += 1
+            elif len(en) > max_chars or len(fo) > max_chars:
+                report.dropped["too_long"] += 1
+            elif en == fo:
+                report.dropped["identical_sides"] += 1
+            else:
+                report.kept += 1
+                yield Pair(en=en, foreign=fo, lang=pair.lang, source=pair.source)
+
+
+def read_pairs(path: str | Path, max_chars: int = 2000) -> tuple[list[Pair], ReadReport]:
+    """Read a whole pair file; return the kept pairs and the report of dropped ones."""
+    report = ReadReport(str(path))
+    try:
+        pairs = list(iter_pairs(path, max_chars=max_chars, report=report))
+    except UnicodeDecodeError as exc:  # gzip streams decode in chunks, not per line
+        raise PairFileError(path, 0, f"not valid UTF-8 ({exc.reason})") from None
+    return pairs, report
+
+
+def write_pairs(path: str | Path, pairs: Iterable[Pair]) -> int:
+    """Write pairs as JSONL (gzipped if the name ends in ``.gz``), atomically.
+
+    Returns the number of pairs written. Empty ``lang``/``source`` fields are omitted.
+    """
+    path = Path(path)
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        # No file name and mtime=0 in the gzip header: identical content, identical bytes.
+        sink: IO[bytes] = raw
+        if path.suffix == ".gz":
+            sink = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+        with io.TextIOWrapper(sink, encoding="utf-8") as fh:
+            for pair in pairs:
+                rec = {k: v for k, v in asdict(pair).items() if v or k in ("en", "foreign")}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+    return n

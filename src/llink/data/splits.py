@@ -1,0 +1,133 @@
+"""Deterministic train/dev/test splits by a hash of the English side.
+
+Two pairs whose English differs only in case, spacing or punctuation hash alike,
+so no English sentence of dev or test appears in train, even lightly altered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from llink.config import DataConfig
+from llink.data.harvest.clean import is_sentence_like
+from llink.data.pairs import Pair, ReadReport, read_pairs
+
+_NON_WORD = re.compile(r"\W+")
+SPLITS = ("train", "dev", "test")
+
+
+def english_key(en: str) -> str:
+    """The normalised English used for hashing and de-duplication."""
+    return _NON_WORD.sub(" ", en.casefold()).strip()
+
+
+def unit_hash(en: str, salt: str) -> float:
+    """A number in [0, 1) determined by the normalised English and the salt."""
+    digest = hashlib.sha256(f"{salt}\x00{english_key(en)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(en: str, dev_fraction: float, test_fraction: float, salt: str) -> str:
+    """Which split an English sentence belongs to: ``train``, ``dev`` or ``test``."""
+    u = unit_hash(en, salt)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + dev_fraction:
+        return "dev"
+    return "train"
+
+
+def resolve_pairs_path(spec: str) -> Path:
+    """``builtin:NAME`` names a corpus shipped with llink; anything else is a file path."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        ref = resources.files("llink") / "corpora" / f"{name}.jsonl.gz"
+        path = Path(str(ref))
+        if not path.is_file():
+            shipped = sorted(
+                p.name.removesuffix(".jsonl.gz")
+                for p in Path(str(resources.files("llink") / "corpora")).glob("*.jsonl.gz")
+            )
+            raise FileNotFoundError(
+                f"no built-in corpus {name!r}; shipped: {', '.join(shipped) or 'none'}. "
+                f"Build one with `llink data harvest --lang XX` or pass a .jsonl/.tsv path."
+            )
+        return path
+    return Path(spec)
+
+
+@dataclass
+class Splits:
+    """The pairs of each split, and what was filtered on the way."""
+
+    train: list[Pair]
+    dev: list[Pair]
+    test: list[Pair]
+    read_report: ReadReport | None = None
+    filtered: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+
+    def summary(self) -> str:
+        parts = [f"{k} {v}" for k, v in self.counts().items()]
+        lines = ["pairs: " + ", ".join(parts)]
+        if self.read_report is not None:
+            lines.append(self.read_report.summary())
+        for split, reasons in self.filtered.items():
+            if reasons:
+                lines.append(f"{split}: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
+        return "\n".join(lines)
+
+
+def split_pairs(
+    pairs: list[Pair], dev_fraction: float, test_fraction: float, salt: str
+) -> dict[str, list[Pair]]:
+    """Assign every pair to a split by the hash of its English; keep input order."""
+    out: dict[str, list[Pair]] = {s: [] for s in SPLITS}
+    for p in pairs:
+        out[split_of(p.en, dev_fraction, test_fraction, salt)].append(p)
+    return out
+
+
+def _select(
+    pairs: list[Pair], sentence_like_only: bool, limit: int | None, salt: str
+) -> tuple[list[Pair], dict[str, int]]:
+    """De-duplicate on English, optionally keep sentence-like pairs, cap deterministically."""
+    seen: set[str] = set()
+    kept: list[Pair] = []
+    dropped = {"duplicate_english": 0, "not_sentence_like": 0, "over_limit": 0}
+    for p in pairs:
+        key = english_key(p.en)
+        if key in seen:
+            dropped["duplicate_english"] += 1
+            continue
+        seen.add(key)
+        if sentence_like_only and not is_sentence_like(p.en):
+            dropped["not_sentence_like"] += 1
+            continue
+        kept.append(p)
+    if limit is not None and len(kept) > limit:
+        # Order by a second hash so a larger limit is a superset of a smaller one.
+        kept.sort(key=lambda p: unit_hash(p.en, salt + "/order"))
+        dropped["over_limit"] = len(kept) - limit
+        kept = kept[:limit]
+    return kept, {k: v for k, v in dropped.items() if v}
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Read the configured pair file and return its train/dev/test splits."""
+    pairs, report = read_pairs(resolve_pairs_path(cfg.pairs), max_chars=cfg.max_chars)
+    if not pairs:
+        raise ValueError(f"{cfg.pairs}: no usable pairs ({report.summary()})")
+    raw = split_pairs(pairs, cfg.dev_fraction, cfg.test_fraction, cfg.split_salt)
+    limits = {"train": cfg.max_train_pairs, "dev": cfg.max_dev_pairs, "test": cfg.max_test_pairs}
+    chosen: dict[str, list[Pair]] = {}
+    filtered: dict[str, dict[str, int]] = {}
+    for s in SPLITS:
+        chosen[s], filtered[s] = _select(raw[s], cfg.sentence_like_only, limits[s], cfg.split_salt)
+    return Splits(chosen["train"], chosen["dev"], chosen["test"], report, filtered)

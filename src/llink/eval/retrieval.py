@@ -1,0 +1,96 @@
+"""Retrieval evaluation: does the foreign sentence's vector find its English teacher state?
+
+Every query ranks the whole pool of English keys by cosine similarity; the correct
+key's rank gives R@1/5/10, MRR and mean rank. Ties count half (the expected rank
+under random tie-breaking), which matters for sparse scores such as token overlap.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+METRIC_NAMES = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
+_LATIN = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*[A-Za-z0-9]|[A-Za-z]")
+
+
+def ranks_from_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Expected rank of the diagonal entry in each row of a square score matrix."""
+    if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
+        raise ValueError(f"need a square score matrix, got {tuple(scores.shape)}")
+    diag = scores.diagonal().unsqueeze(1)
+    greater = (scores > diag).sum(1).float()
+    equal = (scores == diag).sum(1).float() - 1.0
+    return 1.0 + greater + 0.5 * equal
+
+
+def metrics_from_ranks(ranks: torch.Tensor) -> dict[str, float]:
+    """R@1, R@5, R@10, MRR and mean rank from a vector of ranks."""
+    return {
+        "R@1": float((ranks <= 1).float().mean()),
+        "R@5": float((ranks <= 5).float().mean()),
+        "R@10": float((ranks <= 10).float().mean()),
+        "MRR": float((1.0 / ranks).mean()),
+        "mean_rank": float(ranks.mean()),
+    }
+
+
+def cosine_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """All-pairs cosine similarity [Nq, Nk]."""
+    return F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
+
+
+def retrieval_metrics(queries: torch.Tensor, keys: torch.Tensor) -> dict[str, float]:
+    """Retrieval of ``keys[i]`` by ``queries[i]`` among all keys, by cosine similarity."""
+    if queries.shape[0] != keys.shape[0]:
+        raise ValueError("queries and keys must be aligned pairs")
+    return metrics_from_ranks(ranks_from_scores(cosine_scores(queries, keys)))
+
+
+def latin_tokens(text: str) -> set[str]:
+    """Lower-cased Latin-script tokens (product names, key names, numbers with letters)."""
+    return {m.group(0).lower() for m in _LATIN.finditer(text)}
+
+
+def latin_overlap_scores(foreign: Sequence[str], english: Sequence[str]) -> torch.Tensor:
+    """Jaccard overlap of Latin tokens between every foreign and every English text."""
+    f_sets = [latin_tokens(t) for t in foreign]
+    e_sets = [latin_tokens(t) for t in english]
+    vocab = {tok: i for i, tok in enumerate(sorted(set().union(*f_sets, *e_sets)))}
+    if not vocab:
+        return torch.zeros(len(foreign), len(english))
+    fm = torch.zeros(len(foreign), len(vocab))
+    em = torch.zeros(len(english), len(vocab))
+    for r, s in enumerate(f_sets):
+        fm[r, [vocab[t] for t in s]] = 1.0
+    for r, s in enumerate(e_sets):
+        em[r, [vocab[t] for t in s]] = 1.0
+    inter = fm @ em.T
+    union = fm.sum(1, keepdim=True) + em.sum(1).unsqueeze(0) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros_like(inter))
+
+
+def latin_overlap_metrics(foreign: Sequence[str], english: Sequence[str]) -> dict[str, float]:
+    """The trivial floor: match sentences by shared Latin-script tokens alone."""
+    return metrics_from_ranks(ranks_from_scores(latin_overlap_scores(foreign, english)))
+
+
+def centred(x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Subtract ``mean`` (default: the pool's own mean) from every row."""
+    return x - (x.mean(0) if mean is None else mean)
+
+
+def format_table(rows: dict[str, dict[str, float]], title: str = "") -> str:
+    """A plain-text table of retrieval metrics, one row per system."""
+    width = max([len(k) for k in rows] + [6])
+    head = f"{'system':<{width}}  " + "  ".join(f"{m:>9}" for m in METRIC_NAMES)
+    lines = ([title] if title else []) + [head, "-" * len(head)]
+    for name, m in rows.items():
+        cells = "  ".join(
+            f"{m[k]:>9.1f}" if k == "mean_rank" else f"{m[k]:>9.3f}" for k in METRIC_NAMES
+        )
+        lines.append(f"{name:<{width}}  {cells}")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""The cached vectors of the method: encoder outputs, teacher states, decoder-native states.
+
+Each is a pure function of a text and the frozen models, so it is computed once
+and kept in a :class:`~llink.cache.FeatureStore` keyed by everything it depends on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from llink.cache import FeatureStore
+from llink.models.decoder import FrozenDecoder
+from llink.models.encoder import FrozenEncoder, clip_text
+from llink.models.offline import default_cache_dir
+
+
+def features_root(configured: str | None = None) -> Path:
+    """Where feature stores live: the configured folder, $LLINK_FEATURES, or the user cache."""
+    if configured:
+        return Path(configured)
+    env = os.environ.get("LLINK_FEATURES")
+    return Path(env) if env else default_cache_dir() / "features"
+
+
+def encoder_vectors(
+    encoder: FrozenEncoder,
+    texts: Sequence[str],
+    root: Path,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "encoder",
+) -> torch.Tensor:
+    """Mean-pooled encoder vectors of ``texts`` [N, d_enc]."""
+    store = FeatureStore(root, "encoder", encoder.cache_settings())
+    return store.get(
+        list(texts), lambda xs: encoder.encode(xs, batch_size), desc=desc, progress=progress
+    )
+
+
+def teacher_vectors(
+    decoder: FrozenDecoder,
+    english: Sequence[str],
+    root: Path,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Teacher states of English sentences [N, d_dec] (METHOD.md: ``<foreign_emb>`` state)."""
+    store = FeatureStore(root, "teacher", decoder.teacher_settings())
+    return store.get(
+        list(english),
+        lambda xs: decoder.teacher_states(xs, batch_size),
+        desc="teacher",
+        progress=progress,
+    )
+
+
+def decoder_native_vectors(
+    decoder: FrozenDecoder,
+    foreign: Sequence[str],
+    root: Path,
+    max_chars: int = 256,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """The baseline: raw foreign text (clipped) + ``<foreign_emb>`` through the decoder."""
+    settings = {**decoder.teacher_settings(), "clip_chars": max_chars, "input": "raw-foreign"}
+    store = FeatureStore(root, "decoder-native", settings)
+    clipped = [clip_text(t, max_chars) for t in foreign]
+    return store.get(
+        clipped,
+        lambda xs: decoder.teacher_states(xs, batch_size),
+        desc="decoder-native",
+        progress=progress,
+    )

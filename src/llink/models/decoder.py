@@ -1,0 +1,202 @@
+"""The frozen decoder LLM, its reserved tokens and its teacher states."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from llink.batching import length_sorted_batches
+from llink.models.fingerprint import module_fingerprint, tensor_digest
+from llink.models.offline import resolve_model
+
+FOREIGN_OPEN = "<foreign>"
+FOREIGN_CLOSE = "</foreign>"
+FOREIGN_EMB = "<foreign_emb>"
+
+
+def slot_token(i: int) -> str:
+    """The placeholder token of slot ``i``."""
+    return f"<f{i}>"
+
+
+def reserved_token_strings(num_slots: int) -> list[str]:
+    """All reserved tokens, in the order their embedding rows are saved."""
+    return [FOREIGN_OPEN, FOREIGN_CLOSE, FOREIGN_EMB] + [slot_token(i) for i in range(num_slots)]
+
+
+@dataclass(frozen=True)
+class ReservedTokens:
+    """Token ids of the reserved tokens added to the decoder's tokenizer."""
+
+    foreign_open: int
+    foreign_close: int
+    foreign_emb: int
+    slots: tuple[int, ...]
+
+    @property
+    def ids(self) -> list[int]:
+        """Ids in the order of :func:`reserved_token_strings`."""
+        return [self.foreign_open, self.foreign_close, self.foreign_emb, *self.slots]
+
+
+def add_reserved_tokens(
+    tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, num_slots: int, seed: int = 0
+) -> ReservedTokens:
+    """Add the reserved tokens once, and give new embedding rows a deterministic init.
+
+    New rows are drawn per dimension from the mean and standard deviation of the
+    existing rows (a seeded generator), so they look like ordinary tokens. Rows of
+    tokens the tokenizer already had are left alone. Trained artifacts overwrite
+    them with the saved rows (:meth:`FrozenDecoder.load_reserved_rows`).
+    """
+    strings = reserved_token_strings(num_slots)
+    before = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": strings})
+    ids = tokenizer.convert_tokens_to_ids(strings)
+    emb = model.get_input_embeddings()
+    if len(tokenizer) > emb.weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        emb = model.get_input_embeddings()
+    new_ids = [i for i in ids if i >= before]
+    if new_ids:
+        with torch.no_grad():
+            w = emb.weight
+            old = w[:before].float()
+            gen = torch.Generator().manual_seed(seed)
+            noise = torch.randn(len(new_ids), w.shape[1], generator=gen)
+            rows = old.mean(0) + old.std(0) * noise
+            w[new_ids] = rows.to(w.dtype).to(w.device)
+    return ReservedTokens(ids[0], ids[1], ids[2], tuple(ids[3:]))
+
+
+class FrozenDecoder:
+    """A causal LM with LLINK's reserved tokens; its base weights are never trained."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        num_slots: int,
+        name: str = "",
+        seed: int = 0,
+    ) -> None:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.num_slots = num_slots
+        self.reserved = add_reserved_tokens(tokenizer, model, num_slots, seed=seed)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        *,
+        num_slots: int = 8,
+        cache_dir: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> FrozenDecoder:
+        """Load any Hugging Face causal LM id or folder, or an ``offline:`` default."""
+        path = resolve_model(name, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        return cls(model, tokenizer, num_slots=num_slots, name=name)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def embedding_rows(self) -> torch.Tensor:
+        """The input-embedding matrix (a view, not a copy)."""
+        return self.model.get_input_embeddings().weight
+
+    def reserved_rows(self) -> torch.Tensor:
+        """A copy of the reserved tokens' embedding rows, in :func:`reserved_token_strings` order."""
+        return self.embedding_rows()[self.reserved.ids].detach().float().cpu().clone()
+
+    def load_reserved_rows(self, rows: torch.Tensor) -> None:
+        """Restore saved reserved-token rows exactly."""
+        ids = self.reserved.ids
+        if tuple(rows.shape) != (len(ids), self.hidden_size):
+            raise ValueError(
+                f"reserved-token rows have shape {tuple(rows.shape)}, this decoder needs "
+                f"({len(ids)}, {self.hidden_size}) ({self.num_slots} slots)"
+            )
+        with torch.no_grad():
+            w = self.embedding_rows()
+            w[ids] = rows.to(w.dtype).to(w.device)
+        self.__dict__.pop("fingerprint", None)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return module_fingerprint(self.model)
+
+    def teacher_settings(self) -> dict[str, Any]:
+        """Everything that determines a teacher state for a given English text."""
+        emb_row = self.embedding_rows()[self.reserved.foreign_emb]
+        return {
+            "model": self.name,
+            "weights": self.fingerprint,
+            "foreign_emb_row": tensor_digest(emb_row),
+            "suffix": FOREIGN_EMB,
+            "special_tokens": True,
+            "layer": "last",
+            "dtype": str(self.embedding_rows().dtype),
+        }
+
+    def teacher_input_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` followed by ``<foreign_emb>`` (no chat template)."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return list(ids) + [self.reserved.foreign_emb]
+
+    @torch.inference_mode()
+    def last_token_states(
+        self,
+        ids_list: Sequence[list[int]],
+        batch_size: int = 32,
+        progress: bool = False,
+        desc: str = "decoder",
+    ) -> torch.Tensor:
+        """Last-layer hidden state at the last token of each id sequence, [N, hidden] float32."""
+        out = torch.empty(len(ids_list), self.hidden_size, dtype=torch.float32)
+        pad = int(self.tokenizer.pad_token_id)
+        base = self.model.get_decoder()
+        batches = list(length_sorted_batches([len(x) for x in ids_list], batch_size))
+        for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            seqs = [ids_list[i] for i in idx]
+            width = max(len(s) for s in seqs)
+            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(seqs), width), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                input_ids[r, : len(s)] = torch.tensor(s)
+                mask[r, : len(s)] = 1
+            hidden = base(
+                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
+            ).last_hidden_state
+            last = mask.sum(1) - 1
+            out[idx] = hidden[torch.arange(len(seqs)), last.to(self.device)].float().cpu()
+        return out
+
+    def teacher_states(
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False
+    ) -> torch.Tensor:
+        """Teacher targets: the state at ``<foreign_emb>`` appended to each English text."""
+        ids = [self.teacher_input_ids(t) for t in texts]
+        return self.last_token_states(ids, batch_size, progress, desc="teacher")

@@ -1,0 +1,116 @@
+"""The frozen multilingual sentence encoder: clip, prefix, tokenize, mean-pool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llink.batching import length_sorted_batches
+from llink.models.fingerprint import module_fingerprint
+from llink.models.offline import resolve_model
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Average ``hidden`` [B, T, D] over the positions where ``mask`` [B, T] is 1."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def clip_text(text: str, max_chars: int) -> str:
+    """Trim surrounding white space and keep at most ``max_chars`` characters."""
+    text = text.strip()
+    return text[:max_chars] if max_chars > 0 else text
+
+
+class FrozenEncoder:
+    """A frozen encoder that turns texts into mean-pooled sentence vectors.
+
+    No gradients flow and the model stays in eval mode, so the same text always
+    gives the same vector.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str = "",
+        prefix: str = "",
+        max_chars: int = 256,
+        max_length: int = 512,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.prefix = prefix
+        self.max_chars = max_chars
+        self.max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str,
+        *,
+        prefix: str = "",
+        max_chars: int = 256,
+        cache_dir: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> FrozenEncoder:
+        """Load any Hugging Face encoder id or folder, or an ``offline:`` default."""
+        path = resolve_model(name, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=dtype).to(device)
+        return cls(model, tokenizer, name=name, prefix=prefix, max_chars=max_chars)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return module_fingerprint(self.model)
+
+    def cache_settings(self) -> dict[str, Any]:
+        """Everything that determines this encoder's output for a text."""
+        return {
+            "model": self.name,
+            "weights": self.fingerprint,
+            "prefix": self.prefix,
+            "max_chars": self.max_chars,
+            "max_length": self.max_length,
+            "pooling": "mean",
+            "dtype": str(next(self.model.parameters()).dtype),
+        }
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """Clip each text to ``max_chars`` characters and add the encoder's prefix."""
+        return [self.prefix + clip_text(t, self.max_chars) for t in texts]
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> torch.Tensor:
+        """Return mean-pooled vectors [N, dim] (float32, on the CPU), in input order."""
+        prepared = self.prepare(texts)
+        out = torch.empty(len(prepared), self.dim, dtype=torch.float32)
+        batches = list(length_sorted_batches([len(t) for t in prepared], batch_size))
+        for idx in tqdm(batches, desc="encoder", disable=not progress, unit="batch"):
+            enc = self.tokenizer(
+                [prepared[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            out[idx] = mean_pool(hidden, enc["attention_mask"]).float().cpu()
+        return out

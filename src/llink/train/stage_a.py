@@ -1,0 +1,266 @@
+"""Stage A: train the projector so encoder(foreign) lands on the decoder's teacher state.
+
+Encoder vectors and teacher states are computed once and cached (``llink.features``),
+so a training step touches only the projector: a few milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from llink.artifacts import StageAArtifact, save_stage_a
+from llink.bridge import Projector
+from llink.checkpoints import (
+    check_folder,
+    load_json,
+    load_tensors,
+    optimizer_state_tensors,
+    restore_optimizer,
+    save_folder,
+)
+from llink.config import Config, StageAConfig
+from llink.data.splits import Splits
+from llink.eval.retrieval import retrieval_metrics
+from llink.features import encoder_vectors, features_root, teacher_vectors
+from llink.losses import NegativeQueue, direction_mse, info_nce, linear_tau, log_norm_penalty
+from llink.models.decoder import FrozenDecoder
+from llink.models.encoder import FrozenEncoder
+from llink.runlog import MetricsLog
+from llink.train.schedules import warmup_cosine
+
+#: Settings that may change between a run and its resumption.
+RESUMABLE_CHANGES = {
+    "steps",
+    "eval_every",
+    "save_every",
+    "encoder_batch_size",
+    "teacher_batch_size",
+}
+
+
+@dataclass
+class StageAFeatures:
+    """Cached inputs of Stage A: encoder vectors (x) and raw teacher states (h) per split."""
+
+    train_x: torch.Tensor
+    train_h: torch.Tensor
+    dev_x: torch.Tensor
+    dev_h: torch.Tensor
+
+
+def compute_features(
+    cfg: Config,
+    splits: Splits,
+    encoder: FrozenEncoder,
+    decoder: FrozenDecoder,
+    progress: bool = True,
+) -> StageAFeatures:
+    """Encoder vectors of the foreign side and teacher states of the English side."""
+    root = features_root(cfg.features_cache)
+    a = cfg.stage_a
+    enc = {
+        s: encoder_vectors(
+            encoder,
+            [p.foreign for p in getattr(splits, s)],
+            root,
+            a.encoder_batch_size,
+            progress,
+            desc=f"encoder ({s})",
+        )
+        for s in ("train", "dev")
+    }
+    tgt = {
+        s: teacher_vectors(
+            decoder, [p.en for p in getattr(splits, s)], root, a.teacher_batch_size, progress
+        )
+        for s in ("train", "dev")
+    }
+    return StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"])
+
+
+def _batch_indices(n: int, batch: int, seed: int, step: int, micro: int) -> torch.Tensor:
+    """A random batch for (step, micro-step), reproducible without any saved sampler state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + micro)
+    return torch.randperm(n, generator=g)[: min(batch, n)]
+
+
+def _state_config(a: StageAConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(a).items() if k not in RESUMABLE_CHANGES}
+
+
+def train_stage_a(
+    cfg: Config,
+    feats: StageAFeatures,
+    meta: dict[str, Any],
+    reserved_rows: torch.Tensor,
+    device: torch.device,
+    resume: bool = False,
+    progress: bool = True,
+) -> StageAArtifact:
+    """Train the projector on cached features; write ``run_dir/stage_a`` and return it.
+
+    ``meta`` describes the models (names, dimensions, fingerprints) and is stored in
+    the artifact. Training state is saved to ``run_dir/stage_a-state`` every
+    ``save_every`` steps; ``resume=True`` continues from there.
+    """
+    a = cfg.stage_a
+    run_dir = Path(cfg.run_dir)
+    state_dir = run_dir / "stage_a-state"
+    log = MetricsLog(run_dir / "stage_a.metrics.jsonl")
+    torch.manual_seed(cfg.seed)
+
+    mean = feats.train_h.mean(0) if a.center_targets else torch.zeros(feats.train_h.shape[1])
+    train_x, train_h = feats.train_x.to(device), (feats.train_h - mean).to(device)
+    dev_x, dev_h = feats.dev_x.to(device), feats.dev_h - mean
+    n = train_x.shape[0]
+    if n < 2:
+        raise ValueError("Stage A needs at least 2 training pairs")
+
+    projector = Projector(train_x.shape[1], train_h.shape[1], a.hidden_mult, a.dropout).to(device)
+    opt = torch.optim.AdamW(
+        projector.parameters(), lr=a.lr, betas=a.betas, weight_decay=a.weight_decay
+    )
+    queue = NegativeQueue(a.queue_size, train_h.shape[1]) if a.queue_size > 0 else None
+    start = 0
+    if resume:
+        start = _load_state(state_dir, a, projector, opt, queue)
+        log.truncate_after(start)
+        print(f"resuming Stage A from step {start} ({state_dir})")
+    elif (run_dir / "stage_a.metrics.jsonl").exists():
+        (run_dir / "stage_a.metrics.jsonl").unlink()
+
+    def save_state(step: int) -> None:
+        tensors = {f"projector.{k}": v for k, v in projector.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_state_tensors(opt)
+        tensors.update({f"opt.{k}": v for k, v in opt_tensors.items()})
+        if queue is not None:
+            tensors.update({f"queue.{k}": v for k, v in queue.state_dict().items()})
+        save_folder(
+            state_dir,
+            {"state": tensors},
+            {"state": {"step": step, "optimizer": opt_meta, "config": _state_config(a)}},
+        )
+
+    def evaluate(step: int) -> dict[str, float]:
+        projector.eval()
+        with torch.no_grad():
+            m = retrieval_metrics(projector(dev_x).cpu(), dev_h)
+        projector.train()
+        return m
+
+    projector.train()
+    t0 = time.time()
+    bar = tqdm(
+        range(start, a.steps),
+        desc="stage A",
+        disable=not progress,
+        unit="step",
+        initial=start,
+        total=a.steps,
+    )
+    last_dev: dict[str, float] = {}
+    for step in bar:
+        lr = warmup_cosine(step, a.warmup_steps, a.steps, a.lr, a.min_lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        tau = linear_tau(step, a.steps, a.tau_start, a.tau_end)
+        torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks reproducible on resume
+        total = {"loss": 0.0, "nce": 0.0}
+        for micro in range(a.grad_accum):
+            idx = _batch_indices(n, a.batch_size, cfg.seed, step, micro).to(device)
+            p, h = projector(train_x[idx]), train_h[idx]
+            negs = queue.hard_negatives(p, a.queue_topk, exclude_ids=idx) if queue else None
+            nce = info_nce(p, h, tau, negs)
+            loss = (
+                nce + a.mse_weight * direction_mse(p, h) + a.lognorm_weight * log_norm_penalty(p, h)
+            )
+            (loss / a.grad_accum).backward()
+            if queue is not None:
+                queue.push(h, idx)
+            total["loss"] += float(loss.detach()) / a.grad_accum
+            total["nce"] += float(nce.detach()) / a.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(projector.parameters(), a.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+        done = step + 1
+        record: dict[str, Any] = {}
+        if done % a.eval_every == 0 or done == a.steps:
+            last_dev = evaluate(done)
+            record.update({f"dev_{k}": v for k, v in last_dev.items()})
+        if done % 50 == 0 or record:
+            record = {
+                "step": done,
+                "loss": total["loss"],
+                "nce": total["nce"],
+                "tau": tau,
+                "lr": lr,
+                "grad_norm": float(grad_norm),
+                **record,
+            }
+            log.log(record, prefix="stage A | ", echo="dev_R@1" in record)
+            bar.set_postfix(loss=f"{total['loss']:.3f}", r1=f"{last_dev.get('R@1', 0):.3f}")
+        if done % a.save_every == 0 and done < a.steps:
+            save_state(done)
+    bar.close()
+    if start < a.steps:
+        save_state(a.steps)
+
+    meta = {
+        **meta,
+        "d_enc": int(train_x.shape[1]),
+        "d_dec": int(train_h.shape[1]),
+        "hidden_mult": a.hidden_mult,
+        "dropout": a.dropout,
+        "center_targets": a.center_targets,
+        "steps": a.steps,
+        "train_pairs": n,
+        "train_seconds": round(time.time() - t0, 1),
+        "dev_metrics": last_dev or evaluate(a.steps),
+        "stage_a_config": dataclasses.asdict(a),
+    }
+    art = StageAArtifact(projector.cpu().eval(), mean.cpu(), reserved_rows.cpu(), meta)
+    save_stage_a(run_dir / "stage_a", art)
+    return art
+
+
+def _load_state(
+    state_dir: Path,
+    a: StageAConfig,
+    projector: Projector,
+    opt: torch.optim.Optimizer,
+    queue: NegativeQueue | None,
+) -> int:
+    fix = "Start without --resume, or point run_dir to the interrupted run."
+    check_folder(state_dir, "Stage A training state", fix)
+    meta = load_json(state_dir, "state")
+    saved = meta["config"]
+    now = _state_config(a)
+    diffs = [
+        f"{k}: saved {saved.get(k)!r}, now {v!r}"
+        for k, v in now.items()
+        if saved.get(k) != (list(v) if isinstance(v, tuple) else v)
+    ]
+    if diffs:
+        raise ValueError("cannot resume: Stage A settings changed:\n  " + "\n  ".join(diffs))
+    tensors = load_tensors(state_dir, "state")
+    projector.load_state_dict(
+        {k.removeprefix("projector."): v for k, v in tensors.items() if k.startswith("projector.")}
+    )
+    restore_optimizer(
+        opt,
+        {k.removeprefix("opt."): v for k, v in tensors.items() if k.startswith("opt.")},
+        meta["optimizer"],
+    )
+    if queue is not None:
+        queue.load_state_dict(
+            {k.removeprefix("queue."): v for k, v in tensors.items() if k.startswith("queue.")}
+        )
+    return int(meta["step"])

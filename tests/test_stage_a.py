@@ -1,0 +1,123 @@
+"""Stage A on tiny models: training runs, improves retrieval, resumes exactly, checks artifacts."""
+
+import json
+
+import pytest
+import torch
+
+from llink.artifacts import load_stage_a
+from llink.checkpoints import CheckpointError
+from llink.config import load_config
+from llink.data.pairs import Pair, write_pairs
+from llink.workflows import Session, evaluate_retrieval, run_stage_a
+
+from .conftest import KHMER_ENGLISH
+
+
+@pytest.fixture()
+def pair_file(tmp_path):
+    pairs = []
+    for i in range(80):
+        en, km = KHMER_ENGLISH[i % len(KHMER_ENGLISH)]
+        pairs.append(Pair(f"{en} Item {i}.", f"{km} {i}", "km"))
+    path = tmp_path / "pairs.jsonl"
+    write_pairs(path, pairs)
+    return path
+
+
+def _cfg(tmp_path, enc, dec, pairs, run="run", **over):
+    items = {
+        "model.encoder": str(enc), "model.decoder": str(dec), "model.encoder_prefix": "",
+        "model.num_slots": 4, "data.pairs": str(pairs), "data.sentence_like_only": False,
+        "data.dev_fraction": 0.2, "data.test_fraction": 0.2, "data.max_train_pairs": None,
+        "stage_a.steps": 20, "stage_a.batch_size": 8, "stage_a.warmup_steps": 2,
+        "stage_a.eval_every": 10, "stage_a.save_every": 5, "stage_a.queue_size": 32,
+        "stage_a.queue_topk": 8, "run_dir": str(tmp_path / run),
+        "features_cache": str(tmp_path / "features"), "device": "cpu",
+    }
+    items.update(over)
+    return load_config(None, [f"{k}={v}" for k, v in items.items()])
+
+
+def _weights(path):
+    return load_stage_a(path).projector.state_dict()
+
+
+def test_stage_a_trains_logs_and_saves(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file, **{"stage_a.steps": 60})
+    session = Session(cfg, progress=False)
+    art = run_stage_a(session)
+    run = tmp_path / "run"
+    assert (run / "stage_a" / "COMPLETE").exists()
+    assert json.loads((run / "config.json").read_text())["stage_a"]["steps"] == 60
+    assert json.loads((run / "versions.json").read_text())["torch"]
+    records = [json.loads(x) for x in (run / "stage_a.metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "dev_R@1" in r] == [10, 20, 30, 40, 50, 60]
+    assert {"loss", "tau", "lr", "nce"} <= set(records[-1])
+    assert records[0]["tau"] > records[-1]["tau"]
+    # the projector learns the training pairs: training retrieval far above chance
+    loaded = load_stage_a(run / "stage_a", expect=session.model_meta())
+    assert torch.equal(loaded.target_mean, art.target_mean)
+    assert art.meta["center_targets"] is True
+    rows = evaluate_retrieval(session, baselines=True)
+    assert set(rows) >= {"Latin-token overlap floor", "encoder cross-lingual (reference)"}
+    assert (run / "eval" / "retrieval.json").exists()
+
+
+def test_resume_continues_the_same_run(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file,
+                                       monkeypatch):
+    full = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file, run="full")
+    run_stage_a(Session(full, progress=False))
+
+    cut = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file, run="cut")
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def clip_then_crash(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt
+        return real_clip(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage_a(Session(cut, progress=False))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    assert not (tmp_path / "cut" / "stage_a").exists()
+    run_stage_a(Session(cut, progress=False), resume=True)  # continues from step 10
+
+    a, b = _weights(tmp_path / "full" / "stage_a"), _weights(tmp_path / "cut" / "stage_a")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    steps = [json.loads(x)["step"]
+             for x in (tmp_path / "cut" / "stage_a.metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_resume_refuses_changed_settings(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file)
+    run_stage_a(Session(cfg, progress=False))
+    changed = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file,
+                   **{"stage_a.lr": 0.5, "stage_a.steps": 30})
+    with pytest.raises(ValueError, match="lr"):
+        run_stage_a(Session(changed, progress=False), resume=True)
+
+
+def test_resume_without_state_says_how_to_fix(tmp_path, tiny_encoder_dir, tiny_decoder_dir,
+                                              pair_file):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file, run="nothing")
+    with pytest.raises(CheckpointError, match="without --resume"):
+        run_stage_a(Session(cfg, progress=False), resume=True)
+
+
+def test_artifact_mismatch_is_reported(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file):
+    cfg = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file)
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    expect = {**session.model_meta(), "num_slots": 8, "encoder": "xlm-roberta-base"}
+    with pytest.raises(CheckpointError) as err:
+        load_stage_a(tmp_path / "run" / "stage_a", expect=expect)
+    msg = str(err.value)
+    assert "num_slots" in msg and "encoder" in msg and "xlm-roberta-base" in msg
+    with pytest.raises(CheckpointError, match="llink train stage-a"):
+        load_stage_a(tmp_path / "missing")
