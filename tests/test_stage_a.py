@@ -14,15 +14,20 @@ from llink.workflows import Session, evaluate_retrieval, run_stage_a
 from .conftest import KHMER_ENGLISH
 
 
-@pytest.fixture()
-def pair_file(tmp_path):
+def make_pair_file(folder):
+    """80 distinct pairs built from real sentences, for splits with a few items each."""
     pairs = []
     for i in range(80):
         en, km = KHMER_ENGLISH[i % len(KHMER_ENGLISH)]
         pairs.append(Pair(f"{en} Item {i}.", f"{km} {i}", "km"))
-    path = tmp_path / "pairs.jsonl"
+    path = folder / "pairs.jsonl"
     write_pairs(path, pairs)
     return path
+
+
+@pytest.fixture()
+def pair_file(tmp_path):
+    return make_pair_file(tmp_path)
 
 
 def _cfg(tmp_path, enc, dec, pairs, run="run", **over):

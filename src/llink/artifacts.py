@@ -8,14 +8,19 @@ from typing import Any
 
 import torch
 
-from llink.bridge import Projector
+from llink.bridge import Projector, SlotBridge
 from llink.checkpoints import (
+    CheckpointError,
     check_folder,
     compare_expected,
     load_json,
     load_tensors,
     save_folder,
 )
+from llink.inject import PromptFormat
+from llink.model import LLINK
+from llink.models.decoder import FrozenDecoder
+from llink.models.encoder import FrozenEncoder
 
 STAGE_A_FORMAT = 1
 
@@ -59,7 +64,9 @@ def load_stage_a(folder: str | Path, expect: dict[str, Any] | None = None) -> St
     folder = check_folder(folder, "Stage A artifact", fix)
     meta = load_json(folder, "stage_a")
     if meta.get("format") != STAGE_A_FORMAT:
-        raise ValueError(f"{folder}: Stage A format {meta.get('format')}, need {STAGE_A_FORMAT}")
+        raise CheckpointError(
+            f"{folder}: Stage A format {meta.get('format')}, need {STAGE_A_FORMAT}"
+        )
     if expect:
         compare_expected(
             meta,
@@ -69,8 +76,87 @@ def load_stage_a(folder: str | Path, expect: dict[str, Any] | None = None) -> St
         )
     tensors = load_tensors(folder, "stage_a")
     proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
-    proj.load_state_dict(
-        {k.removeprefix("projector."): v for k, v in tensors.items() if k.startswith("projector.")}
-    )
+    proj.load_state_dict(_prefixed(tensors, "projector."))
     proj.eval()
     return StageAArtifact(proj, tensors["target_mean"], tensors["reserved_rows"], meta)
+
+
+LLINK_FORMAT = 1
+
+
+def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
+    """Write a complete LLINK model folder: bridge, projector, reserved rows, LoRA, config.
+
+    Layout: ``llink.json`` (models, dimensions, K, prompt format, training config),
+    ``bridge.safetensors`` (bridge.*, projector.*, target_mean, reserved_rows) and
+    ``lora/`` as ``peft`` saves it.
+    """
+    tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
+    tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    tensors["target_mean"] = model.target_mean
+    tensors["reserved_rows"] = model.decoder.reserved_rows()
+    full_meta = {
+        "format": LLINK_FORMAT,
+        **meta,
+        "num_slots": model.num_slots,
+        "d_enc": model.encoder.dim,
+        "d_dec": model.decoder.hidden_size,
+        "use_chat_template": model.fmt.use_chat_template,
+        "has_lora": model.has_lora,
+    }
+
+    def write_lora(tmp: Path) -> None:
+        if model.has_lora:
+            model.lm.save_pretrained(str(tmp / "lora"), save_embedding_layers=False)
+
+    return save_folder(folder, {"bridge": tensors}, {"llink": full_meta}, extra=write_lora)
+
+
+def load_llink(
+    folder: str | Path,
+    *,
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    expect: dict[str, Any] | None = None,
+    encoder: FrozenEncoder | None = None,
+    decoder: FrozenDecoder | None = None,
+) -> LLINK:
+    """Load a saved LLINK model; every mismatch with the frozen models is named in the error.
+
+    ``encoder``/``decoder`` reuse already-loaded frozen models (they must be the ones
+    the artifact was trained with; a decoder must not carry adapters yet).
+    """
+    fix = "Train one with `llink train stage-b`, or pass the folder it wrote."
+    folder = check_folder(folder, "LLINK model", fix)
+    meta = load_json(folder, "llink")
+    if meta.get("format") != LLINK_FORMAT:
+        raise CheckpointError(f"{folder}: format {meta.get('format')}, need {LLINK_FORMAT}")
+    if expect:
+        compare_expected(meta, expect, f"LLINK model {folder}",
+                         "Load it with the models it was trained with, or retrain Stage B.")
+    enc = encoder or FrozenEncoder.from_pretrained(
+        meta["encoder"], prefix=meta["encoder_prefix"], max_chars=meta["max_foreign_chars"],
+        cache_dir=cache_dir, device=device,
+    )
+    dec = decoder or FrozenDecoder.from_pretrained(
+        meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device
+    )
+    found = {"d_enc": enc.dim, "d_dec": dec.hidden_size, "num_slots": dec.num_slots,
+             "encoder_weights": enc.fingerprint, "decoder_weights": dec.fingerprint}
+    compare_expected(meta, found, f"LLINK model {folder} vs the loaded encoder/decoder",
+                     "The frozen models differ from those the artifact was trained with.")
+    tensors = load_tensors(folder, "bridge")
+    dec.load_reserved_rows(tensors["reserved_rows"])
+    proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
+    proj.load_state_dict(_prefixed(tensors, "projector."))
+    bridge = SlotBridge(meta["d_dec"], meta["num_slots"], target_norm=1.0)
+    bridge.load_state_dict(_prefixed(tensors, "bridge."))
+    model = LLINK(enc, dec, proj, tensors["target_mean"], bridge,
+                  PromptFormat(meta["use_chat_template"]))
+    if meta.get("has_lora"):
+        model.load_lora(str(folder / "lora"))
+    return model.to(dec.device).eval()
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,13 @@ def save_folder(
     folder: str | Path,
     tensors: Mapping[str, Mapping[str, torch.Tensor]],
     json_files: Mapping[str, Any],
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically.
 
     ``tensors`` maps file stems to tensor dicts (``{"bridge": {...}}`` →
-    ``bridge.safetensors``); ``json_files`` maps file stems to JSON objects. The
+    ``bridge.safetensors``); ``json_files`` maps file stems to JSON objects;
+    ``extra(tmp_folder)`` may write more (e.g. a peft adapter folder). The
     folder is built beside its destination and swapped in with renames, so a crash
     leaves either the old or the new checkpoint, never a mix.
     """
@@ -44,6 +46,8 @@ def save_folder(
             save_file(clean, str(tmp / f"{stem}.safetensors"))
         for stem, obj in json_files.items():
             write_json_atomic(tmp / f"{stem}.json", obj)
+        if extra is not None:
+            extra(tmp)
         (tmp / "COMPLETE").write_text("ok\n")
         old = folder.with_name(f".{folder.name}.old")
         if folder.exists():

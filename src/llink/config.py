@@ -77,12 +77,58 @@ class StageAConfig:
 
 
 @dataclass
+class StageBConfig:
+    """Slot expansion, adapters and LoRA so the decoder uses the slots (METHOD.md, Stage B).
+
+    Defaults are the recipe measured on the offline default (bridge-only warm-up with
+    a strong usage term, then attention-only LoRA plus a matched-vs-mismatched term);
+    ``configs/paper.yaml`` holds the paper's recipe.
+    """
+
+    steps: int = 160
+    micro_batch: int = 8
+    grad_accum: int = 1
+    bridge_warmup_steps: int = 100  # LoRA frozen for these steps (0: LoRA from the start)
+    lr_lora: float = 1e-4
+    lr_bridge: float = 1e-3  # adapter + expander
+    lr_scale: float = 5e-4
+    lr_bow: float = 1e-3
+    lr_projector: float = 0.0  # 0 keeps the Stage A projector frozen
+    warmup_frac: float = 0.15
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    bow_weight: float = 0.1
+    direction_weight: float = 0.05
+    nce_weight: float = 0.001
+    nce_tau: float = 0.07
+    usage_weight: float = 0.3
+    usage_margin: float = 0.5
+    usage_every: int = 1
+    mismatch_weight: float = 0.5
+    mismatch_margin: float = 1.0
+    max_answer_tokens: int = 64
+    use_chat_template: bool = True
+    tasks: list[str] = field(default_factory=lambda: ["translate_to_english"])
+    synthetic: str | None = None  # extra instruction examples (JSONL from `llink data synth`)
+    eval_every: int = 40
+    eval_pairs: int = 64
+    save_every: int = 40
+
+
+@dataclass
 class Config:
     """The whole run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     stage_a: StageAConfig = field(default_factory=StageAConfig)
+    stage_b: StageBConfig = field(default_factory=StageBConfig)
     run_dir: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
@@ -135,6 +181,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, arg, where) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -59,17 +59,22 @@ def linear_tau(step: int, total_steps: int, start: float, end: float) -> float:
 
 
 class NegativeQueue:
-    """FIFO queue of past (normalised) teacher states, stored in fp16, for hard negatives.
+    """FIFO queue of past (normalised) teacher states for hard negatives.
+
+    METHOD.md stores it in fp16 (the default); on a CPU, float32 is much faster.
 
     Each entry remembers the id of its example, so the examples of the current batch
     are never used as their own negatives (with a small corpus the queue holds every
     example several times).
     """
 
-    def __init__(self, size: int, dim: int, dtype: torch.dtype = torch.float16) -> None:
+    def __init__(
+        self, size: int, dim: int, dtype: torch.dtype = torch.float16,
+        device: str | torch.device = "cpu",
+    ) -> None:
         self.size = size
-        self.vectors = torch.zeros(size, dim, dtype=dtype)
-        self.ids = torch.full((size,), -1, dtype=torch.long)
+        self.vectors = torch.zeros(size, dim, dtype=dtype, device=device)
+        self.ids = torch.full((size,), -1, dtype=torch.long, device=device)
         self.ptr = 0
         self.filled = 0
 
@@ -77,12 +82,12 @@ class NegativeQueue:
         """Append a batch, overwriting the oldest entries when full."""
         if self.size == 0:
             return
-        h = F.normalize(h.detach().float(), dim=-1).to(self.vectors.dtype).cpu()
-        ids = ids.detach().cpu().long()
+        h = F.normalize(h.detach().float(), dim=-1).to(self.vectors.device, self.vectors.dtype)
+        ids = ids.detach().to(self.ids.device).long()
         if h.shape[0] > self.size:
             h, ids = h[-self.size :], ids[-self.size :]
         n = h.shape[0]
-        pos = (self.ptr + torch.arange(n)) % self.size
+        pos = (self.ptr + torch.arange(n, device=self.ids.device)) % self.size
         self.vectors[pos] = h
         self.ids[pos] = ids
         self.ptr = int((self.ptr + n) % self.size)
@@ -91,19 +96,24 @@ class NegativeQueue:
     def hard_negatives(
         self, p: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None
     ) -> torch.Tensor | None:
-        """The ``k`` entries most similar to the batch ``p`` on average (None if empty)."""
+        """The ``k`` entries most similar to the batch ``p`` on average (None if empty).
+
+        The mean similarity to the batch equals the similarity to the batch's mean
+        direction, so this is one matrix-vector product over the queue.
+        """
         if self.filled == 0 or k <= 0:
             return None
-        vecs = self.vectors[: self.filled].float()
-        ids = self.ids[: self.filled]
+        vecs = self.vectors[: self.filled]
+        p_mean = F.normalize(p.detach().float(), dim=-1).mean(0).to(vecs.device, vecs.dtype)
+        sim = (vecs @ p_mean).float()
         if exclude_ids is not None:
-            keep = ~torch.isin(ids, exclude_ids.detach().cpu().long())
-            vecs = vecs[keep]
-            if vecs.shape[0] == 0:
-                return None
-        sim = (F.normalize(p.detach().float().cpu(), dim=-1) @ vecs.T).mean(0)
-        top = sim.topk(min(k, vecs.shape[0])).indices
-        return vecs[top].to(p.device)
+            banned = torch.isin(self.ids[: self.filled], exclude_ids.detach().to(self.ids.device))
+            sim = sim.masked_fill(banned, float("-inf"))
+        k = min(k, int(torch.isfinite(sim).sum()))
+        if k == 0:
+            return None
+        top = sim.topk(k).indices
+        return vecs[top].to(p.device, p.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

@@ -13,10 +13,12 @@ from typing import Any
 
 import torch
 
-from llink.artifacts import StageAArtifact, load_stage_a
+from llink.artifacts import StageAArtifact, load_llink, load_stage_a
+from llink.bridge import SlotBridge
 from llink.config import Config
 from llink.data.pairs import Pair, read_pairs
 from llink.data.splits import Splits, load_splits
+from llink.data.tasks import TaskExample, read_task_file, translation_examples
 from llink.eval.retrieval import (
     centred,
     format_table,
@@ -30,11 +32,14 @@ from llink.features import (
     teacher_vectors,
 )
 from llink.fileio import write_json_atomic
+from llink.inject import PromptFormat
+from llink.model import LLINK
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
 from llink.models.loading import load_decoder, load_encoder, resolve_device
 from llink.runlog import write_run_info
 from llink.train.stage_a import compute_features, train_stage_a
+from llink.train.stage_b import EncodedExamples, evaluate_nll, tokenize_examples, train_stage_b
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Session:
     def splits(self) -> Splits:
         if self._splits is None:
             self._splits = load_splits(self.cfg.data)
+            print(self._splits.summary())
         return self._splits
 
     def model_meta(self) -> dict[str, Any]:
@@ -90,7 +96,6 @@ class Session:
 def prepare(session: Session) -> dict[str, Any]:
     """Materialise the models and the data splits; report what was prepared."""
     s = session.splits
-    print(s.summary())
     enc, dec = session.encoder, session.decoder
     return {
         "splits": s.counts(),
@@ -104,9 +109,7 @@ def run_stage_a(session: Session, resume: bool = False) -> StageAArtifact:
     """Cache features, train the projector, write ``run_dir/stage_a``."""
     cfg = session.cfg
     write_run_info(cfg.run_dir, cfg.to_dict())
-    splits = session.splits
-    print(splits.summary())
-    feats = compute_features(cfg, splits, session.encoder, session.decoder, session.progress)
+    feats = compute_features(cfg, session.splits, session.encoder, session.decoder, session.progress)
     meta = {
         **session.model_meta(),
         "encoder_weights": session.encoder.fingerprint,
@@ -183,3 +186,102 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     minutes = (time.time() - t0) / 60
     print(f"main job finished in {minutes:.1f} min; run folder: {session.cfg.run_dir}")
     return {"retrieval": rows, "minutes": minutes}
+
+
+def _stage_b_data(
+    session: Session, model: LLINK, items: list[TaskExample], mean: torch.Tensor,
+    with_base: bool = False,
+) -> EncodedExamples:
+    """Tokenize task examples and attach their cached encoder vectors and teacher states."""
+    cfg, root = session.cfg, features_root(session.cfg.features_cache)
+    a, b = cfg.stage_a, cfg.stage_b
+    enc = encoder_vectors(session.encoder, [it.foreign for it in items], root,
+                          a.encoder_batch_size, session.progress, desc="encoder (stage B)")
+    teacher = teacher_vectors(session.decoder, [it.en or it.answer for it in items], root,
+                              a.teacher_batch_size, session.progress)
+    examples = tokenize_examples(model, items, b.max_answer_tokens)
+    base = tokenize_examples(model, items, b.max_answer_tokens, raw_foreign=True) if with_base \
+        else None
+    return EncodedExamples(examples, enc, teacher - mean, base)
+
+
+def stage_b_items(session: Session, split: str) -> list[TaskExample]:
+    """Instruction examples of a split: translation from pairs, plus any synthetic file."""
+    b = session.cfg.stage_b
+    pairs = getattr(session.splits, split)
+    items: list[TaskExample] = []
+    if "translate_to_english" in b.tasks:
+        items, _ = translation_examples(pairs)
+    if b.synthetic and split == "train":
+        extra = [x for x in read_task_file(b.synthetic) if x.task in b.tasks]
+        items += extra
+    if not items:
+        raise ValueError(f"no Stage B examples for split {split!r} with tasks {b.tasks}")
+    return items
+
+
+def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
+    """A fresh LLINK model around the Stage A projector (its own decoder copy, for LoRA)."""
+    cfg = session.cfg
+    decoder = load_decoder(cfg.model, session.device)
+    decoder.load_reserved_rows(stage_a.reserved_rows)
+    rows = decoder.embedding_rows().detach()
+    base_rows = rows[: min(decoder.reserved.ids)] if min(decoder.reserved.ids) > 0 else rows
+    target_norm = float(base_rows.float().norm(dim=-1).median())
+    bridge = SlotBridge(decoder.hidden_size, cfg.model.num_slots, target_norm)
+    fmt = PromptFormat(cfg.stage_b.use_chat_template)
+    return LLINK(session.encoder, decoder, stage_a.projector, stage_a.target_mean, bridge,
+                 fmt).to(session.device)
+
+
+def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
+    """Train Stage B on top of ``run_dir/stage_a``; write ``run_dir/stage_b``."""
+    cfg = session.cfg
+    write_run_info(cfg.run_dir, cfg.to_dict())
+    stage_a = load_stage_a(Path(cfg.run_dir) / "stage_a", expect=session.model_meta())
+    session.decoder.load_reserved_rows(stage_a.reserved_rows)
+    model = build_llink(session, stage_a)
+    train_items = stage_b_items(session, "train")
+    dev_items = stage_b_items(session, "dev")[: cfg.stage_b.eval_pairs]
+    print(f"Stage B: {len(train_items)} training examples, {len(dev_items)} dev examples")
+    train = _stage_b_data(session, model, train_items, stage_a.target_mean)
+    dev = _stage_b_data(session, model, dev_items, stage_a.target_mean, with_base=True)
+    meta = {
+        **session.model_meta(),
+        "encoder_weights": session.encoder.fingerprint,
+        "decoder_weights": model.decoder.fingerprint,
+        "hidden_mult": stage_a.meta["hidden_mult"],
+        "dropout": stage_a.meta["dropout"],
+        "center_targets": stage_a.meta["center_targets"],
+        "stage_a_dev": stage_a.meta.get("dev_metrics"),
+    }
+    summary = train_stage_b(cfg, model, train, dev, meta, resume=resume,
+                            progress=session.progress)
+    f = summary["dev_final"]
+    print(f"Stage B done: dev NLL/token injected {f['nll_injected']:.3f}, ablated "
+          f"{f['nll_ablated']:.3f} (gap {f['usage_gap']:.3f}), base decoder on raw text "
+          f"{f.get('nll_base_raw', float('nan')):.3f} -> {Path(cfg.run_dir) / 'stage_b'}")
+    write_json_atomic(Path(cfg.run_dir) / "stage_b.summary.json", summary)
+    return summary
+
+
+def evaluate_nll_on_test(
+    session: Session, model_dir: str | Path | None = None, limit: int | None = 200
+) -> dict[str, float]:
+    """Answer NLL per token on held-out test pairs: injected, ablated, base decoder on raw text."""
+    cfg = session.cfg
+    model_dir = Path(model_dir or Path(cfg.run_dir) / "stage_b")
+    model = load_llink(model_dir, cache_dir=cfg.model.cache_dir, device=session.device,
+                       encoder=session.encoder)
+    items, _ = translation_examples(session.splits.test)
+    items = items[:limit] if limit else items
+    mean = model.target_mean.cpu()
+    data = _stage_b_data(session, model, items, mean, with_base=True)
+    m = evaluate_nll(model, data, cfg.stage_b.micro_batch, with_base=True)
+    m["examples"] = len(items)
+    out = Path(cfg.run_dir) / "eval" / "nll.json"
+    write_json_atomic(out, {"model": str(model_dir), **m})
+    print(f"test NLL/token on {len(items)} pairs: injected {m['nll_injected']:.3f} | ablated "
+          f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
+          f"{m['nll_base_raw']:.3f}  ({out})")
+    return m

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -97,6 +96,8 @@ class FrozenDecoder:
         self.tokenizer = tokenizer
         self.name = name
         self.num_slots = num_slots
+        #: Fingerprint of the base weights, taken before reserved tokens or adapters.
+        self.fingerprint = module_fingerprint(model)
         self.reserved = add_reserved_tokens(tokenizer, model, num_slots, seed=seed)
 
     @classmethod
@@ -142,11 +143,6 @@ class FrozenDecoder:
         with torch.no_grad():
             w = self.embedding_rows()
             w[ids] = rows.to(w.dtype).to(w.device)
-        self.__dict__.pop("fingerprint", None)
-
-    @cached_property
-    def fingerprint(self) -> str:
-        return module_fingerprint(self.model)
 
     def teacher_settings(self) -> dict[str, Any]:
         """Everything that determines a teacher state for a given English text."""

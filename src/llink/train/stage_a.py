@@ -127,7 +127,12 @@ def train_stage_a(
     opt = torch.optim.AdamW(
         projector.parameters(), lr=a.lr, betas=a.betas, weight_decay=a.weight_decay
     )
-    queue = NegativeQueue(a.queue_size, train_h.shape[1]) if a.queue_size > 0 else None
+    queue_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    queue = (
+        NegativeQueue(a.queue_size, train_h.shape[1], queue_dtype, device)
+        if a.queue_size > 0
+        else None
+    )
     start = 0
     if resume:
         start = _load_state(state_dir, a, projector, opt, queue)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Quick start, command 2: install everything, then run the test suite.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+.venv/bin/ruff check src tests benchmarks
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,172 @@
+"""Prompts with slot placeholders, and writing slot vectors into the decoder's input embeddings.
+
+This module is the single place that knows what a LLINK prompt looks like and
+where the slots go. Slot positions are always found from the token ids, never
+assumed, so any padding side, template or K works.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from llink.models.decoder import FOREIGN_CLOSE, FOREIGN_OPEN, slot_token
+
+#: The paper's task types and their instructions.
+TASKS: dict[str, str] = {
+    "translate_to_english": "Translate the foreign text to English.",
+    "paraphrase_in_english": "Paraphrase the foreign text in English.",
+    "summarize_in_english": "Summarize the foreign text in English in one sentence.",
+    "qa_about_text": "Answer the question about the foreign text.",
+    "extract_key_fields": "Extract the key fields (who, what, where, when, numbers) of the "
+    "foreign text as a short list in English.",
+    "title_generation": "Write a short English title for the foreign text.",
+    "executive_summary": "Write a brief executive summary of the foreign text in English.",
+    "extract_main_points": "List the main points of the foreign text in English.",
+}
+STRICT_SUFFIX = "Output ONLY the translation; do not explain or describe."
+IGNORE_INDEX = -100
+
+
+class UnknownTaskError(ValueError):
+    """A task name that is not one of :data:`TASKS`."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+
+
+def slot_span(num_slots: int) -> str:
+    """``<foreign><f0>…<fK-1></foreign>``: what stands in for the foreign text."""
+    return FOREIGN_OPEN + "".join(slot_token(i) for i in range(num_slots)) + FOREIGN_CLOSE
+
+
+def instruction_text(
+    task: str, foreign: str, strict: bool = False, question: str | None = None
+) -> str:
+    """The user message: instruction, the foreign span (slots or raw text), answer language.
+
+    ``task="ask"`` takes a free-form ``question`` about the foreign text.
+    """
+    if task == "ask":
+        if not question:
+            raise ValueError("task 'ask' needs a question")
+        head = f"Instruction: Answer the question about the foreign text.\nQuestion: {question}"
+    elif task in TASKS:
+        head = f"Instruction: {TASKS[task]}"
+        if task == "qa_about_text" and question:
+            head += f"\nQuestion: {question}"
+    else:
+        raise UnknownTaskError(task)
+    lines = [head, f"Foreign: {foreign}", "Answer in English only."]
+    if strict:
+        lines.append(STRICT_SUFFIX)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a user message becomes decoder text: the decoder's chat template, or plain."""
+
+    use_chat_template: bool = True
+
+    def prompt(self, tokenizer: PreTrainedTokenizerBase, user: str) -> str:
+        if self.use_chat_template and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+            )
+        return f"User: {user}\nAssistant:"
+
+    def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, user: str) -> list[int]:
+        text = self.prompt(tokenizer, user)
+        templated = self.use_chat_template and getattr(tokenizer, "chat_template", None)
+        # A chat template already writes the special tokens it needs (e.g. BOS).
+        return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+    def answer_ids(self, tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
+        templated = self.use_chat_template and getattr(tokenizer, "chat_template", None)
+        text = answer if templated else " " + answer
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [
+            tokenizer.eos_token_id
+        ]
+
+
+@dataclass
+class Example:
+    """One tokenized training example: prompt + answer ids, loss on the answer only."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def build_example(
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    user: str,
+    answer: str,
+    max_answer_tokens: int = 128,
+) -> Example:
+    """Token ids of ``user`` as prompt and ``answer`` as the target (answer clipped)."""
+    p = fmt.prompt_ids(tokenizer, user)
+    a = fmt.answer_ids(tokenizer, answer)[:max_answer_tokens]
+    return Example(p + a, [IGNORE_INDEX] * len(p) + a)
+
+
+def pad_batch(
+    seqs: Sequence[list[int]], pad_id: int, side: str = "right", pad_label: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists into a tensor [B, T] and its attention mask, on either side."""
+    width = max(len(s) for s in seqs)
+    fill = pad_id if pad_label is None else pad_label
+    ids = torch.full((len(seqs), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if side == "right":
+            ids[r, : len(s)], mask[r, : len(s)] = torch.tensor(s, dtype=torch.long), 1
+        else:
+            ids[r, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+    return ids, mask
+
+
+def collate(
+    examples: Sequence[Example], pad_id: int, side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """input_ids, attention_mask and labels (ignored at padding) for a batch."""
+    ids, mask = pad_batch([e.input_ids for e in examples], pad_id, side)
+    labels, _ = pad_batch([e.labels for e in examples], pad_id, side, pad_label=IGNORE_INDEX)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def slot_positions(input_ids: torch.Tensor, slot_ids: Sequence[int]) -> torch.Tensor:
+    """Position of slot k in row b, [B, K]; raises unless each slot occurs exactly once per row."""
+    ids = torch.as_tensor(list(slot_ids), device=input_ids.device)
+    hits = input_ids.unsqueeze(-1) == ids  # [B, T, K]
+    counts = hits.sum(1)
+    if not bool((counts == 1).all()):
+        bad = (counts != 1).nonzero()[0].tolist()
+        raise ValueError(
+            f"row {bad[0]} has slot token {slot_ids[bad[1]]} {int(counts[bad[0], bad[1]])} "
+            "times; every prompt needs each slot placeholder exactly once"
+        )
+    return hits.float().argmax(1)
+
+
+def inject_slots(
+    embeds: torch.Tensor, input_ids: torch.Tensor, slot_ids: Sequence[int], slots: torch.Tensor
+) -> torch.Tensor:
+    """Return ``embeds`` [B, T, D] with row b's slot positions replaced by ``slots[b]`` [K, D].
+
+    Out of place, so gradients reach ``slots``; other positions keep their values.
+    """
+    if slots.shape[:2] != (input_ids.shape[0], len(slot_ids)):
+        raise ValueError(
+            f"slots of shape {tuple(slots.shape)} do not fit {input_ids.shape[0]} rows "
+            f"x {len(slot_ids)} slots"
+        )
+    pos = slot_positions(input_ids, slot_ids)  # [B, K]
+    index = pos.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
+    return embeds.scatter(1, index, slots.to(embeds.dtype))
+

@@ -1,0 +1,225 @@
+"""The LLINK model: frozen encoder → projector → slot bridge → frozen decoder (+ LoRA).
+
+One class holds the pieces and the two computations everything else needs: the
+answer NLL of a batch (with slots injected, ablated, or with the plain base
+decoder) and generation. It knows nothing of files; see ``llink.artifacts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from llink.bridge import BagOfWordsHead, Projector, SlotBridge
+from llink.inject import (
+    IGNORE_INDEX,
+    PromptFormat,
+    inject_slots,
+    instruction_text,
+    pad_batch,
+    slot_span,
+)
+from llink.models.decoder import FrozenDecoder
+from llink.models.encoder import FrozenEncoder
+
+
+@dataclass
+class AnswerNLL:
+    """Summed answer NLL and answer-token count per example."""
+
+    total: torch.Tensor  # [B]
+    tokens: torch.Tensor  # [B]
+
+    def per_token(self) -> torch.Tensor:
+        """Token-weighted mean NLL over the batch (a scalar)."""
+        return self.total.sum() / self.tokens.sum().clamp_min(1)
+
+    def per_example(self) -> torch.Tensor:
+        """Mean NLL per answer token of each example [B]."""
+        return self.total / self.tokens.clamp_min(1)
+
+
+class LLINK(nn.Module):
+    """Encoder injection: K slot vectors replace the foreign text in the decoder's prompt."""
+
+    def __init__(
+        self,
+        encoder: FrozenEncoder,
+        decoder: FrozenDecoder,
+        projector: Projector,
+        target_mean: torch.Tensor,
+        bridge: SlotBridge,
+        fmt: PromptFormat | None = None,
+        bow: BagOfWordsHead | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.projector = projector.requires_grad_(False).eval()
+        self.register_buffer("target_mean", target_mean.float().clone())
+        self.bridge = bridge
+        self.bow = bow
+        self.fmt = fmt or PromptFormat()
+        self.lm: nn.Module = decoder.model
+
+    # --- structure -------------------------------------------------------------------
+    @property
+    def num_slots(self) -> int:
+        return self.decoder.num_slots
+
+    @property
+    def slot_ids(self) -> list[int]:
+        return list(self.decoder.reserved.slots)
+
+    @property
+    def has_lora(self) -> bool:
+        return isinstance(self.lm, PeftModel)
+
+    @property
+    def tokenizer(self):
+        return self.decoder.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.device
+
+    def add_lora(self, r: int, alpha: int, dropout: float, targets: Sequence[str]) -> None:
+        """Wrap the decoder with fresh LoRA adapters; base weights stay frozen."""
+        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                         target_modules=list(targets), bias="none", task_type="CAUSAL_LM")
+        self.lm = get_peft_model(self.decoder.model, cfg)
+
+    def load_lora(self, folder: str) -> None:
+        """Attach saved LoRA adapters (trainable, so training can resume)."""
+        self.lm = PeftModel.from_pretrained(self.decoder.model, folder, is_trainable=True)
+
+    def _backbone(self) -> nn.Module:
+        base = self.lm.get_base_model() if self.has_lora else self.lm
+        return base.get_decoder()
+
+    def adapters_disabled(self, disabled: bool = True):
+        """Context in which the decoder runs without its LoRA adapters."""
+        return self.lm.disable_adapter() if (disabled and self.has_lora) else nullcontext()
+
+    # --- the bridge ------------------------------------------------------------------
+    def project(self, enc: torch.Tensor) -> torch.Tensor:
+        """Stage A projection of encoder vectors (into the centred teacher space)."""
+        return self.projector(enc.to(self.device))
+
+    def slots(self, enc: torch.Tensor, gate_boost: float = 1.0) -> torch.Tensor:
+        """K slot vectors per encoder vector, [B, K, d_dec]."""
+        return self.bridge(self.project(enc), gate_boost=gate_boost)
+
+    def encode(self, foreign: Sequence[str]) -> torch.Tensor:
+        """Frozen-encoder vectors of foreign texts (clipped and prefixed as configured)."""
+        return self.encoder.encode(list(foreign)).to(self.device)
+
+    # --- decoder passes --------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings; with ``slots``, written at the slot positions."""
+        emb = self.lm.get_input_embeddings()(input_ids)
+        return emb if slots is None else inject_slots(emb, input_ids, self.slot_ids, slots)
+
+    def answer_nll(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        slots: torch.Tensor | None = None,
+        base: bool = False,
+    ) -> AnswerNLL:
+        """NLL of the answer tokens. ``slots=None`` leaves the placeholder rows (ablation);
+        ``base=True`` runs without LoRA. Logits are computed at answer positions only."""
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device)
+        labels = labels.to(self.device)
+        with self.adapters_disabled(base):
+            hidden = self._backbone()(
+                inputs_embeds=self.embed(input_ids, slots), attention_mask=attention_mask
+            ).last_hidden_state
+            target = labels[:, 1:]
+            mask = target != IGNORE_INDEX
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][mask])
+        nll = F.cross_entropy(logits.float(), target[mask], reduction="none")
+        rows = mask.nonzero()[:, 0]
+        total = torch.zeros(input_ids.shape[0], device=nll.device).index_add(0, rows, nll)
+        return AnswerNLL(total, mask.sum(1).float())
+
+    # --- generation ------------------------------------------------------------------
+    def prompt_ids(
+        self, task: str, strict: bool = False, question: str | None = None,
+        foreign_text: str | None = None,
+    ) -> list[int]:
+        """Prompt ids with the slot span, or with ``foreign_text`` written out (base decoder)."""
+        span = slot_span(self.num_slots) if foreign_text is None else foreign_text
+        return self.fmt.prompt_ids(self.tokenizer, instruction_text(task, span, strict, question))
+
+    @torch.no_grad()
+    def generate_from_ids(
+        self,
+        prompts: Sequence[list[int]],
+        slots: torch.Tensor | None,
+        base: bool = False,
+        max_new_tokens: int = 64,
+        **gen_kwargs,
+    ) -> list[str]:
+        """Greedy generation for a batch of prompts (left-padded, one decoder batch)."""
+        tok = self.tokenizer
+        ids, mask = pad_batch(prompts, int(tok.pad_token_id), side="left")
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        kwargs = {
+            "do_sample": False,
+            "num_beams": 1,
+            "no_repeat_ngram_size": 3,
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": int(tok.pad_token_id),
+            "eos_token_id": tok.eos_token_id,
+            "suppress_tokens": self.decoder.reserved.ids,
+            **gen_kwargs,
+        }
+        with self.adapters_disabled(base):
+            out = self.lm.generate(
+                inputs_embeds=self.embed(ids, slots), attention_mask=mask, **kwargs
+            )
+        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        foreign: Sequence[str],
+        task: str = "translate_to_english",
+        strict: bool = False,
+        gate_boost: float = 1.0,
+        question: str | None = None,
+        max_new_tokens: int = 64,
+        ablate: bool = False,
+        **gen_kwargs,
+    ) -> list[str]:
+        """English answers for foreign texts; ``ablate=True`` leaves the placeholder rows."""
+        self.eval()
+        prompt = self.prompt_ids(task, strict, question)
+        slots = None if ablate else self.slots(self.encode(foreign), gate_boost)
+        return self.generate_from_ids([prompt] * len(foreign), slots,
+                                      max_new_tokens=max_new_tokens, **gen_kwargs)
+
+    @torch.no_grad()
+    def generate_base(
+        self,
+        foreign: Sequence[str],
+        task: str = "translate_to_english",
+        strict: bool = False,
+        question: str | None = None,
+        max_new_tokens: int = 64,
+        **gen_kwargs,
+    ) -> list[str]:
+        """The plain base decoder (no LoRA, no slots) given the raw foreign text."""
+        self.eval()
+        prompts = [self.prompt_ids(task, strict, question, foreign_text=t) for t in foreign]
+        return self.generate_from_ids(prompts, None, base=True,
+                                      max_new_tokens=max_new_tokens, **gen_kwargs)

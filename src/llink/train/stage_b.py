@@ -1,0 +1,384 @@
+"""Stage B: teach the frozen decoder to read K slots (bridge modules, then LoRA).
+
+The recipe (defaults in :class:`~llink.config.StageBConfig`): for the first
+``bridge_warmup_steps`` only the bridge trains, with a strong usage term, so that
+reading the slots becomes the cheapest way to lower the loss; then LoRA joins,
+with a matched-vs-mismatched term that keeps the slots necessary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from llink.artifacts import save_llink
+from llink.bridge import BagOfWordsHead
+from llink.checkpoints import (
+    check_folder,
+    load_json,
+    load_tensors,
+    optimizer_state_tensors,
+    restore_optimizer,
+    save_folder,
+)
+from llink.config import Config, StageBConfig
+from llink.data.tasks import TaskExample
+from llink.inject import Example, build_example, collate, instruction_text, slot_span
+from llink.losses import direction_mse, info_nce, usage_penalty
+from llink.model import LLINK, AnswerNLL
+from llink.runlog import MetricsLog
+from llink.train.schedules import warmup_linear
+
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs"}
+STOP_WORDS = frozenset(
+    "a an the and or but if of to in on at by for with from as is are was were be been "
+    "being it its this that these those there here you your we our they their he she his "
+    "her i me my not no do does did done can could will would should may might must shall "
+    "have has had than then so such into onto over under up down out about which who whom "
+    "what when where why how all any each more most other some only own same too very".split()
+)
+
+
+@dataclass
+class EncodedExamples:
+    """Tokenized examples and their cached vectors, row-aligned."""
+
+    examples: list[Example]
+    enc: torch.Tensor  # encoder vectors of the foreign texts [N, d_enc]
+    teacher: torch.Tensor  # centred teacher states of the English references [N, d_dec]
+    base: list[Example] | None = None  # same answers, raw foreign text in the prompt
+
+
+def tokenize_examples(
+    model: LLINK, items: list[TaskExample], max_answer_tokens: int, raw_foreign: bool = False
+) -> list[Example]:
+    """Prompt with slots (or with the raw foreign text) + answer, for each item."""
+    tok, fmt = model.tokenizer, model.fmt
+    out = []
+    for it in items:
+        span = it.foreign if raw_foreign else slot_span(model.num_slots)
+        user = instruction_text(it.task, span, question=it.question)
+        out.append(build_example(tok, fmt, user, it.answer, max_answer_tokens))
+    return out
+
+
+def content_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
+    """True for vocabulary entries that count as content words for the BOW target."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    word = re.compile(r"[^\W_]", re.UNICODE)
+    for i in range(min(vocab_size, len(tokenizer))):
+        piece = tokenizer.decode([i]).strip().lower()
+        mask[i] = bool(word.search(piece)) and piece not in STOP_WORDS and len(piece) > 1
+    return mask
+
+
+def bow_targets(labels: torch.Tensor, content: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Multi-hot [B, V] of the content tokens in each row's answer."""
+    tgt = torch.zeros(labels.shape[0], vocab_size)
+    for r, row in enumerate(labels):
+        ids = row[row >= 0]
+        ids = ids[content[ids]]
+        tgt[r, ids] = 1.0
+    return tgt
+
+
+def _batch_indices(n: int, batch: int, seed: int, step: int, micro: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + micro + 17)
+    return torch.randperm(n, generator=g)[: min(batch, n)]
+
+
+def ablation_slots(model: LLINK, batch: int) -> torch.Tensor:
+    """The placeholder tokens' own rows, shaped as slots: injecting them is the ablation."""
+    rows = model.lm.get_input_embeddings().weight[model.slot_ids].detach()
+    return rows.unsqueeze(0).expand(batch, -1, -1)
+
+
+@torch.no_grad()
+def evaluate_nll(
+    model: LLINK, data: EncodedExamples, batch_size: int = 8, with_base: bool = False
+) -> dict[str, float]:
+    """Answer NLL per token with slots, with slots ablated, their gap (and the base decoder)."""
+    was_training = model.training
+    model.eval()
+    pad = int(model.tokenizer.pad_token_id)
+    sums = {"injected": 0.0, "ablated": 0.0, "base_raw": 0.0}
+    tokens = 0.0
+    for start in range(0, len(data.examples), batch_size):
+        sl = slice(start, start + batch_size)
+        b = collate(data.examples[sl], pad)
+        slots = model.slots(data.enc[sl])
+        inj = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], slots)
+        abl = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], None)
+        sums["injected"] += float(inj.total.sum())
+        sums["ablated"] += float(abl.total.sum())
+        tokens += float(inj.tokens.sum())
+        if with_base and data.base is not None:
+            bb = collate(data.base[sl], pad)
+            base = model.answer_nll(
+                bb["input_ids"], bb["attention_mask"], bb["labels"], None, base=True
+            )
+            sums["base_raw"] += float(base.total.sum())
+    model.train(was_training)
+    out = {"nll_injected": sums["injected"] / tokens, "nll_ablated": sums["ablated"] / tokens}
+    out["usage_gap"] = out["nll_ablated"] - out["nll_injected"]
+    if with_base and data.base is not None:
+        out["nll_base_raw"] = sums["base_raw"] / tokens
+    return out
+
+
+def _param_groups(model: LLINK, b: StageBConfig) -> list[dict[str, Any]]:
+    groups = [
+        {"name": "scale", "params": list(model.bridge.scale.parameters()), "lr": b.lr_scale},
+        {
+            "name": "bridge",
+            "lr": b.lr_bridge,
+            "params": [*model.bridge.adapter.parameters(), *model.bridge.expander.parameters()],
+        },
+    ]
+    if model.bow is not None:
+        groups.append({"name": "bow", "params": list(model.bow.parameters()), "lr": b.lr_bow})
+    if model.has_lora:
+        lora = [p for n, p in model.lm.named_parameters() if "lora_" in n]
+        groups.append({"name": "lora", "params": lora, "lr": b.lr_lora})
+    if b.lr_projector > 0:
+        model.projector.requires_grad_(True)
+        groups.append(
+            {
+                "name": "projector",
+                "params": list(model.projector.parameters()),
+                "lr": b.lr_projector,
+            }
+        )
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    return groups
+
+
+def _set_lora_trainable(model: LLINK, on: bool) -> None:
+    for n, p in model.lm.named_parameters():
+        if "lora_" in n:
+            p.requires_grad_(on)
+
+
+def train_stage_b(
+    cfg: Config,
+    model: LLINK,
+    train: EncodedExamples,
+    dev: EncodedExamples,
+    meta: dict[str, Any],
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the bridge (and LoRA); write ``run_dir/stage_b`` (final) and ``stage_b-best``."""
+    b = cfg.stage_b
+    run_dir = Path(cfg.run_dir)
+    state_dir = run_dir / "stage_b-state"
+    log = MetricsLog(run_dir / "stage_b.metrics.jsonl")
+    torch.manual_seed(cfg.seed)
+    device = model.device
+    vocab = model.lm.get_output_embeddings().weight.shape[0]
+    if b.bow_weight > 0 and model.bow is None:
+        model.bow = BagOfWordsHead(model.decoder.hidden_size, vocab).to(device)
+    content = content_token_mask(model.tokenizer, vocab) if b.bow_weight > 0 else None
+    if not model.has_lora and b.lora_r > 0:
+        model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
+    opt = torch.optim.AdamW(_param_groups(model, b), weight_decay=b.weight_decay)
+    start = 0
+    if resume:
+        start = _load_state(state_dir, b, model, opt)
+        log.truncate_after(start)
+        print(f"resuming Stage B from step {start} ({state_dir})")
+    elif log.path.exists():
+        log.path.unlink()
+
+    def save_state(step: int) -> None:
+        tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
+        if model.bow is not None:
+            tensors.update({f"bow.{k}": v for k, v in model.bow.state_dict().items()})
+        if model.has_lora:
+            tensors.update(
+                {
+                    f"lora.{k}": v
+                    for k, v in get_peft_model_state_dict(
+                        model.lm, save_embedding_layers=False
+                    ).items()
+                }
+            )
+        if b.lr_projector > 0:
+            tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+        opt_t, opt_meta = optimizer_state_tensors(opt)
+        tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
+        save_folder(
+            state_dir,
+            {"state": tensors},
+            {"state": {"step": step, "optimizer": opt_meta, "config": _state_config(b)}},
+        )
+
+    pad = int(model.tokenizer.pad_token_id)
+    n = len(train.examples)
+    warmup = int(b.warmup_frac * b.steps)
+    best = {"nll_injected": float("inf")}
+    base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 else {}
+    if base_dev:
+        log.log({"step": 0, **{f"dev_{k}": v for k, v in base_dev.items()}}, prefix="stage B | ")
+    model.train()
+    t0 = time.time()
+    bar = tqdm(
+        range(start, b.steps),
+        desc="stage B",
+        disable=not progress,
+        unit="step",
+        initial=start,
+        total=b.steps,
+    )
+    for step in bar:
+        lora_on = model.has_lora and step >= b.bridge_warmup_steps
+        _set_lora_trainable(model, lora_on)
+        for g in opt.param_groups:
+            g["lr"] = warmup_linear(step, warmup, b.steps, g["base_lr"])
+        torch.manual_seed(cfg.seed * 7919 + step)
+        stats: dict[str, float] = {}
+        for micro in range(b.grad_accum):
+            idx = _batch_indices(n, b.micro_batch, cfg.seed, step, micro)
+            batch = collate([train.examples[i] for i in idx], pad)
+            loss, parts = _step_loss(
+                model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step
+            )
+            (loss / b.grad_accum).backward()
+            for k, v in parts.items():
+                stats[k] = stats.get(k, 0.0) + v / b.grad_accum
+        trainable = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, b.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+        done = step + 1
+        record: dict[str, Any] = {
+            "step": done,
+            "phase": "lora" if lora_on else "bridge",
+            **stats,
+            "grad_norm": float(grad_norm),
+            "lr_bridge": opt.param_groups[1]["lr"],
+        }
+        is_eval = done % b.eval_every == 0 or done == b.steps
+        if is_eval:
+            dev_m = evaluate_nll(model, dev, b.micro_batch)
+            record.update({f"dev_{k}": v for k, v in dev_m.items()})
+            if dev_m["nll_injected"] < best["nll_injected"]:
+                best = {**dev_m, "step": done}
+                save_llink(run_dir / "stage_b-best", model, {**meta, "step": done, "dev": dev_m})
+        log.log(record, prefix="stage B | ", echo=is_eval)
+        bar.set_postfix(loss=f"{stats['loss']:.3f}")
+        if done % b.save_every == 0 and done < b.steps:
+            save_state(done)
+    bar.close()
+    if start < b.steps:
+        save_state(b.steps)
+    final_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True)
+    summary = {
+        "dev_final": final_dev,
+        "dev_best": best,
+        "dev_start": base_dev,
+        "train_seconds": round(time.time() - t0, 1),
+        "steps": b.steps,
+    }
+    save_llink(
+        run_dir / "stage_b",
+        model,
+        {**meta, "step": b.steps, "dev": final_dev, "stage_b_config": dataclasses.asdict(b)},
+    )
+    return summary
+
+
+def _step_loss(
+    model: LLINK,
+    b: StageBConfig,
+    batch: dict[str, torch.Tensor],
+    enc: torch.Tensor,
+    teacher: torch.Tensor,
+    content: torch.Tensor | None,
+    vocab: int,
+    step: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The Stage B objective for one micro-batch, and its parts for the log."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    slots = model.slots(enc)
+    inj = model.answer_nll(ids, mask, labels, slots).per_token()
+    loss = inj
+    parts = {"nll": float(inj.detach())}
+    slot_mean = slots.mean(1)
+    t = teacher.to(slot_mean.device)
+    if b.direction_weight > 0:
+        d = direction_mse(slot_mean, t)
+        loss = loss + b.direction_weight * d
+    if b.nce_weight > 0 and slots.shape[0] > 1:
+        loss = loss + b.nce_weight * info_nce(slot_mean, t, b.nce_tau)
+    if b.bow_weight > 0 and model.bow is not None and content is not None:
+        bow = F.binary_cross_entropy_with_logits(
+            model.bow(slots), bow_targets(labels, content, vocab).to(slots.device)
+        )
+        loss = loss + b.bow_weight * bow
+        parts["bow"] = float(bow)
+    use_usage = b.usage_weight > 0 and step % max(b.usage_every, 1) == 0
+    use_mismatch = b.mismatch_weight > 0 and slots.shape[0] > 1
+    if use_usage or use_mismatch:
+        # One no-grad pass over 2B rows: ablated (placeholder rows) and mismatched slots.
+        bsz = ids.shape[0]
+        with torch.no_grad():
+            other = torch.cat([ablation_slots(model, bsz), slots.detach().roll(1, dims=0)])
+            both: AnswerNLL = model.answer_nll(
+                ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2, 1), other
+            )
+        abl = both.total[:bsz].sum() / both.tokens[:bsz].sum()
+        mis = both.total[bsz:].sum() / both.tokens[bsz:].sum()
+        parts.update({"nll_ablated": float(abl), "nll_mismatched": float(mis)})
+        if use_usage:
+            loss = loss + b.usage_weight * usage_penalty(inj, abl, b.usage_margin)
+        if use_mismatch:
+            loss = loss + b.mismatch_weight * F.relu(inj - mis + b.mismatch_margin)
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+def _state_config(b: StageBConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(b).items() if k not in RESUMABLE_CHANGES}
+
+
+def _load_state(state_dir: Path, b: StageBConfig, model: LLINK, opt: torch.optim.Optimizer) -> int:
+    check_folder(
+        state_dir,
+        "Stage B training state",
+        "Start without --resume, or point run_dir to the interrupted run.",
+    )
+    meta = load_json(state_dir, "state")
+    saved, now = meta["config"], _state_config(b)
+    diffs = [
+        f"{k}: saved {saved.get(k)!r}, now {v!r}"
+        for k, v in now.items()
+        if saved.get(k) != (list(v) if isinstance(v, tuple) else v)
+    ]
+    if diffs:
+        raise ValueError("cannot resume: Stage B settings changed:\n  " + "\n  ".join(diffs))
+    t = load_tensors(state_dir, "state")
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in t.items() if k.startswith(prefix)}
+
+    model.bridge.load_state_dict(part("bridge."))
+    if model.bow is not None:
+        model.bow.load_state_dict(part("bow."))
+    if model.has_lora:
+        set_peft_model_state_dict(model.lm, part("lora."))
+    if b.lr_projector > 0:
+        model.projector.load_state_dict(part("projector."))
+    restore_optimizer(opt, part("opt."), meta["optimizer"])
+    return int(meta["step"])
