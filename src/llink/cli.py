@@ -20,7 +20,7 @@ from llink.data.pairs import PairFileError
 
 EPILOG = """\
 settings: every command that takes --config also takes KEY=VALUE overrides, with
-dotted keys into the config sections (model, data, stage_a) and top-level keys
+dotted keys into the config sections (model, data, stage_a, stage_b) and top-level keys
 (run_dir, device, seed, features_cache). `llink config show` prints them all.
 Example: llink train stage-a --config configs/offline.yaml stage_a.steps=2000
 """
@@ -84,6 +84,28 @@ def cmd_train_stage_a(args: argparse.Namespace) -> None:
     run_stage_a(_session(args), resume=args.resume)
 
 
+def cmd_train_stage_b(args: argparse.Namespace) -> None:
+    from llink.workflows import run_stage_b
+
+    run_stage_b(_session(args), resume=args.resume)
+
+
+def cmd_eval_nll(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_nll_on_test
+
+    evaluate_nll_on_test(_session(args), model_dir=args.model, limit=args.limit)
+
+
+def cmd_data_tasks(args: argparse.Namespace) -> None:
+    from llink.data.tasks import write_task_file
+    from llink.workflows import stage_b_items
+
+    session = _session(args)
+    items = stage_b_items(session, args.split)
+    n = write_task_file(args.out, items)
+    print(f"written: {args.out} ({n} examples from the {args.split} split)")
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> None:
     from llink.workflows import evaluate_retrieval
 
@@ -110,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
-    p = add(sub, "run", cmd_run, "the main job: data, models, Stage A, retrieval evaluation")
+    p = add(sub, "run", cmd_run,
+            "the main job: data, models, Stage A, retrieval table, Stage B, test NLL")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
 
     cfg_p = sub.add_parser("config", help="inspect configuration")
@@ -128,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="download/unpack folder (default: temporary)")
     p.add_argument("--keep-workdir", action="store_true", help="keep downloaded packages")
     add(data_sub, "split", cmd_data_split, "show the train/dev/test split and what was dropped")
+    p = add(data_sub, "tasks", cmd_data_tasks,
+            "write Stage B instruction examples (translate_to_english) of a split as JSONL")
+    p.add_argument("--out", required=True, help="output .jsonl")
+    p.add_argument("--split", default="train", choices=["train", "dev", "test"])
 
     models = sub.add_parser("models", help="frozen encoder and decoder")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -139,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(train_sub, "stage-a", cmd_train_stage_a,
             "Stage A: contrastive projector on cached encoder vectors and teacher states")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/stage_a-state")
+    p = add(train_sub, "stage-b", cmd_train_stage_b,
+            "Stage B: slot expander, gated adapter and LoRA on top of run_dir/stage_a")
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/stage_b-state")
 
     ev = sub.add_parser("eval", help="evaluations")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
@@ -147,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-a", metavar="DIR", help="Stage A artifact (default: RUN_DIR/stage_a)")
     p.add_argument("--pairs", metavar="FILE", help="evaluate on this pair file instead of test")
     p.add_argument("--no-baselines", action="store_true", help="only the trained projector")
+    p = add(ev_sub, "nll", cmd_eval_nll,
+            "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
+    p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
+    p.add_argument("--limit", type=int, default=200, help="test pairs to use (default 200)")
     return parser
 
 

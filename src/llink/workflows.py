@@ -178,14 +178,16 @@ def evaluate_retrieval(
 
 
 def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
-    """The README's main job: data → models → Stage A → retrieval table."""
+    """The README's main job: data → models → Stage A → retrieval → Stage B → test NLL."""
     t0 = time.time()
     prepare(session)
     run_stage_a(session, resume=resume)
     rows = evaluate_retrieval(session)
+    stage_b = run_stage_b(session, resume=resume)
+    nll = evaluate_nll_on_test(session, limit=session.cfg.stage_b.eval_pairs * 2)
     minutes = (time.time() - t0) / 60
     print(f"main job finished in {minutes:.1f} min; run folder: {session.cfg.run_dir}")
-    return {"retrieval": rows, "minutes": minutes}
+    return {"retrieval": rows, "stage_b": stage_b, "test_nll": nll, "minutes": minutes}
 
 
 def _stage_b_data(
