@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llink.checkpoints import CheckpointError
 from llink.config import Config, ConfigError, load_config
+from llink.data.harvest import SOURCES as HARVEST_SOURCES
 from llink.data.pairs import PairFileError
 
 EPILOG = """\
@@ -58,7 +59,7 @@ def cmd_data_harvest(args: argparse.Namespace) -> None:
 
     out = Path(args.out or f"en-{args.lang}.jsonl.gz")
     counts = harvest(args.lang, out, sources=tuple(args.sources), workdir=args.workdir,
-                     keep_workdir=args.keep_workdir)
+                     keep_workdir=args.keep_workdir, provenance=True)
     print(json.dumps(counts, indent=2))
     print(f"written: {out}")
 
@@ -146,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
             "build an English-foreign corpus from Debian's translation packages", config=False)
     p.add_argument("--lang", required=True, help="language code as Debian uses it, e.g. km, th")
     p.add_argument("--out", help="output .jsonl.gz (default: en-LANG.jsonl.gz)")
-    p.add_argument("--sources", nargs="+", default=["libreoffice-help", "gettext", "firefox"],
-                   choices=["libreoffice-help", "gettext", "firefox"])
+    p.add_argument("--sources", nargs="+", default=list(HARVEST_SOURCES),
+                   choices=list(HARVEST_SOURCES), help="which Debian sources to read")
     p.add_argument("--workdir", type=Path, help="download/unpack folder (default: temporary)")
     p.add_argument("--keep-workdir", action="store_true", help="keep downloaded packages")
     add(data_sub, "split", cmd_data_split, "show the train/dev/test split and what was dropped")
@@ -185,10 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from llink.data.harvest import HarvestError
+    from llink.inject import UnknownTaskError
     from llink.models.offline import OfflineModelUnavailable
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
-            OfflineModelUnavailable)
+            OfflineModelUnavailable, HarvestError, UnknownTaskError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
