@@ -23,20 +23,20 @@ def test_shipped_configs_load():
     assert paper.model.decoder == "meta-llama/Llama-3.2-1B-Instruct"
     assert paper.stage_a.steps == 20000
     assert paper.stage_a.batch_size * paper.stage_a.grad_accum == 128
-    assert paper.stage_a.betas == (0.9, 0.98) and paper.stage_a.center_targets is False
+    assert paper.stage_a.betas == (0.9, 0.98) and paper.stage_a.targets == "raw"
     assert paper.stage_b.usage_every == 3 and paper.stage_b.mismatch_weight == 0.0
 
 
 def test_overrides_types_and_errors(tmp_path):
     cfg = load_config(None, ["stage_a.steps=12", "stage_a.lr=3e-4", "data.max_train_pairs=none",
                              "stage_b.lora_targets=q_proj,v_proj", "stage_a.betas=[0.8, 0.9]",
-                             "run_dir=runs/x", "stage_a.center_targets=false"])
+                             "run_dir=runs/x", "stage_a.targets=centred"])
     assert cfg.stage_a.steps == 12 and cfg.stage_a.lr == pytest.approx(3e-4)
     assert cfg.data.max_train_pairs is None and cfg.stage_b.lora_targets == ["q_proj", "v_proj"]
-    assert cfg.stage_a.betas == (0.8, 0.9) and cfg.stage_a.center_targets is False
+    assert cfg.stage_a.betas == (0.8, 0.9) and cfg.stage_a.targets == "centred"
     for bad, msg in [("stage_a.steps=many", "integer"), ("stage_a.nope=1", "unknown setting"),
                      ("stage_a=3", "section"), ("steps", "key=value"),
-                     ("stage_a.center_targets=maybe", "true/false")]:
+                     ("data.sentence_like_only=maybe", "true/false")]:
         with pytest.raises(ConfigError, match=msg):
             load_config(None, [bad])
     with pytest.raises(ConfigError, match="not found"):

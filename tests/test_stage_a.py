@@ -62,8 +62,9 @@ def test_stage_a_trains_logs_and_saves(tmp_path, tiny_encoder_dir, tiny_decoder_
     assert records[0]["tau"] > records[-1]["tau"]
     # the projector learns the training pairs: training retrieval far above chance
     loaded = load_stage_a(run / "stage_a", expect=session.model_meta())
-    assert torch.equal(loaded.target_mean, art.target_mean)
-    assert art.meta["center_targets"] is True
+    assert torch.equal(loaded.targets.mean, art.targets.mean)
+    assert torch.equal(loaded.targets.whitener, art.targets.whitener)
+    assert art.meta["targets"] == "whitened"
     rows = evaluate_retrieval(session, baselines=True)
     assert set(rows) >= {"Latin-token overlap floor", "encoder cross-lingual (reference)"}
     assert (run / "eval" / "retrieval.json").exists()

@@ -21,6 +21,7 @@ from llink.inject import PromptFormat
 from llink.model import LLINK
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
+from llink.targets import TargetTransform
 
 STAGE_A_FORMAT = 1
 
@@ -29,20 +30,19 @@ STAGE_A_FORMAT = 1
 class StageAArtifact:
     """A trained projector and what it needs to be used.
 
-    ``target_mean`` is the training-set mean teacher state that was subtracted from
-    the targets (zeros when targets were not centred): the projector predicts
-    *centred* teacher states, and anything comparing with teacher states must
-    subtract it too. ``reserved_rows`` are the decoder's reserved-token rows the
-    teacher states were computed with.
+    The projector predicts teacher states mapped through ``targets`` (raw, centred
+    or whitened, see :mod:`llink.targets`): anything comparing projected vectors
+    with teacher states must map the states the same way. ``reserved_rows`` are the
+    decoder's reserved-token rows the teacher states were computed with.
     """
 
     projector: Projector
-    target_mean: torch.Tensor
+    targets: TargetTransform
     reserved_rows: torch.Tensor
     meta: dict[str, Any]
 
     def project(self, enc: torch.Tensor) -> torch.Tensor:
-        """Project encoder vectors (eval mode, no gradients) into the centred teacher space."""
+        """Project encoder vectors (eval mode, no gradients) into the target space."""
         self.projector.eval()
         with torch.no_grad():
             dev = next(self.projector.parameters()).device
@@ -52,7 +52,7 @@ class StageAArtifact:
 def save_stage_a(folder: str | Path, art: StageAArtifact) -> Path:
     """Write the Stage A artifact folder atomically."""
     tensors = {f"projector.{k}": v for k, v in art.projector.state_dict().items()}
-    tensors["target_mean"] = art.target_mean
+    tensors.update(art.targets.tensors())
     tensors["reserved_rows"] = art.reserved_rows
     meta = {"format": STAGE_A_FORMAT, **art.meta}
     return save_folder(folder, {"stage_a": tensors}, {"stage_a": meta})
@@ -78,7 +78,8 @@ def load_stage_a(folder: str | Path, expect: dict[str, Any] | None = None) -> St
     proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
     proj.load_state_dict(_prefixed(tensors, "projector."))
     proj.eval()
-    return StageAArtifact(proj, tensors["target_mean"], tensors["reserved_rows"], meta)
+    targets = TargetTransform.from_tensors(meta["targets"], tensors)
+    return StageAArtifact(proj, targets, tensors["reserved_rows"], meta)
 
 
 LLINK_FORMAT = 1
@@ -88,12 +89,12 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
     """Write a complete LLINK model folder: bridge, projector, reserved rows, LoRA, config.
 
     Layout: ``llink.json`` (models, dimensions, K, prompt format, training config),
-    ``bridge.safetensors`` (bridge.*, projector.*, target_mean, reserved_rows) and
+    ``bridge.safetensors`` (bridge.*, projector.*, target transform, reserved_rows) and
     ``lora/`` as ``peft`` saves it.
     """
     tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
     tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
-    tensors["target_mean"] = model.target_mean
+    tensors.update(model.targets.tensors())
     tensors["reserved_rows"] = model.decoder.reserved_rows()
     full_meta = {
         "format": LLINK_FORMAT,
@@ -102,6 +103,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "d_enc": model.encoder.dim,
         "d_dec": model.decoder.hidden_size,
         "use_chat_template": model.fmt.use_chat_template,
+        "targets": model.targets.kind,
         "has_lora": model.has_lora,
     }
 
@@ -151,7 +153,8 @@ def load_llink(
     proj.load_state_dict(_prefixed(tensors, "projector."))
     bridge = SlotBridge(meta["d_dec"], meta["num_slots"], target_norm=1.0)
     bridge.load_state_dict(_prefixed(tensors, "bridge."))
-    model = LLINK(enc, dec, proj, tensors["target_mean"], bridge,
+    targets = TargetTransform.from_tensors(meta["targets"], tensors)
+    model = LLINK(enc, dec, proj, targets, bridge,
                   PromptFormat(meta["use_chat_template"]))
     if meta.get("has_lora"):
         model.load_lora(str(folder / "lora"))

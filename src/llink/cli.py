@@ -107,6 +107,21 @@ def cmd_data_tasks(args: argparse.Namespace) -> None:
     print(f"written: {args.out} ({n} examples from the {args.split} split)")
 
 
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from llink.data import synth
+
+    session = _session(args)
+    pairs = getattr(session.splits, args.split)
+    teacher = synth.make_teacher(
+        args.teacher, endpoint=args.endpoint, model=args.model, api_key_env=args.api_key_env,
+        cache_dir=session.cfg.model.cache_dir, device=session.cfg.device,
+        timeout=args.timeout, max_new_tokens=args.max_new_tokens)
+    report = synth.synthesize(pairs, teacher, args.out, args.tasks or synth.SYNTH_TASKS,
+                              limit=args.limit, batch_size=args.batch_size,
+                              progress=session.progress)
+    print(report.summary())
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> None:
     from llink.workflows import evaluate_retrieval
 
@@ -141,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg_p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     add(cfg_sub, "show", cmd_config_show, "print the resolved config as JSON")
 
-    data = sub.add_parser("data", help="corpora: harvest, split")
+    data = sub.add_parser("data", help="corpora: harvest, split, tasks, synth")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = add(data_sub, "harvest", cmd_data_harvest,
             "build an English-foreign corpus from Debian's translation packages", config=False)
@@ -156,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
             "write Stage B instruction examples (translate_to_english) of a split as JSONL")
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"])
+
+    p = add(data_sub, "synth", cmd_data_synth,
+            "write synthetic Stage B examples (paraphrase, QA, titles, ...): a teacher LLM "
+            "answers from the English side of each pair; resumable (appends to --out)")
+    p.add_argument("--out", required=True, help="output .jsonl (appended to; reruns resume)")
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="local causal LM: offline: name, hub id or folder "
+                   "(default: offline:smollm2-135m-instruct)")
+    p.add_argument("--endpoint", metavar="URL",
+                   help="OpenAI-compatible chat-completions URL (or its /v1 base) instead")
+    p.add_argument("--model", help="model name sent to --endpoint")
+    p.add_argument("--api-key-env", metavar="VAR", help="env variable holding the endpoint's key")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="task types (default: all but translate_to_english)")
+    p.add_argument("--split", default="train", choices=["train", "dev", "test"])
+    p.add_argument("--limit", type=int, help="use at most N pairs of the split")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per teacher call")
+    p.add_argument("--max-new-tokens", type=int, default=192, help="reply length cap (tokens)")
+    p.add_argument("--timeout", type=float, default=60.0, help="endpoint timeout per request (s)")
 
     models = sub.add_parser("models", help="frozen encoder and decoder")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -187,11 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.data.harvest import HarvestError
+    from llink.data.synth import SynthError
     from llink.inject import UnknownTaskError
     from llink.models.offline import OfflineModelUnavailable
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
-            OfflineModelUnavailable, HarvestError, UnknownTaskError)
+            OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,7 +69,8 @@ class StageAConfig:
     lognorm_weight: float = 0.02
     dropout: float = 0.1
     hidden_mult: int = 4
-    center_targets: bool = True  # subtract the training-set mean teacher state
+    targets: str = "whitened"  # raw (the paper) | centred | whitened teacher states
+    whiten_eps: float = 1e-3  # eigenvalue floor, relative to the largest, for whitening
     eval_every: int = 500
     save_every: int = 1000
     encoder_batch_size: int = 64
@@ -256,11 +257,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _apply(cfg, _read_file(Path(path)), "")
     for item in overrides or []:
         _apply(cfg, parse_override(item), "")
+    validate(cfg)
     return cfg
+
+
+CHOICES = {
+    ("stage_a", "targets"): ("raw", "centred", "whitened"),
+    ("model", "dtype"): ("float32", "bfloat16", "float16"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Reject values outside their allowed choices, naming the choices."""
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` saved with :meth:`Config.to_dict` (unknown keys are errors)."""
     cfg = Config()
     _apply(cfg, data, "")
+    validate(cfg)
     return cfg

@@ -27,6 +27,7 @@ from llink.inject import (
 )
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
+from llink.targets import TargetTransform
 
 
 @dataclass
@@ -53,7 +54,7 @@ class LLINK(nn.Module):
         encoder: FrozenEncoder,
         decoder: FrozenDecoder,
         projector: Projector,
-        target_mean: torch.Tensor,
+        targets: TargetTransform,
         bridge: SlotBridge,
         fmt: PromptFormat | None = None,
         bow: BagOfWordsHead | None = None,
@@ -62,7 +63,7 @@ class LLINK(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.projector = projector.requires_grad_(False).eval()
-        self.register_buffer("target_mean", target_mean.float().clone())
+        self.targets = targets  # the Stage A target space (for Stage B's regularisers)
         self.bridge = bridge
         self.bow = bow
         self.fmt = fmt or PromptFormat()
@@ -109,7 +110,7 @@ class LLINK(nn.Module):
 
     # --- the bridge ------------------------------------------------------------------
     def project(self, enc: torch.Tensor) -> torch.Tensor:
-        """Stage A projection of encoder vectors (into the centred teacher space)."""
+        """Stage A projection of encoder vectors (into the Stage A target space)."""
         return self.projector(enc.to(self.device))
 
     def slots(self, enc: torch.Tensor, gate_boost: float = 1.0) -> torch.Tensor:

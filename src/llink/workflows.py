@@ -153,10 +153,9 @@ def evaluate_retrieval(
     teacher = teacher_vectors(dec, english, root, a.teacher_batch_size, session.progress)
     enc_f = encoder_vectors(enc, foreign, root, a.encoder_batch_size, session.progress,
                             desc="encoder (pool)")
-    variant = "centred" if art.meta.get("center_targets") else "raw"
     rows = {
-        f"LLINK Stage A ({variant} targets)": retrieval_metrics(
-            art.project(enc_f), teacher - art.target_mean
+        f"LLINK Stage A ({art.targets.kind} targets)": retrieval_metrics(
+            art.project(enc_f), art.targets(teacher)
         )
     }
     if baselines:
@@ -191,8 +190,7 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
 
 
 def _stage_b_data(
-    session: Session, model: LLINK, items: list[TaskExample], mean: torch.Tensor,
-    with_base: bool = False,
+    session: Session, model: LLINK, items: list[TaskExample], with_base: bool = False,
 ) -> EncodedExamples:
     """Tokenize task examples and attach their cached encoder vectors and teacher states."""
     cfg, root = session.cfg, features_root(session.cfg.features_cache)
@@ -204,7 +202,7 @@ def _stage_b_data(
     examples = tokenize_examples(model, items, b.max_answer_tokens)
     base = tokenize_examples(model, items, b.max_answer_tokens, raw_foreign=True) if with_base \
         else None
-    return EncodedExamples(examples, enc, teacher - mean, base)
+    return EncodedExamples(examples, enc, model.targets(teacher), base)
 
 
 def stage_b_items(session: Session, split: str) -> list[TaskExample]:
@@ -232,7 +230,7 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     target_norm = float(base_rows.float().norm(dim=-1).median())
     bridge = SlotBridge(decoder.hidden_size, cfg.model.num_slots, target_norm)
     fmt = PromptFormat(cfg.stage_b.use_chat_template)
-    return LLINK(session.encoder, decoder, stage_a.projector, stage_a.target_mean, bridge,
+    return LLINK(session.encoder, decoder, stage_a.projector, stage_a.targets, bridge,
                  fmt).to(session.device)
 
 
@@ -246,15 +244,15 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
     train_items = stage_b_items(session, "train")
     dev_items = stage_b_items(session, "dev")[: cfg.stage_b.eval_pairs]
     print(f"Stage B: {len(train_items)} training examples, {len(dev_items)} dev examples")
-    train = _stage_b_data(session, model, train_items, stage_a.target_mean)
-    dev = _stage_b_data(session, model, dev_items, stage_a.target_mean, with_base=True)
+    train = _stage_b_data(session, model, train_items)
+    dev = _stage_b_data(session, model, dev_items, with_base=True)
     meta = {
         **session.model_meta(),
         "encoder_weights": session.encoder.fingerprint,
         "decoder_weights": model.decoder.fingerprint,
         "hidden_mult": stage_a.meta["hidden_mult"],
         "dropout": stage_a.meta["dropout"],
-        "center_targets": stage_a.meta["center_targets"],
+        "targets": stage_a.meta["targets"],
         "stage_a_dev": stage_a.meta.get("dev_metrics"),
     }
     summary = train_stage_b(cfg, model, train, dev, meta, resume=resume,
@@ -277,8 +275,7 @@ def evaluate_nll_on_test(
                        encoder=session.encoder)
     items, _ = translation_examples(session.splits.test)
     items = items[:limit] if limit else items
-    mean = model.target_mean.cpu()
-    data = _stage_b_data(session, model, items, mean, with_base=True)
+    data = _stage_b_data(session, model, items, with_base=True)
     m = evaluate_nll(model, data, cfg.stage_b.micro_batch, with_base=True)
     m["examples"] = len(items)
     out = Path(cfg.run_dir) / "eval" / "nll.json"

@@ -33,6 +33,7 @@ from llink.losses import NegativeQueue, direction_mse, info_nce, linear_tau, log
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
 from llink.runlog import MetricsLog
+from llink.targets import TargetTransform
 from llink.train.schedules import warmup_cosine
 
 #: Settings that may change between a run and its resumption.
@@ -116,9 +117,9 @@ def train_stage_a(
     log = MetricsLog(run_dir / "stage_a.metrics.jsonl")
     torch.manual_seed(cfg.seed)
 
-    mean = feats.train_h.mean(0) if a.center_targets else torch.zeros(feats.train_h.shape[1])
-    train_x, train_h = feats.train_x.to(device), (feats.train_h - mean).to(device)
-    dev_x, dev_h = feats.dev_x.to(device), feats.dev_h - mean
+    targets = TargetTransform.fit(a.targets, feats.train_h, a.whiten_eps)
+    train_x, train_h = feats.train_x.to(device), targets(feats.train_h).to(device)
+    dev_x, dev_h = feats.dev_x.to(device), targets(feats.dev_h)
     n = train_x.shape[0]
     if n < 2:
         raise ValueError("Stage A needs at least 2 training pairs")
@@ -224,14 +225,14 @@ def train_stage_a(
         "d_dec": int(train_h.shape[1]),
         "hidden_mult": a.hidden_mult,
         "dropout": a.dropout,
-        "center_targets": a.center_targets,
+        "targets": a.targets,
         "steps": a.steps,
         "train_pairs": n,
         "train_seconds": round(time.time() - t0, 1),
         "dev_metrics": last_dev or evaluate(a.steps),
         "stage_a_config": dataclasses.asdict(a),
     }
-    art = StageAArtifact(projector.cpu().eval(), mean.cpu(), reserved_rows.cpu(), meta)
+    art = StageAArtifact(projector.cpu().eval(), targets, reserved_rows.cpu(), meta)
     save_stage_a(run_dir / "stage_a", art)
     return art
 

@@ -54,7 +54,7 @@ class EncodedExamples:
 
     examples: list[Example]
     enc: torch.Tensor  # encoder vectors of the foreign texts [N, d_enc]
-    teacher: torch.Tensor  # centred teacher states of the English references [N, d_dec]
+    teacher: torch.Tensor  # teacher states of the English references, in the Stage A target space
     base: list[Example] | None = None  # same answers, raw foreign text in the prompt
 
 
