@@ -1,0 +1,73 @@
+"""The frozen encoder and decoder wrappers, on tiny models built from configs."""
+
+import torch
+
+from llink.models.decoder import FrozenDecoder, reserved_token_strings
+from llink.models.encoder import FrozenEncoder, clip_text, mean_pool
+
+KM = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "ចុចប៊ូតុង OK ។" * 3]
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert mean_pool(hidden, mask).tolist() == [[2.0, 3.0]]
+
+
+def test_encoder_clips_prefixes_and_is_deterministic(tiny_encoder_dir):
+    enc = FrozenEncoder.from_pretrained(str(tiny_encoder_dir), prefix="query: ", max_chars=10)
+    assert enc.prepare(["  " + "ក" * 30 + " "]) == ["query: " + "ក" * 10]
+    assert clip_text("abc", 0) == "abc"
+    a = enc.encode(KM, batch_size=2)
+    b = enc.encode(list(reversed(KM)), batch_size=3).flip(0)
+    assert a.shape == (3, 32) and a.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # batching and order don't matter
+    assert not any(p.requires_grad for p in enc.model.parameters())
+    # texts differing only after the clip give the same vector
+    long_a, long_b = "ក" * 10 + "ខ", "ក" * 10 + "គ"
+    torch.testing.assert_close(enc.encode([long_a]), enc.encode([long_b]))
+    settings = enc.cache_settings()
+    assert settings["prefix"] == "query: " and settings["max_chars"] == 10
+
+
+def test_reserved_tokens_added_once_with_deterministic_rows(tiny_decoder_dir):
+    a = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
+    b = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
+    toks = a.tokenizer.convert_ids_to_tokens(a.reserved.ids)
+    assert toks == reserved_token_strings(4)
+    assert len(set(a.reserved.ids)) == 7
+    torch.testing.assert_close(a.reserved_rows(), b.reserved_rows(), rtol=0, atol=0)
+    ids = a.tokenizer("x <f0><f1> y", add_special_tokens=False)["input_ids"]
+    assert a.reserved.slots[0] in ids and a.reserved.slots[1] in ids  # never split
+    assert a.fingerprint == b.fingerprint  # base weights, before reserved rows
+
+
+def test_reserved_rows_round_trip_gives_identical_logits(tiny_decoder_dir):
+    a = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
+    with torch.no_grad():
+        a.embedding_rows()[a.reserved.ids] += torch.randn(7, a.hidden_size)  # "trained" rows
+    saved = a.reserved_rows()
+    b = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
+    b.load_reserved_rows(saved)
+    torch.testing.assert_close(b.reserved_rows(), saved, rtol=0, atol=0)
+    ids = torch.tensor([[5, *a.reserved.ids, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(a.model(ids).logits, b.model(ids).logits, rtol=0, atol=0)
+    try:
+        b.load_reserved_rows(saved[:3])
+    except ValueError as exc:
+        assert "4 slots" in str(exc)
+    else:
+        raise AssertionError("wrong shape accepted")
+
+
+def test_teacher_states_read_the_foreign_emb_position(tiny_decoder_dir):
+    dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
+    texts = ["Open the file menu.", "I love my family very much indeed."]
+    states = dec.teacher_states(texts, batch_size=2)
+    for i, t in enumerate(texts):
+        ids = torch.tensor([dec.teacher_input_ids(t)])
+        assert ids[0, -1] == dec.reserved.foreign_emb
+        with torch.no_grad():
+            ref = dec.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1]
+        torch.testing.assert_close(states[i], ref, rtol=1e-4, atol=1e-5)
