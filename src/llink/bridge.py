@@ -118,11 +118,16 @@ class SlotBridge(nn.Module):
 
 
 class BagOfWordsHead(nn.Module):
-    """Training-only head: predicts which content tokens the answer holds from the slot mean."""
+    """Training-only head: predicts which content tokens the answer holds from the slot mean.
 
-    def __init__(self, d: int, vocab_size: int) -> None:
+    The bias starts at the log-odds of a token being present (``prior``, a few words
+    out of the whole vocabulary), so the BCE starts meaningful instead of at log 2.
+    """
+
+    def __init__(self, d: int, vocab_size: int, prior: float = 1e-4) -> None:
         super().__init__()
         self.proj = nn.Linear(d, vocab_size)
+        nn.init.constant_(self.proj.bias, math.log(prior / (1 - prior)))
 
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
         return self.proj(slots.mean(dim=1))

@@ -69,6 +69,14 @@ class LLINK(nn.Module):
         self.fmt = fmt or PromptFormat()
         self.lm: nn.Module = decoder.model
 
+    @classmethod
+    def from_pretrained(cls, folder: str, **kwargs) -> LLINK:
+        """Load a trained LLINK folder (``llink train stage-b`` output); see
+        :func:`llink.artifacts.load_llink` for the keyword arguments."""
+        from llink.artifacts import load_llink  # artifacts imports this module
+
+        return load_llink(folder, **kwargs)
+
     # --- structure -------------------------------------------------------------------
     @property
     def num_slots(self) -> int:

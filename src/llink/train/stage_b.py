@@ -327,7 +327,7 @@ def _step_loss(
             model.bow(slots), bow_targets(labels, content, vocab).to(slots.device)
         )
         loss = loss + b.bow_weight * bow
-        parts["bow"] = float(bow)
+        parts["bow"] = float(bow.detach())
     use_usage = b.usage_weight > 0 and step % max(b.usage_every, 1) == 0
     use_mismatch = b.mismatch_weight > 0 and slots.shape[0] > 1
     if use_usage or use_mismatch:
