@@ -17,15 +17,7 @@ from tqdm.auto import tqdm
 
 from llink.artifacts import StageAArtifact, save_stage_a
 from llink.bridge import Projector
-from llink.checkpoints import (
-    check_folder,
-    load_json,
-    load_tensors,
-    optimizer_state_tensors,
-    restore_optimizer,
-    save_folder,
-)
-from llink.config import Config, StageAConfig
+from llink.config import Config
 from llink.data.splits import Splits
 from llink.eval.retrieval import retrieval_metrics
 from llink.features import encoder_vectors, features_root, teacher_vectors
@@ -35,6 +27,7 @@ from llink.models.encoder import FrozenEncoder
 from llink.runlog import MetricsLog
 from llink.targets import TargetTransform
 from llink.train.schedules import warmup_cosine
+from llink.train.state import batch_indices, fixed_settings, load_state, save_state
 
 #: Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = {
@@ -86,16 +79,6 @@ def compute_features(
     return StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"])
 
 
-def _batch_indices(n: int, batch: int, seed: int, step: int, micro: int) -> torch.Tensor:
-    """A random batch for (step, micro-step), reproducible without any saved sampler state."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + micro)
-    return torch.randperm(n, generator=g)[: min(batch, n)]
-
-
-def _state_config(a: StageAConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(a).items() if k not in RESUMABLE_CHANGES}
-
-
 def train_stage_a(
     cfg: Config,
     feats: StageAFeatures,
@@ -136,23 +119,20 @@ def train_stage_a(
     )
     start = 0
     if resume:
-        start = _load_state(state_dir, a, projector, opt, queue)
+        start, parts = load_state(state_dir, "Stage A", fixed_settings(a, RESUMABLE_CHANGES), opt)
+        projector.load_state_dict(parts["projector"])
+        if queue is not None:
+            queue.load_state_dict(parts["queue"])
         log.truncate_after(start)
         print(f"resuming Stage A from step {start} ({state_dir})")
     elif (run_dir / "stage_a.metrics.jsonl").exists():
         (run_dir / "stage_a.metrics.jsonl").unlink()
 
-    def save_state(step: int) -> None:
-        tensors = {f"projector.{k}": v for k, v in projector.state_dict().items()}
-        opt_tensors, opt_meta = optimizer_state_tensors(opt)
-        tensors.update({f"opt.{k}": v for k, v in opt_tensors.items()})
+    def checkpoint(step: int) -> None:
+        parts = {"projector": projector.state_dict()}
         if queue is not None:
-            tensors.update({f"queue.{k}": v for k, v in queue.state_dict().items()})
-        save_folder(
-            state_dir,
-            {"state": tensors},
-            {"state": {"step": step, "optimizer": opt_meta, "config": _state_config(a)}},
-        )
+            parts["queue"] = queue.state_dict()
+        save_state(state_dir, parts, opt, step, fixed_settings(a, RESUMABLE_CHANGES))
 
     def evaluate(step: int) -> dict[str, float]:
         projector.eval()
@@ -180,7 +160,7 @@ def train_stage_a(
         torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks reproducible on resume
         total = {"loss": 0.0, "nce": 0.0}
         for micro in range(a.grad_accum):
-            idx = _batch_indices(n, a.batch_size, cfg.seed, step, micro).to(device)
+            idx = batch_indices(n, a.batch_size, cfg.seed, step, micro).to(device)
             p, h = projector(train_x[idx]), train_h[idx]
             negs = queue.hard_negatives(p, a.queue_topk, exclude_ids=idx) if queue else None
             nce = info_nce(p, h, tau, negs)
@@ -214,10 +194,10 @@ def train_stage_a(
             log.log(record, prefix="stage A | ", echo="dev_R@1" in record)
             bar.set_postfix(loss=f"{total['loss']:.3f}", r1=f"{last_dev.get('R@1', 0):.3f}")
         if done % a.save_every == 0 and done < a.steps:
-            save_state(done)
+            checkpoint(done)
     bar.close()
     if start < a.steps:
-        save_state(a.steps)
+        checkpoint(a.steps)
 
     meta = {
         **meta,
@@ -235,38 +215,3 @@ def train_stage_a(
     art = StageAArtifact(projector.cpu().eval(), targets, reserved_rows.cpu(), meta)
     save_stage_a(run_dir / "stage_a", art)
     return art
-
-
-def _load_state(
-    state_dir: Path,
-    a: StageAConfig,
-    projector: Projector,
-    opt: torch.optim.Optimizer,
-    queue: NegativeQueue | None,
-) -> int:
-    fix = "Start without --resume, or point run_dir to the interrupted run."
-    check_folder(state_dir, "Stage A training state", fix)
-    meta = load_json(state_dir, "state")
-    saved = meta["config"]
-    now = _state_config(a)
-    diffs = [
-        f"{k}: saved {saved.get(k)!r}, now {v!r}"
-        for k, v in now.items()
-        if saved.get(k) != (list(v) if isinstance(v, tuple) else v)
-    ]
-    if diffs:
-        raise ValueError("cannot resume: Stage A settings changed:\n  " + "\n  ".join(diffs))
-    tensors = load_tensors(state_dir, "state")
-    projector.load_state_dict(
-        {k.removeprefix("projector."): v for k, v in tensors.items() if k.startswith("projector.")}
-    )
-    restore_optimizer(
-        opt,
-        {k.removeprefix("opt."): v for k, v in tensors.items() if k.startswith("opt.")},
-        meta["optimizer"],
-    )
-    if queue is not None:
-        queue.load_state_dict(
-            {k.removeprefix("queue."): v for k, v in tensors.items() if k.startswith("queue.")}
-        )
-    return int(meta["step"])

@@ -22,14 +22,6 @@ from tqdm.auto import tqdm
 
 from llink.artifacts import save_llink
 from llink.bridge import BagOfWordsHead
-from llink.checkpoints import (
-    check_folder,
-    load_json,
-    load_tensors,
-    optimizer_state_tensors,
-    restore_optimizer,
-    save_folder,
-)
 from llink.config import Config, StageBConfig
 from llink.data.tasks import TaskExample
 from llink.inject import Example, build_example, collate, instruction_text, slot_span
@@ -37,6 +29,7 @@ from llink.losses import direction_mse, info_nce, usage_penalty
 from llink.model import LLINK, AnswerNLL
 from llink.runlog import MetricsLog
 from llink.train.schedules import warmup_linear
+from llink.train.state import batch_indices, fixed_settings, load_state, save_state
 
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs"}
 STOP_WORDS = frozenset(
@@ -89,11 +82,6 @@ def bow_targets(labels: torch.Tensor, content: torch.Tensor, vocab_size: int) ->
         ids = ids[content[ids]]
         tgt[r, ids] = 1.0
     return tgt
-
-
-def _batch_indices(n: int, batch: int, seed: int, step: int, micro: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + micro + 17)
-    return torch.randperm(n, generator=g)[: min(batch, n)]
 
 
 def ablation_slots(model: LLINK, batch: int) -> torch.Tensor:
@@ -194,34 +182,28 @@ def train_stage_b(
     opt = torch.optim.AdamW(_param_groups(model, b), weight_decay=b.weight_decay)
     start = 0
     if resume:
-        start = _load_state(state_dir, b, model, opt)
+        start, parts = load_state(state_dir, "Stage B", fixed_settings(b, RESUMABLE_CHANGES), opt)
+        model.bridge.load_state_dict(parts["bridge"])
+        if model.bow is not None:
+            model.bow.load_state_dict(parts["bow"])
+        if model.has_lora:
+            set_peft_model_state_dict(model.lm, parts["lora"])
+        if b.lr_projector > 0:
+            model.projector.load_state_dict(parts["projector"])
         log.truncate_after(start)
         print(f"resuming Stage B from step {start} ({state_dir})")
     elif log.path.exists():
         log.path.unlink()
 
-    def save_state(step: int) -> None:
-        tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
+    def checkpoint(step: int) -> None:
+        parts = {"bridge": model.bridge.state_dict()}
         if model.bow is not None:
-            tensors.update({f"bow.{k}": v for k, v in model.bow.state_dict().items()})
+            parts["bow"] = model.bow.state_dict()
         if model.has_lora:
-            tensors.update(
-                {
-                    f"lora.{k}": v
-                    for k, v in get_peft_model_state_dict(
-                        model.lm, save_embedding_layers=False
-                    ).items()
-                }
-            )
+            parts["lora"] = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
         if b.lr_projector > 0:
-            tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
-        opt_t, opt_meta = optimizer_state_tensors(opt)
-        tensors.update({f"opt.{k}": v for k, v in opt_t.items()})
-        save_folder(
-            state_dir,
-            {"state": tensors},
-            {"state": {"step": step, "optimizer": opt_meta, "config": _state_config(b)}},
-        )
+            parts["projector"] = model.projector.state_dict()
+        save_state(state_dir, parts, opt, step, fixed_settings(b, RESUMABLE_CHANGES))
 
     pad = int(model.tokenizer.pad_token_id)
     n = len(train.examples)
@@ -248,7 +230,7 @@ def train_stage_b(
         torch.manual_seed(cfg.seed * 7919 + step)
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
-            idx = _batch_indices(n, b.micro_batch, cfg.seed, step, micro)
+            idx = batch_indices(n, b.micro_batch, cfg.seed + 17, step, micro)
             batch = collate([train.examples[i] for i in idx], pad)
             loss, parts = _step_loss(
                 model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step
@@ -279,10 +261,10 @@ def train_stage_b(
         log.log(record, prefix="stage B | ", echo=is_eval)
         bar.set_postfix(loss=f"{stats['loss']:.3f}")
         if done % b.save_every == 0 and done < b.steps:
-            save_state(done)
+            checkpoint(done)
     bar.close()
     if start < b.steps:
-        save_state(b.steps)
+        checkpoint(b.steps)
     final_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True)
     summary = {
         "dev_final": final_dev,
@@ -347,38 +329,3 @@ def _step_loss(
             loss = loss + b.mismatch_weight * F.relu(inj - mis + b.mismatch_margin)
     parts["loss"] = float(loss.detach())
     return loss, parts
-
-
-def _state_config(b: StageBConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(b).items() if k not in RESUMABLE_CHANGES}
-
-
-def _load_state(state_dir: Path, b: StageBConfig, model: LLINK, opt: torch.optim.Optimizer) -> int:
-    check_folder(
-        state_dir,
-        "Stage B training state",
-        "Start without --resume, or point run_dir to the interrupted run.",
-    )
-    meta = load_json(state_dir, "state")
-    saved, now = meta["config"], _state_config(b)
-    diffs = [
-        f"{k}: saved {saved.get(k)!r}, now {v!r}"
-        for k, v in now.items()
-        if saved.get(k) != (list(v) if isinstance(v, tuple) else v)
-    ]
-    if diffs:
-        raise ValueError("cannot resume: Stage B settings changed:\n  " + "\n  ".join(diffs))
-    t = load_tensors(state_dir, "state")
-
-    def part(prefix: str) -> dict[str, torch.Tensor]:
-        return {k.removeprefix(prefix): v for k, v in t.items() if k.startswith(prefix)}
-
-    model.bridge.load_state_dict(part("bridge."))
-    if model.bow is not None:
-        model.bow.load_state_dict(part("bow."))
-    if model.has_lora:
-        set_peft_model_state_dict(model.lm, part("lora."))
-    if b.lr_projector > 0:
-        model.projector.load_state_dict(part("projector."))
-    restore_optimizer(opt, part("opt."), meta["optimizer"])
-    return int(meta["step"])
