@@ -122,6 +122,94 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def _load_model(args: argparse.Namespace):
+    from llink.artifacts import load_llink
+    from llink.models.loading import resolve_device
+
+    folder = args.model or str(Path(Config().run_dir) / "stage_b")
+    return load_llink(folder, device=resolve_device(args.device))
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.text)
+    if args.file:
+        if args.file == "-":
+            lines = sys.stdin.read().splitlines()
+        else:
+            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        texts += [line for line in lines if line.strip()]
+    return texts
+
+
+def cmd_infer(args: argparse.Namespace) -> None:
+    from llink.diagnostics import check_inputs, compare
+
+    texts = _read_texts(args)
+    model = _load_model(args)
+    task = "ask" if args.question else args.task
+    for w in check_inputs(texts, model.encoder.max_chars, task):
+        print(f"llink: warning: {w}", file=sys.stderr)
+    results = compare(model, texts, task, args.strict, args.gate_boost, args.question,
+                      args.max_new_tokens, with_diagnostics=args.compare)
+    for r in results:
+        if args.json:
+            print(json.dumps(r.to_dict(), ensure_ascii=False))
+            continue
+        if len(results) > 1 or args.compare:
+            print(f"> {r.text}")
+        print(r.injected)
+        if args.compare:
+            print(f"  ablated: {r.ablated}\n  base:    {r.base}")
+            for w in r.warnings:
+                print(f"  WARNING: {w}")
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from llink.diagnostics import check_inputs, lexeme_probe
+
+    model = _load_model(args)
+    for w in check_inputs([args.text], model.encoder.max_chars, "translate_to_english"):
+        print(f"llink: warning: {w}", file=sys.stderr)
+    cands = [c for c in (args.candidates or "").split(",") if c.strip()]
+    rep = lexeme_probe(model, args.text, cands, top=args.top)
+    if args.json:
+        print(json.dumps(rep, ensure_ascii=False, indent=1))
+        return
+    print("slot norms: " + " ".join(f"{x:.2f}" for x in rep["slot_norms"]))
+    rows = zip(rep["nearest_vocab"], rep["next_tokens_injected"], rep["next_tokens_ablated"],
+               strict=True)
+    print(f"{'rank':>4}  {'nearest vocab row (cos)':<28}  {'next token, injected':<28}  "
+          "next token, ablated")
+    for i, (a, b, c) in enumerate(rows, start=1):
+        print(f"{i:>4}  {a['token']!r:<20} {a['score']:>6.3f}  {b['token']!r:<20} "
+              f"{b['score']:>6.2f}  {c['token']!r:<20} {c['score']:>6.2f}")
+    if rep["candidates"]:
+        print(f"\n{'candidate':<16} {'token':<14} {'rank':>7} {'cosine':>7} {'logit inj':>9} "
+              f"{'logit abl':>9} {'delta':>7}")
+        for c in rep["candidates"]:
+            print(f"{c['word']:<16} {c['token']!r:<14} {c['vocab_rank']:>7} {c['cosine']:>7.3f} "
+                  f"{c['logit_injected']:>9.2f} {c['logit_ablated']:>9.2f} "
+                  f"{c['logit_delta']:>+7.2f}")
+
+
+def cmd_batch(args: argparse.Namespace) -> None:
+    from llink.diagnostics import batch_diversity, check_inputs
+
+    texts = _read_texts(args)
+    model = _load_model(args)
+    for w in check_inputs(texts, model.encoder.max_chars, "translate_to_english"):
+        print(f"llink: warning: {w}", file=sys.stderr)
+    rep = batch_diversity(model, texts)
+    if args.json:
+        print(json.dumps(rep, ensure_ascii=False, indent=1))
+        return
+    print(f"{len(texts)} texts: pairwise cosine mean {rep['mean_cosine']:.3f}, "
+          f"max {rep['max_cosine']:.3f}")
+    for i, (t, n) in enumerate(zip(texts, rep["norms"], strict=True), start=1):
+        print(f"  {i:>2}. norm {n:7.2f}  {t[:60]}")
+    print(rep["verdict"])
+
+
 def cmd_eval_retrieval(args: argparse.Namespace) -> None:
     from llink.workflows import evaluate_retrieval
 
@@ -205,6 +293,38 @@ def build_parser() -> argparse.ArgumentParser:
             "Stage B: slot expander, gated adapter and LoRA on top of run_dir/stage_a")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/stage_b-state")
 
+    def model_args(p: argparse.ArgumentParser, many: bool) -> None:
+        if many:
+            p.add_argument("text", nargs="*", help="foreign text(s)")
+            p.add_argument("--file", metavar="F", help="read one text per line ('-' = stdin)")
+        else:
+            p.add_argument("text", help="foreign text")
+        p.add_argument("--model", metavar="DIR",
+                       help="LLINK folder from `llink train stage-b` (default runs/default/stage_b)")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add(sub, "infer", cmd_infer,
+            "answer in English about foreign text (default: translate it)", config=False)
+    model_args(p, many=True)
+    p.add_argument("--task", default="translate_to_english",
+                   help="one of: " + ", ".join(_task_names()))
+    p.add_argument("--question", help="a free-form question about the text (task 'ask')")
+    p.add_argument("--strict", action="store_true", help="ask for the translation only")
+    p.add_argument("--gate-boost", type=float, default=1.0,
+                   help="scale the gated adapter's contribution (1 = as trained)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--compare", action="store_true",
+                   help="also show the output with slots ablated and the base decoder's")
+    p = add(sub, "probe", cmd_probe,
+            "what the slots encode: nearest vocabulary rows, next-token shifts", config=False)
+    model_args(p, many=False)
+    p.add_argument("--candidates", help="comma-separated English words to rank")
+    p.add_argument("--top", type=int, default=30)
+    p = add(sub, "batch", cmd_batch,
+            "pairwise cosine and norms of projected vectors (collapse check)", config=False)
+    model_args(p, many=True)
+
     ev = sub.add_parser("eval", help="evaluations")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
     p = add(ev_sub, "retrieval", cmd_eval_retrieval,
@@ -219,19 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_names() -> list[str]:
+    from llink.inject import TASKS
+
+    return list(TASKS)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.data.harvest import HarvestError
     from llink.data.synth import SynthError
+    from llink.diagnostics import InputError
     from llink.inject import UnknownTaskError
     from llink.models.offline import OfflineModelUnavailable
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
-            OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError)
+            OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError, InputError)
+
+
+def _quiet_transformers() -> None:
+    """transformers' own "Loading weights" bars are noise next to llink's progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llink`` console script."""
     args = build_parser().parse_args(argv)
+    _quiet_transformers()
     try:
         args.func(args)
     except _user_errors() as exc:

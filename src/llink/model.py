@@ -7,6 +7,7 @@ decoder) and generation. It knows nothing of files; see ``llink.artifacts``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -192,7 +193,9 @@ class LLINK(nn.Module):
             "suppress_tokens": self.decoder.reserved.ids,
             **gen_kwargs,
         }
-        with self.adapters_disabled(base):
+        with self.adapters_disabled(base), warnings.catch_warnings():
+            # n-gram blocking applies to new tokens only with inputs_embeds: that is intended
+            warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
             out = self.lm.generate(
                 inputs_embeds=self.embed(ids, slots), attention_mask=mask, **kwargs
             )

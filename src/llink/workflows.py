@@ -52,12 +52,6 @@ class Session:
     _decoder: FrozenDecoder | None = field(default=None, repr=False)
     _splits: Splits | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        # transformers' own "Loading weights" bars are noise next to llink's progress.
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-
     @property
     def device(self) -> torch.device:
         return resolve_device(self.cfg.device)
