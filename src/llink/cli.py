@@ -217,6 +217,21 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> None:
                        baselines=not args.no_baselines)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import logging
+
+    from llink import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = serve.ServeSettings(
+        max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+        max_body_bytes=args.max_body_bytes, max_foreign_chars=args.max_foreign_chars,
+        max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
+        api_key=serve.api_key_from_env(args.api_key_env))
+    backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name)
+    serve.run_server(serve.make_server(backend, settings, args.host, args.port))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -336,6 +351,27 @@ def build_parser() -> argparse.ArgumentParser:
             "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--limit", type=int, default=200, help="test pairs to use (default 200)")
+    p = add(sub, "serve", cmd_serve, "HTTP server with an OpenAI-compatible chat-completions "
+            "endpoint (POST /v1/chat/completions, GET /v1/models, GET /health)", config=False)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="DIR", help="LLINK folder from `llink train stage-b`")
+    src.add_argument("--hf-model", metavar="NAME",
+                     help="serve a plain causal LM instead: hub id, folder or offline:NAME")
+    p.add_argument("--served-name", metavar="NAME", help="model name reported to clients")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max-batch", type=int, default=8, help="requests per generate call")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for more requests (default 10)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit")
+    p.add_argument("--max-foreign-chars", type=int, default=4000, help="foreign text limit")
+    p.add_argument("--max-tokens-limit", type=int, default=512,
+                   help="the largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=128,
+                   help="max_tokens of requests that give none")
+    p.add_argument("--api-key-env", metavar="VAR",
+                   help="require 'Authorization: Bearer KEY', KEY read from env variable VAR")
     return parser
 
 

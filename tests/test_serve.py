@@ -1,0 +1,354 @@
+"""``llink serve`` over real HTTP on 127.0.0.1, with a tiny trained LLINK and a tiny plain LM."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from llink.artifacts import load_llink
+from llink.serve import (
+    Backend,
+    HFBackend,
+    LLINKBackend,
+    LLINKServer,
+    ServeError,
+    ServeSettings,
+    api_key_from_env,
+    group_by_key,
+    make_server,
+    parse_chat_request,
+)
+from llink.workflows import Session, run_stage_a, run_stage_b
+
+from .conftest import KHMER_ENGLISH
+from .test_stage_a import _cfg, make_pair_file
+
+FOREIGN = [km for _, km in KHMER_ENGLISH]
+CHAT = "/v1/chat/completions"
+LIMITS = {
+    "max_body_bytes": 20_000,
+    "max_foreign_chars": 200,
+    "max_tokens": 64,
+    "default_max_tokens": 8,
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def tiny_llink(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
+    """A few steps of Stage A and B on tiny models, loaded back as an LLINK model."""
+    root = tmp_path_factory.mktemp("serve")
+    cfg = _cfg(
+        root,
+        tiny_encoder_dir,
+        tiny_decoder_dir,
+        make_pair_file(root),
+        **{
+            "stage_a.steps": 4,
+            "stage_a.eval_every": 100,
+            "stage_b.steps": 2,
+            "stage_b.micro_batch": 4,
+            "stage_b.bridge_warmup_steps": 1,
+            "stage_b.eval_every": 100,
+            "stage_b.save_every": 100,
+            "stage_b.eval_pairs": 2,
+            "stage_b.lora_r": 4,
+            "stage_b.lora_alpha": 4,
+            "stage_b.max_answer_tokens": 16,
+        },
+    )
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    run_stage_b(session)
+    return load_llink(root / "run" / "stage_b", encoder=session.encoder)
+
+
+@contextmanager
+def serving(backend: Backend, **settings: Any) -> Iterator[LLINKServer]:
+    """A server on an ephemeral port, run in a thread."""
+    server = make_server(backend, ServeSettings(**settings), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def llink_backend(tiny_llink) -> LLINKBackend:
+    return LLINKBackend(tiny_llink, "tiny-llink")
+
+
+@pytest.fixture(scope="module")
+def server(llink_backend) -> Iterator[LLINKServer]:
+    with serving(llink_backend, batch_wait_ms=5, **LIMITS) as srv:
+        yield srv
+
+
+# --------------------------------------------------------------------------- helpers
+def call(
+    server: LLINKServer,
+    path: str,
+    body: Any = None,
+    method: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], Any]:
+    """(status, JSON body, response headers) of one HTTP request."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        server.url + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers
+    except urllib.error.HTTPError as err:
+        text = err.read().decode()
+        assert "Traceback" not in text
+        return err.code, json.loads(text), err.headers
+
+
+def user(content: str, **extra: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": content}], **extra}
+
+
+def answer(resp: dict[str, Any]) -> str:
+    return resp["choices"][0]["message"]["content"]
+
+
+# --------------------------------------------------------------------------- LLINK
+def test_health_and_models(server):
+    status, body, _ = call(server, "/health")
+    assert status == 200
+    assert (body["status"], body["kind"], body["model"]) == ("ok", "llink", "tiny-llink")
+    assert "ask" in body["tasks"] and body["num_slots"] == 4
+    status, body, _ = call(server, "/v1/models")
+    assert status == 200 and body["data"][0]["id"] == "tiny-llink"
+
+
+def test_translation_request(server, tiny_llink):
+    status, body, _ = call(server, CHAT, user(f"<foreign>{FOREIGN[0]}</foreign>", max_tokens=8))
+    assert status == 200
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert body["model"] == "tiny-llink" and isinstance(body["created"], int)
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    assert usage["prompt_tokens"] > 4 and 0 <= usage["completion_tokens"] <= 8
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert body["llink"]["task"] == "translate_to_english"
+    assert answer(body) == tiny_llink.generate([FOREIGN[0]], max_new_tokens=8)[0]
+
+
+def test_foreign_span_with_question(server, tiny_llink):
+    msg = f"Who is mentioned? <foreign>{FOREIGN[0]}</foreign>"
+    status, body, _ = call(server, CHAT, user(msg, max_tokens=6))
+    assert status == 200 and body["llink"]["task"] == "ask"
+    want = tiny_llink.generate(
+        [FOREIGN[0]], task="ask", question="Who is mentioned?", max_new_tokens=6
+    )
+    assert answer(body) == want[0]
+
+
+def test_dedicated_field(server, tiny_llink):
+    fields = {"foreign": FOREIGN[1], "task": "title_generation", "strict": True}
+    status, body, _ = call(server, CHAT, user("", llink=fields, max_tokens=6))
+    assert status == 200 and body["llink"]["task"] == "title_generation"
+    want = tiny_llink.generate([FOREIGN[1]], task="title_generation", strict=True, max_new_tokens=6)
+    assert answer(body) == want[0]
+
+
+def _requests() -> list[dict[str, Any]]:
+    reqs = [user(f"<foreign>{t}</foreign>", max_tokens=6) for t in FOREIGN[:4]]
+    reqs.append(user(f"What is it? <foreign>{FOREIGN[4]}</foreign>", max_tokens=6))
+    reqs.append(
+        user("", llink={"foreign": FOREIGN[5], "task": "summarize_in_english"}, max_tokens=6)
+    )
+    return reqs
+
+
+def _concurrently(srv: LLINKServer, reqs: list[dict[str, Any]]) -> list[Any]:
+    start = threading.Barrier(len(reqs))
+    results: list[Any] = [None] * len(reqs)
+
+    def post(i: int) -> None:
+        start.wait()
+        results[i] = call(srv, CHAT, reqs[i])
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(len(reqs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_concurrent_requests_are_batched(server, llink_backend):
+    reqs = _requests()
+    sequential = [answer(call(server, CHAT, r)[1]) for r in reqs]
+    with serving(llink_backend, batch_wait_ms=400, max_batch=8, **LIMITS) as srv:
+        results = _concurrently(srv, reqs)
+        calls = srv.generate_calls
+    assert [status for status, _, _ in results] == [200] * len(reqs)
+    assert [answer(body) for _, body, _ in results] == sequential
+    assert calls < len(reqs)
+
+
+def test_shutdown_finishes_queued_requests(llink_backend):
+    reqs = _requests()[:3]
+    results: list[Any] = []
+    with serving(llink_backend, batch_wait_ms=2000, **LIMITS) as srv:
+        runner = threading.Thread(target=lambda: results.extend(_concurrently(srv, reqs)))
+        runner.start()
+        deadline = time.monotonic() + 10
+        while srv.batcher.submitted < len(reqs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    runner.join(30)  # leaving `serving` shut the server down while the batch was waiting
+    assert [status for status, _, _ in results] == [200] * len(reqs)
+
+
+def _ok(text: str = FOREIGN[0]) -> dict[str, Any]:
+    return user(f"<foreign>{text}</foreign>", max_tokens=4)
+
+
+BAD_REQUESTS = [
+    (b"{not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_body"),
+    ({}, 400, "missing_messages"),
+    ({"messages": []}, 400, "empty_messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_message"),
+    (user("hello there"), 400, "missing_foreign"),
+    (user("<foreign>   \n </foreign>"), 400, "empty_foreign"),
+    (user("", llink={"foreign": " \t "}), 400, "empty_foreign"),
+    (user(f"<foreign>{FOREIGN[0]}"), 400, "invalid_foreign"),
+    (
+        user(f"<foreign>{FOREIGN[0]}</foreign>", llink={"foreign": FOREIGN[1]}),
+        400,
+        "invalid_foreign",
+    ),
+    (user("", llink={"foreign": FOREIGN[0], "task": "poem"}), 400, "unknown_task"),
+    (user("", llink={"foreign": FOREIGN[0], "task": "ask"}), 400, "missing_question"),
+    (user("", llink={"foreign": FOREIGN[0], "colour": "red"}), 400, "invalid_llink"),
+    (user("", llink={"foreign": FOREIGN[0], "gate_boost": -1}), 400, "invalid_gate_boost"),
+    (user("", llink={"foreign": FOREIGN[0], "strict": "yes"}), 400, "invalid_strict"),
+    ({**_ok(), "max_tokens": 0}, 400, "max_tokens_out_of_range"),
+    ({**_ok(), "max_tokens": 65}, 400, "max_tokens_out_of_range"),
+    ({**_ok(), "max_tokens": "8"}, 400, "max_tokens_out_of_range"),
+    ({**_ok(), "stream": True}, 400, "unsupported_stream"),
+    (_ok("ក" * 201), 413, "foreign_too_large"),
+    (json.dumps(_ok("x" * 30_000)).encode(), 413, "body_too_large"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"), BAD_REQUESTS, ids=[c for _, _, c in BAD_REQUESTS]
+)
+def test_bad_requests(server, body, status, code):
+    got, resp, _ = call(server, CHAT, body, method="POST")
+    assert (got, resp["error"]["code"]) == (status, code)
+    assert resp["error"]["type"] == "invalid_request_error" and resp["error"]["message"]
+    if code == "unknown_task":
+        assert "translate_to_english" in resp["error"]["message"]
+        assert "ask" in resp["error"]["message"]
+
+
+def test_wrong_path_and_method(server):
+    status, body, _ = call(server, "/v1/nope")
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, headers = call(server, CHAT)
+    assert status == 405 and headers["Allow"] == "POST"
+    assert call(server, "/health", {"x": 1}, method="POST")[0] == 405
+    assert call(server, "/v1/models", method="DELETE")[0] == 405
+
+
+def test_internal_error_is_a_generic_500(server, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(server.backend, "generate", boom)
+    status, body, _ = call(server, CHAT, _ok())
+    assert status == 500 and body["error"]["type"] == "server_error"
+    assert "secret" not in json.dumps(body)
+    monkeypatch.undo()
+    assert call(server, CHAT, _ok())[0] == 200
+
+
+def test_token_auth(llink_backend):
+    with serving(llink_backend, api_key="s3cret", batch_wait_ms=5) as srv:
+        status, body, headers = call(srv, CHAT, _ok())
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+        assert headers["WWW-Authenticate"] == "Bearer"
+        wrong = {"Authorization": "Bearer nope"}
+        assert call(srv, CHAT, _ok(), headers=wrong)[0] == 401
+        assert call(srv, "/v1/models", headers=wrong)[0] == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert call(srv, CHAT, _ok(), headers=right)[0] == 200
+        assert call(srv, "/health")[0] == 200  # health checks need no key
+
+
+# --------------------------------------------------------------------------- plain LM
+def test_plain_hf_model(tiny_decoder_dir):
+    backend = HFBackend.load(str(tiny_decoder_dir), device="cpu", served_name="tiny-lm")
+    with serving(backend, batch_wait_ms=200, **LIMITS) as srv:
+        status, body, _ = call(srv, "/health")
+        assert status == 200 and (body["kind"], body["model"]) == ("hf", "tiny-lm")
+        chat = {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Open the file menu."},
+            ],
+            "max_tokens": 5,
+        }
+        status, body, _ = call(srv, CHAT, chat)
+        assert status == 200 and isinstance(answer(body), str) and "llink" not in body
+        assert 0 < body["usage"]["completion_tokens"] <= 5
+        single = answer(body)
+        results = _concurrently(srv, [chat, chat, _ok(), _ok(FOREIGN[1])])
+        assert [s for s, _, _ in results] == [200] * 4
+        assert answer(results[0][1]) == answer(results[1][1]) == single
+        assert results[2][1]["llink"]["task"] == "translate_to_english"
+        assert srv.generate_calls < 1 + 4
+
+
+# --------------------------------------------------------------------------- units
+def test_parse_and_group():
+    settings = ServeSettings(max_tokens=32, default_max_tokens=16)
+    job = parse_chat_request(user(f"Why? <foreign> {FOREIGN[0]} </foreign>"), settings, True)
+    assert (job.task, job.question, job.foreign, job.max_tokens) == ("ask", "Why?", FOREIGN[0], 16)
+    job = parse_chat_request(user("x", llink={"foreign": "a", "gate_boost": 2}), settings, True)
+    assert (job.task, job.gate_boost) == ("translate_to_english", 2.0)
+    assert parse_chat_request(user("hi"), settings, needs_foreign=False).foreign is None
+    groups = group_by_key([("a", 1), ("b", 2), ("c", 1)], key=lambda x: x[1])
+    assert groups == [[("a", 1), ("c", 1)], [("b", 2)]]
+
+
+def test_settings_and_cli(server, monkeypatch):
+    from llink.cli import build_parser, cmd_serve
+
+    with pytest.raises(ServeError, match="cannot listen"):
+        make_server(server.backend, ServeSettings(), "127.0.0.1", server.server_address[1])
+    with pytest.raises(ServeError, match="max_batch"):
+        ServeSettings(max_batch=0)
+    monkeypatch.delenv("LLINK_TEST_KEY", raising=False)
+    with pytest.raises(ServeError, match="LLINK_TEST_KEY"):
+        api_key_from_env("LLINK_TEST_KEY")
+    monkeypatch.setenv("LLINK_TEST_KEY", "k")
+    assert api_key_from_env("LLINK_TEST_KEY") == "k" and api_key_from_env(None) is None
+    args = build_parser().parse_args(["serve", "--model", "m", "--port", "0", "--max-batch", "4"])
+    assert args.func is cmd_serve and (args.model, args.port, args.max_batch) == ("m", 0, 4)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--model", "m", "--hf-model", "x"])
