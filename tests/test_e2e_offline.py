@@ -66,3 +66,18 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert proc.returncode == 2 and "llink train stage-a" in proc.stderr
     proc = _llink("config", "show", "stage_a.stepz=3")
     assert proc.returncode == 2 and "unknown setting" in proc.stderr
+
+
+def test_inference_commands_on_the_real_artifact(main_job):
+    proc, run = main_job
+    assert proc.returncode == 0
+    model = str(run / "stage_b")
+    km = ["កំហុសបានកើតឡើងពេលបោះពុម្ព។", "មិនអាចតភ្ជាប់ ៖ SSL ត្រូវបានបិទ ។"]
+    out = _llink("infer", "--model", model, "--compare", "--json", "--max-new-tokens", "6", *km)
+    assert out.returncode == 0, out.stderr[-2000:]
+    recs = [json.loads(x) for x in out.stdout.splitlines()]
+    assert len(recs) == 2 and all(r["injected"] and r["ablated"] and r["base"] for r in recs)
+    out = _llink("probe", "--model", model, "--top", "5", "--candidates", "error,print", km[0])
+    assert out.returncode == 0 and "nearest vocab row" in out.stdout
+    out = _llink("batch", "--model", model, *km)
+    assert out.returncode == 0 and "pairwise cosine mean" in out.stdout

@@ -71,3 +71,18 @@ def test_teacher_states_read_the_foreign_emb_position(tiny_decoder_dir):
         with torch.no_grad():
             ref = dec.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1]
         torch.testing.assert_close(states[i], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fingerprint_is_the_same_in_float32_and_bfloat16(tiny_decoder_dir):
+    a = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
+    b = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2, dtype=torch.bfloat16)
+    assert a.fingerprint == b.fingerprint
+    from transformers import AutoModelForCausalLM
+
+    from llink.models.fingerprint import module_fingerprint
+
+    raw = AutoModelForCausalLM.from_pretrained(tiny_decoder_dir)
+    assert module_fingerprint(raw) == a.fingerprint
+    with torch.no_grad():
+        raw.model.layers[0].mlp.up_proj.weight.mul_(1.1)  # a small change to the weights
+    assert module_fingerprint(raw) != a.fingerprint

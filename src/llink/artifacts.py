@@ -119,6 +119,7 @@ def load_llink(
     *,
     cache_dir: str | None = None,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
     expect: dict[str, Any] | None = None,
     encoder: FrozenEncoder | None = None,
     decoder: FrozenDecoder | None = None,
@@ -126,7 +127,9 @@ def load_llink(
     """Load a saved LLINK model; every mismatch with the frozen models is named in the error.
 
     ``encoder``/``decoder`` reuse already-loaded frozen models (they must be the ones
-    the artifact was trained with; a decoder must not carry adapters yet).
+    the artifact was trained with; a decoder must not carry adapters yet). ``dtype``
+    applies to the frozen models (e.g. ``torch.bfloat16`` on a GPU); the bridge stays
+    float32 and slots are cast to the decoder's dtype when injected.
     """
     fix = "Train one with `llink train stage-b`, or pass the folder it wrote."
     folder = check_folder(folder, "LLINK model", fix)
@@ -138,10 +141,11 @@ def load_llink(
                          "Load it with the models it was trained with, or retrain Stage B.")
     enc = encoder or FrozenEncoder.from_pretrained(
         meta["encoder"], prefix=meta["encoder_prefix"], max_chars=meta["max_foreign_chars"],
-        cache_dir=cache_dir, device=device,
+        cache_dir=cache_dir, device=device, dtype=dtype,
     )
     dec = decoder or FrozenDecoder.from_pretrained(
-        meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device
+        meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device,
+        dtype=dtype,
     )
     found = {"d_enc": enc.dim, "d_dec": dec.hidden_size, "num_slots": dec.num_slots,
              "encoder_weights": enc.fingerprint, "decoder_weights": dec.fingerprint}

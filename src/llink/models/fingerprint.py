@@ -8,9 +8,12 @@ import torch
 
 
 def tensor_digest(t: torch.Tensor, stride: int = 1) -> str:
-    """SHA-256 of a tensor's shape, dtype and (strided) float32 values."""
-    flat = t.detach().reshape(-1)[::stride].to(torch.float32).cpu().contiguous()
-    h = hashlib.sha256(f"{tuple(t.shape)}|{t.dtype}|{stride}".encode())
+    """SHA-256 of a tensor's shape and (strided) values rounded to bfloat16.
+
+    Rounding makes the same weights loaded in float32 or bfloat16 hash alike.
+    """
+    flat = t.detach().reshape(-1)[::stride].to(torch.bfloat16).to(torch.float32).cpu()
+    h = hashlib.sha256(f"{tuple(t.shape)}|{stride}".encode())
     h.update(flat.numpy().tobytes())
     return h.hexdigest()
 
