@@ -230,7 +230,7 @@ def train_stage_b(
         torch.manual_seed(cfg.seed * 7919 + step)
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
-            idx = batch_indices(n, b.micro_batch, cfg.seed + 17, step, micro)
+            idx = batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17)
             batch = collate([train.examples[i] for i in idx], pad)
             loss, parts = _step_loss(
                 model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step
