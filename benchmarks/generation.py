@@ -10,19 +10,13 @@ go to benchmarks/results/generation.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
-import torch
-
+from benchmarks.common import machine_description, write_results
 from llink import LLINK
 from llink.config import DataConfig
 from llink.data.splits import load_splits
-
-OUT = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -46,8 +40,7 @@ def main() -> None:
         single_t.append(time.perf_counter() - t)
     same = sum(a == b for a, b in zip(batched, single, strict=True))
     res = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "machine": machine_description(),
         "sentences": len(texts),
         "max_new_tokens": args.max_new_tokens,
         "batched_seconds": statistics.median(batched_t),
@@ -55,8 +48,6 @@ def main() -> None:
         "speedup": statistics.median(single_t) / statistics.median(batched_t),
         "identical_outputs": same,
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "generation.json").write_text(json.dumps(res, indent=2) + "\n")
     md = (
         "| sentences | batched (s) | one at a time (s) | speed-up | identical outputs |\n"
         "|---|---|---|---|---|\n"
@@ -64,7 +55,7 @@ def main() -> None:
         f"{res['one_at_a_time_seconds']:.1f} | {res['speedup']:.1f}x | "
         f"{same}/{len(texts)} |\n\nMachine: {res['machine']}.\n"
     )
-    (OUT / "generation.md").write_text(md)
+    write_results("generation", res, md)
     print(md)
 
 

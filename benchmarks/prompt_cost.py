@@ -12,20 +12,17 @@ Results: benchmarks/results/prompt_cost.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine_description, write_results
 from llink import LLINK
 from llink.config import DataConfig
 from llink.data.splits import load_splits
 from llink.inject import slot_span
 
-OUT = Path(__file__).parent / "results"
 BUCKETS = ((0, 40), (40, 80), (80, 160), (160, 100_000))  # foreign length in characters
 
 
@@ -102,8 +99,7 @@ def main() -> None:
         r = first_token_seconds(model, p.foreign, raw=True, repeats=args.repeats)
         ttft.append({"chars": len(p.foreign), "slots": s, "raw": r, "ratio": r / s})
     res = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "machine": machine_description(),
         "slot_span_tokens": k_cost,
         "slot_prompt_tokens": slot_prompt,
         "overall": overall,
@@ -116,8 +112,6 @@ def main() -> None:
             "ratio_p90": pct([t["ratio"] for t in ttft], 0.9),
         },
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "prompt_cost.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [
         "| foreign text (chars) | n | foreign tokens median / p90 | English tokens median "
         "| foreign ÷ slots median / p90 | whole prompt raw ÷ slots median / p90 |",
@@ -141,7 +135,7 @@ def main() -> None:
         f"p90 {t['ratio_p90']:.2f}x.",
         f"Machine: {res['machine']}.",
     ]
-    (OUT / "prompt_cost.md").write_text("\n".join(lines) + "\n")
+    write_results("prompt_cost", res, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -13,20 +13,16 @@ benchmarks/results/stage_a_cost.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine_description, write_results
 from llink.bridge import Projector
 from llink.config import load_config
 from llink.losses import info_nce, linear_tau
 from llink.workflows import Session
-
-OUT = Path(__file__).parent / "results"
 
 
 def projector_step(proj: Projector, opt: torch.optim.Optimizer, x: torch.Tensor,
@@ -90,8 +86,7 @@ def main() -> None:
     r_step, c_step = statistics.median(recompute), statistics.median(cached)
     build = per_text * args.pairs
     res = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"{'cuda' if torch.cuda.is_available() else 'cpu'}",
+        "machine": machine_description(),
         "batch": args.batch,
         "pairs": args.pairs,
         "recompute_step_s": r_step,
@@ -104,8 +99,6 @@ def main() -> None:
         "full_run_cached_h": (build + c_step * args.steps) / 3600,
         "max_input_difference_batch_sizes": same_inputs,
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "stage_a_cost.json").write_text(json.dumps(res, indent=2) + "\n")
     md = (
         "| design | per step | cache build | "
         f"{args.steps:,} steps of batch {args.batch} |\n|---|---|---|---|\n"
@@ -117,7 +110,7 @@ def main() -> None:
         f"{res['break_even_steps']:.0f} steps. Recomputed and cached inputs agree to "
         f"{same_inputs:.1e} (different batch sizes). Machine: {res['machine']}.\n"
     )
-    (OUT / "stage_a_cost.md").write_text(md)
+    write_results("stage_a_cost", res, md)
     print(md)
 
 
