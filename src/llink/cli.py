@@ -21,7 +21,7 @@ from llink.data.pairs import PairFileError
 
 EPILOG = """\
 settings: every command that takes --config also takes KEY=VALUE overrides, with
-dotted keys into the config sections (model, data, stage_a, stage_b) and top-level keys
+dotted keys into the config sections (model, data, stage_a, stage_b, compute) and top-level keys
 (run_dir, device, seed, features_cache). `llink config show` prints them all.
 Example: llink train stage-a --config configs/offline.yaml stage_a.steps=2000
 """
@@ -217,6 +217,22 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> None:
                        baselines=not args.no_baselines)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from llink.reporting.report import write_report
+
+    out = write_report(args.run_dir, out=args.out, fmt=args.format, examples=args.examples)
+    print(f"report written: {out}")
+
+
+def cmd_logs(args: argparse.Namespace) -> None:
+    from llink.reporting.logs import format_summary, summarise_logs
+
+    res = summarise_logs(args.run_dirs, args.out)
+    print(format_summary(res["rows"]))
+    print(f"written: {res['summary']}, {res['records']} and {len(res['figures'])} plots "
+          f"in {Path(args.out)}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
@@ -351,6 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
             "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--limit", type=int, default=200, help="test pairs to use (default 200)")
+    p = add(sub, "report", cmd_report, "write one self-contained report of a run folder: "
+            "config, data, training curves, evaluation tables and example generations",
+            config=False)
+    p.add_argument("run_dir", help="run folder (e.g. runs/default)")
+    p.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/report.html|md)")
+    p.add_argument("--format", choices=["html", "md"], default="html",
+                   help="html: one file with embedded plots; md: Markdown + PNG files")
+    p.add_argument("--examples", type=int, default=12, help="example generations to show")
+    p = add(sub, "logs", cmd_logs, "summarise the JSONL training logs of one or many runs "
+            "into CSV files and comparison plots", config=False)
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+    p.add_argument("--out", default="runs/logs-summary", metavar="DIR",
+                   help="output folder (default runs/logs-summary)")
     p = add(sub, "serve", cmd_serve, "HTTP server with an OpenAI-compatible chat-completions "
             "endpoint (POST /v1/chat/completions, GET /v1/models, GET /health)", config=False)
     src = p.add_mutually_exclusive_group(required=True)
@@ -387,9 +416,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.diagnostics import InputError
     from llink.inject import UnknownTaskError
     from llink.models.offline import OfflineModelUnavailable
+    from llink.reporting.runs import RunFolderError
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
-            OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError, InputError)
+            OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError, InputError,
+            RunFolderError)
 
 
 def _quiet_transformers() -> None:

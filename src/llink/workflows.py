@@ -179,7 +179,8 @@ def evaluate_retrieval(
 def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     """The README's main job: data → models → Stage A → retrieval → Stage B → test NLL."""
     t0 = time.time()
-    prepare(session)
+    prepared = prepare(session)
+    write_json_atomic(Path(session.cfg.run_dir) / "data.json", {"splits": prepared["splits"]})
     run_stage_a(session, resume=resume)
     rows = evaluate_retrieval(session)
     stage_b = run_stage_b(session, resume=resume)

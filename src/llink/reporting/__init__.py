@@ -1,0 +1,1 @@
+"""Reports and log summaries of run folders: plots, tables, one self-contained file."""

@@ -1,0 +1,117 @@
+"""Reading what a run folder holds: training logs per stage and evaluation results.
+
+A run folder (``run_dir``) is written by the training and evaluation commands:
+``<stage>.metrics.jsonl`` per training stage, ``<stage>.summary.json``,
+``config.json``, ``versions.json``, ``data.json`` and ``eval/*.json``. Every reader
+here tolerates a missing file (a stage or evaluation that was not run) and names
+the file and line of a malformed one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Training stages that write ``<stage>.metrics.jsonl``, in report order.
+STAGES: tuple[str, ...] = ("stage_a", "stage_b", "baseline")
+
+#: Evaluation result files under ``run_dir/eval``, in report order.
+EVALS: tuple[str, ...] = ("retrieval", "nll", "gen", "judge", "tokens", "numbers")
+
+
+class RunFolderError(ValueError):
+    """A run folder file that exists but cannot be read."""
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a malformed line raises an error naming file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RunFolderError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise RunFolderError(f"{path}:{no}: expected a JSON object per line")
+            out.append(rec)
+    return out
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file, or ``None`` when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunFolderError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise RunFolderError(f"{path}: expected a JSON object")
+    return obj
+
+
+@dataclass
+class RunFolder:
+    """Everything a report needs from one run folder, loaded once."""
+
+    path: Path
+    config: dict[str, Any] | None = None
+    versions: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    logs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def is_empty(self) -> bool:
+        return not (self.config or self.logs or self.evals)
+
+
+def load_run(run_dir: str | Path) -> RunFolder:
+    """Load a run folder; raises ``FileNotFoundError`` if it does not exist."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {path} does not exist (train with `llink run "
+                                f"run_dir={path}` or pass an existing run folder)")
+    run = RunFolder(path, read_json(path / "config.json"), read_json(path / "versions.json"),
+                    read_json(path / "data.json"))
+    for stage in STAGES:
+        recs = read_jsonl(path / f"{stage}.metrics.jsonl")
+        if recs:
+            run.logs[stage] = recs
+        summary = read_json(path / f"{stage}.summary.json")
+        if summary:
+            run.summaries[stage] = summary
+    for name in EVALS:
+        obj = read_json(path / "eval" / f"{name}.json")
+        if obj is not None:
+            run.evals[name] = obj
+    gen_dir = path / "eval" / "gen"
+    if gen_dir.is_dir():
+        for f in sorted(gen_dir.glob("*.jsonl")):
+            run.generations[f.stem] = read_jsonl(f)
+    return run
+
+
+def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the records that carry ``key`` (and a step)."""
+    xs, ys = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, int | float) and "step" in r:
+            xs.append(float(r["step"]))
+            ys.append(float(v))
+    return xs, ys
