@@ -1,6 +1,6 @@
 """Batched vs one-at-a-time generation with a trained LLINK model, side by side.
 
-    python -m benchmarks.generation --model runs/default/stage_b [--n 32] [--repeats 1]
+    python -m benchmarks.generation [--model DIR] [--n 32] [--repeats 1] [--quick]
 
 Greedy decoding must give identical outputs both ways; the figure reported is the
 ratio of wall times measured in the same process (median over repeats). Results
@@ -12,51 +12,92 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
-from benchmarks.common import machine_description, write_results
+from benchmarks.common import (
+    machine_description,
+    model_dir,
+    row,
+    set_threads,
+    sync,
+    write_results,
+)
 from llink import LLINK
 from llink.config import DataConfig
 from llink.data.splits import load_splits
 
+QUICK = {"n": 8, "max_new_tokens": 8, "repeats": 1}
+DEFAULT = {"n": 32, "max_new_tokens": 32, "repeats": 1}
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="runs/default/stage_b")
-    ap.add_argument("--n", type=int, default=32, help="test sentences")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=1)
-    args = ap.parse_args()
 
-    texts = [p.foreign for p in load_splits(DataConfig()).test[: args.n]]
-    model = LLINK.from_pretrained(args.model)
+def measure(folder: str, n: int, max_new_tokens: int, repeats: int) -> dict[str, Any]:
+    texts = [p.foreign for p in load_splits(DataConfig()).test[:n]]
+    model = LLINK.from_pretrained(folder)
     model.generate(texts[:2], max_new_tokens=4)  # warm-up
     batched_t, single_t = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
+        sync()
         t = time.perf_counter()
-        batched = model.generate(texts, max_new_tokens=args.max_new_tokens)
+        batched = model.generate(texts, max_new_tokens=max_new_tokens)
+        sync()
         batched_t.append(time.perf_counter() - t)
         t = time.perf_counter()
-        single = [model.generate([x], max_new_tokens=args.max_new_tokens)[0] for x in texts]
+        single = [model.generate([x], max_new_tokens=max_new_tokens)[0] for x in texts]
+        sync()
         single_t.append(time.perf_counter() - t)
-    same = sum(a == b for a, b in zip(batched, single, strict=True))
-    res = {
+    return {
         "machine": machine_description(),
         "sentences": len(texts),
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
+        "repeats": repeats,
         "batched_seconds": statistics.median(batched_t),
         "one_at_a_time_seconds": statistics.median(single_t),
         "speedup": statistics.median(single_t) / statistics.median(batched_t),
-        "identical_outputs": same,
+        "identical_outputs": sum(a == b for a, b in zip(batched, single, strict=True)),
     }
-    md = (
+
+
+def markdown(res: dict[str, Any]) -> str:
+    return (
         "| sentences | batched (s) | one at a time (s) | speed-up | identical outputs |\n"
         "|---|---|---|---|---|\n"
         f"| {res['sentences']} | {res['batched_seconds']:.1f} | "
         f"{res['one_at_a_time_seconds']:.1f} | {res['speedup']:.1f}x | "
-        f"{same}/{len(texts)} |\n\nMachine: {res['machine']}.\n"
+        f"{res['identical_outputs']}/{res['sentences']} |\n\nMachine: {res['machine']}.\n"
     )
-    write_results("generation", res, md)
+
+
+def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
+    return [row("generation", f"LLINK, {res['sentences']} sentences in one batch vs one at a "
+                "time", f"{res['batched_seconds']:.1f} s", f"{res['one_at_a_time_seconds']:.1f} s",
+                res["speedup"],
+                note=f"identical outputs {res['identical_outputs']}/{res['sentences']}")]
+
+
+def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Measure with the defaults (or the quick settings), write results, return them."""
+    q = {**(QUICK if quick else DEFAULT), **overrides}
+    res = measure(model_dir(model), q["n"], q["max_new_tokens"], q["repeats"])
+    md = markdown(res)
+    write_results("generation", res, md, quick)
     print(md)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="trained LLINK folder")
+    ap.add_argument("--n", type=int, default=DEFAULT["n"], help="test sentences")
+    ap.add_argument("--max-new-tokens", type=int, default=DEFAULT["max_new_tokens"])
+    ap.add_argument("--repeats", type=int, default=DEFAULT["repeats"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    if args.quick:
+        run(args.model, quick=True)
+        return
+    run(args.model, n=args.n, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
 
 
 if __name__ == "__main__":

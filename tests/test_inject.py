@@ -79,6 +79,11 @@ def test_prompt_format_and_labels_on_tiny_decoder(tiny_decoder_dir):
     chat = PromptFormat(True).prompt(tok, "hi")
     assert chat.startswith("<|im_start|>user") and chat.endswith("<|im_start|>assistant\n")
     assert PromptFormat(False).prompt(tok, "hi") == "User: hi\nAssistant:"
+    # an explicit system prompt (even empty) replaces the template's own system turn
+    assert PromptFormat(True, "").prompt(tok, "hi") == "<|im_start|>system\n<|im_end|>\n" + chat
+    assert PromptFormat(True, "Be brief.").prompt(tok, "hi").startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user")
+    assert PromptFormat(False, "ignored").prompt(tok, "hi") == "User: hi\nAssistant:"
 
 
 def test_collate_pads_labels_with_ignore_index():

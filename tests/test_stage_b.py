@@ -116,3 +116,20 @@ def test_stage_b_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_de
         assert sd_full.keys() == sd_cut.keys()
         for k, v in sd_full.items():
             torch.testing.assert_close(v, sd_cut[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_artifact_keeps_the_system_prompt(trained, tmp_path):
+    from dataclasses import replace
+
+    from llink.artifacts import save_llink
+    from llink.checkpoints import load_json
+
+    _, session, _, root = trained
+    model = load_llink(root / "run" / "stage_b", encoder=session.encoder)
+    assert model.fmt.system_prompt is None  # the default: the template's own system turn
+    meta = load_json(root / "run" / "stage_b", "llink")
+    model.fmt = replace(model.fmt, system_prompt="")
+    save_llink(tmp_path / "short", model, meta)
+    again = load_llink(tmp_path / "short", encoder=session.encoder)
+    assert again.fmt.system_prompt == ""
+    assert again.prompt_ids("translate_to_english") == model.prompt_ids("translate_to_english")

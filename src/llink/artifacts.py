@@ -18,7 +18,7 @@ from llink.checkpoints import (
     save_folder,
 )
 from llink.inject import PromptFormat
-from llink.model import LLINK
+from llink.model import LLINK, PromptedDecoder
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
 from llink.targets import TargetTransform
@@ -103,6 +103,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "d_enc": model.encoder.dim,
         "d_dec": model.decoder.hidden_size,
         "use_chat_template": model.fmt.use_chat_template,
+        "system_prompt": model.fmt.system_prompt,
         "targets": model.targets.kind,
         "has_lora": model.has_lora,
     }
@@ -159,9 +160,63 @@ def load_llink(
     bridge.load_state_dict(_prefixed(tensors, "bridge."))
     targets = TargetTransform.from_tensors(meta["targets"], tensors)
     model = LLINK(enc, dec, proj, targets, bridge,
-                  PromptFormat(meta["use_chat_template"]))
+                  PromptFormat(meta["use_chat_template"], meta.get("system_prompt")))
     if meta.get("has_lora"):
         model.load_lora(str(folder / "lora"))
+    return model.to(dec.device).eval()
+
+
+BASELINE_FORMAT = 1
+
+
+def save_baseline(folder: str | Path, model: PromptedDecoder, meta: dict[str, Any]) -> Path:
+    """Write a direct fine-tuning baseline: ``baseline.json`` and the ``lora/`` adapter."""
+    full_meta = {
+        "format": BASELINE_FORMAT,
+        "kind": "direct-finetune",
+        **meta,
+        "num_slots": model.num_slots,
+        "d_dec": model.decoder.hidden_size,
+        "use_chat_template": model.fmt.use_chat_template,
+    }
+
+    def write_lora(tmp: Path) -> None:
+        model.lm.save_pretrained(str(tmp / "lora"), save_embedding_layers=False)
+
+    return save_folder(folder, {}, {"baseline": full_meta}, extra=write_lora)
+
+
+def load_baseline(
+    folder: str | Path,
+    *,
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    expect: dict[str, Any] | None = None,
+    decoder: FrozenDecoder | None = None,
+) -> PromptedDecoder:
+    """Load a baseline written by :func:`save_baseline`: its decoder with the LoRA attached.
+
+    ``decoder`` reuses a loaded decoder without adapters (LoRA is attached to it in place).
+    """
+    fix = "Train one with `llink train baseline`, or pass the folder it wrote."
+    folder = check_folder(folder, "direct fine-tuning baseline", fix)
+    meta = load_json(folder, "baseline")
+    if meta.get("format") != BASELINE_FORMAT:
+        raise CheckpointError(f"{folder}: format {meta.get('format')}, need {BASELINE_FORMAT}")
+    if expect:
+        compare_expected(meta, expect, f"baseline {folder}",
+                         "Load it with the decoder it was trained with, or retrain it.")
+    dec = decoder or FrozenDecoder.from_pretrained(
+        meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device,
+        dtype=dtype,
+    )
+    found = {"d_dec": dec.hidden_size, "num_slots": dec.num_slots,
+             "decoder_weights": dec.fingerprint}
+    compare_expected(meta, found, f"baseline {folder} vs the loaded decoder",
+                     "The decoder differs from the one the baseline was trained with.")
+    model = PromptedDecoder(dec, PromptFormat(meta["use_chat_template"]))
+    model.load_lora(str(folder / "lora"))
     return model.to(dec.device).eval()
 
 

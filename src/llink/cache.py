@@ -3,8 +3,14 @@
 A :class:`FeatureStore` lives in a folder named by a hash of its *settings* (model
 weights fingerprint, prompt, prefix, clipping, dtype, ...), so a change of any of
 them can never reuse a stale entry. Inside, vectors are keyed by the SHA-1 of the
-text and written in safetensors shards, each one atomically: an interrupted build
-keeps every finished shard and resumes from there.
+text and written in safetensors shards, each one atomically and named by the hash
+of the keys it holds: an interrupted build keeps every finished shard and resumes
+from there, and several processes can add shards to one store at the same time.
+
+Under N processes (``torchrun``), :meth:`FeatureStore.get` splits the missing texts
+into the same chunks a single process would use and deals them out round-robin;
+each rank writes its own shards, then every rank reads the union. The result is
+the single-process cache, built about N times faster.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from llink import distributed as dist
 from llink.fileio import atomic_path, write_text_atomic
 
 CACHE_FORMAT = 1
@@ -49,14 +56,19 @@ class FeatureStore:
             )
         self._index: dict[bytes, tuple[int, int]] = {}
         self._shards: list[torch.Tensor] = []
-        self._load_shards()
+        self._loaded: set[str] = set()
+        self.refresh()
 
-    def _load_shards(self) -> None:
+    def refresh(self) -> None:
+        """Read shards written since the last look (by this or another process)."""
         for path in sorted(self.dir.glob("shard-*.safetensors")):
+            if path.name in self._loaded:
+                continue
             data = load_file(path)
             keys, vectors = data["keys"], data["vectors"]
             s = len(self._shards)
             self._shards.append(vectors)
+            self._loaded.add(path.name)
             for row, key in enumerate(keys.numpy()):
                 self._index[key.tobytes()] = (s, row)
 
@@ -67,14 +79,15 @@ class FeatureStore:
         return text_key(text) in self._index
 
     def _add_shard(self, texts: Sequence[str], vectors: torch.Tensor) -> None:
-        keys = torch.tensor([list(text_key(t)) for t in texts], dtype=torch.uint8)
+        raw = [text_key(t) for t in texts]
+        keys = torch.tensor([list(k) for k in raw], dtype=torch.uint8)
         vectors = vectors.detach().float().cpu().contiguous()
-        n = len(list(self.dir.glob("shard-*.safetensors")))
-        path = self.dir / f"shard-{n:06d}.safetensors"
-        with atomic_path(path) as tmp:
+        name = f"shard-{hashlib.sha1(b''.join(raw)).hexdigest()[:16]}.safetensors"
+        with atomic_path(self.dir / name) as tmp:
             save_file({"keys": keys, "vectors": vectors}, str(tmp))
         s = len(self._shards)
         self._shards.append(vectors)
+        self._loaded.add(name)
         for row, t in enumerate(texts):
             self._index[text_key(t)] = (s, row)
 
@@ -82,7 +95,7 @@ class FeatureStore:
         self,
         texts: Sequence[str],
         compute: Callable[[list[str]], torch.Tensor],
-        chunk_size: int = 1024,
+        chunk_size: int = 256,
         desc: str = "",
         progress: bool = True,
     ) -> torch.Tensor:
@@ -90,20 +103,34 @@ class FeatureStore:
 
         Missing texts are sorted by length (similar lengths batch well) and computed
         ``chunk_size`` at a time; each chunk is saved as a shard before the next.
+        Under N processes every rank must call this with the same texts: chunk ``j``
+        is computed by rank ``j mod N``, and all ranks return the complete result.
         """
-        missing = sorted({t for t in texts if text_key(t) not in self._index}, key=len)
+        distributed = dist.is_distributed()
+        if distributed:
+            dist.barrier()  # nobody writes here now: every rank sees the same shards
+            self.refresh()
+        missing = sorted(
+            {t for t in texts if text_key(t) not in self._index}, key=lambda t: (len(t), t)
+        )
+        if distributed:
+            dist.barrier()  # every rank has its list before any rank writes a new shard
         if missing:
+            chunks = [missing[i : i + chunk_size] for i in range(0, len(missing), chunk_size)]
+            mine = chunks[dist.rank() :: dist.world_size()]
             bar = tqdm(
-                total=len(missing),
+                total=sum(map(len, mine)),
                 desc=desc or self.settings["kind"],
                 unit="text",
-                disable=not progress,
+                disable=not progress or not dist.is_main(),
             )
-            for start in range(0, len(missing), chunk_size):
-                part = missing[start : start + chunk_size]
+            for part in mine:
                 self._add_shard(part, compute(part))
                 bar.update(len(part))
             bar.close()
+            if distributed:
+                dist.barrier()  # every rank's shards are on disk
+                self.refresh()
         if not texts:
             return torch.empty(0, 0)
         rows = [self._index[text_key(t)] for t in texts]

@@ -91,6 +91,42 @@ def cmd_train_stage_b(args: argparse.Namespace) -> None:
     run_stage_b(_session(args), resume=args.resume)
 
 
+def cmd_train_baseline(args: argparse.Namespace) -> None:
+    from llink.workflows import run_baseline
+
+    run_baseline(_session(args), resume=args.resume)
+
+
+def cmd_eval_gen(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_generation
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    evaluate_generation(_session(args), systems, n=args.n, max_new_tokens=args.max_new_tokens,
+                        batch_size=args.batch_size, model_dir=args.model,
+                        baseline_dir=args.baseline)
+
+
+def cmd_eval_judge(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_judge
+
+    evaluate_judge(_session(args), args.a, args.b, judge=args.judge, judge_url=args.judge_url,
+                   judge_model=args.judge_model, api_key_env=args.api_key_env, n=args.n,
+                   batch_size=args.batch_size)
+
+
+def cmd_eval_tokens(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_tokens
+
+    evaluate_tokens(_session(args), n=args.n)
+
+
+def cmd_eval_numbers(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_numbers
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems else None
+    evaluate_numbers(_session(args), systems)
+
+
 def cmd_eval_nll(args: argparse.Namespace) -> None:
     from llink.workflows import evaluate_nll_on_test
 
@@ -323,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(train_sub, "stage-b", cmd_train_stage_b,
             "Stage B: slot expander, gated adapter and LoRA on top of run_dir/stage_a")
     p.add_argument("--resume", action="store_true", help="continue from run_dir/stage_b-state")
+    p = add(train_sub, "baseline", cmd_train_baseline,
+            "direct fine-tuning baseline: LoRA on the decoder reading the raw foreign text "
+            "(Stage B's LoRA settings, data, steps and batch)")
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/baseline-state")
 
     def model_args(p: argparse.ArgumentParser, many: bool) -> None:
         if many:
@@ -367,6 +407,38 @@ def build_parser() -> argparse.ArgumentParser:
             "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--limit", type=int, default=200, help="test pairs to use (default 200)")
+    p = add(ev_sub, "gen", cmd_eval_gen,
+            "generate on the test split per system, chrF/BLEU with bootstrap CIs and paired "
+            "tests -> RUN_DIR/eval/gen.json (resumable)")
+    p.add_argument("--systems", default="llink,base,baseline",
+                   help="comma-separated: llink, base (raw text, no LoRA), baseline (direct "
+                   "fine-tune), ablated (slots ablated); default llink,base,baseline")
+    p.add_argument("--n", type=int, help="first N test items (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+    p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="baseline folder (default: RUN_DIR/baseline)")
+    p = add(ev_sub, "judge", cmd_eval_judge,
+            "LLM judge: pairwise preference of two systems' saved generations, both orders "
+            "-> RUN_DIR/eval/judge.json")
+    p.add_argument("--a", default="llink", help="first system (default llink)")
+    p.add_argument("--b", default="base", help="second system (default base)")
+    p.add_argument("--judge", metavar="MODEL",
+                   help="local causal LM: hub id, folder or offline name "
+                   "(e.g. offline:qwen2.5-coder-0.5b-instruct)")
+    p.add_argument("--judge-url", metavar="URL", help="OpenAI-compatible chat endpoint instead")
+    p.add_argument("--judge-model", metavar="NAME", help="model name sent to --judge-url")
+    p.add_argument("--api-key-env", metavar="VAR", help="env variable holding the endpoint key")
+    p.add_argument("--n", type=int, default=100, help="first N items (default 100)")
+    p.add_argument("--batch-size", type=int, default=8, help="judge prompts per call")
+    p = add(ev_sub, "tokens", cmd_eval_tokens,
+            "decoder tokens of the test foreign texts vs English references vs the K+2 slots")
+    p.add_argument("--n", type=int, help="first N test items (default: all)")
+    p = add(ev_sub, "numbers", cmd_eval_numbers,
+            "numeric fidelity of the saved generations: references with numbers whose numbers "
+            "all appear in the output")
+    p.add_argument("--systems", help="comma-separated systems (default: all in RUN_DIR/eval/gen)")
     p = add(sub, "report", cmd_report, "write one self-contained report of a run folder: "
             "config, data, training curves, evaluation tables and example generations",
             config=False)
@@ -414,13 +486,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.data.harvest import HarvestError
     from llink.data.synth import SynthError
     from llink.diagnostics import InputError
+    from llink.eval import EvalError
     from llink.inject import UnknownTaskError
     from llink.models.offline import OfflineModelUnavailable
     from llink.reporting.runs import RunFolderError
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
             OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError, InputError,
-            RunFolderError)
+            RunFolderError, EvalError)
 
 
 def _quiet_transformers() -> None:
@@ -430,12 +503,19 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+def _leave_process_group() -> None:
+    """End a `torchrun` / `accelerate launch` run cleanly (no-op in a single process)."""
+    if "llink.distributed" in sys.modules:  # imported by every command that could start one
+        sys.modules["llink.distributed"].shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llink`` console script."""
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     try:
         args.func(args)
+        _leave_process_group()
     except _user_errors() as exc:
         if os.environ.get("LLINK_DEBUG"):
             raise

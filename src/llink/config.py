@@ -115,11 +115,23 @@ class StageBConfig:
     mismatch_margin: float = 1.0
     max_answer_tokens: int = 64
     use_chat_template: bool = True
+    system_prompt: str | None = None  # None: the chat template's own system turn (if any)
     tasks: list[str] = field(default_factory=lambda: ["translate_to_english"])
     synthetic: str | None = None  # extra instruction examples (JSONL from `llink data synth`)
     eval_every: int = 40
     eval_pairs: int = 64
     save_every: int = 40
+
+
+@dataclass
+class ComputeConfig:
+    """How training uses the hardware. Processes come from the launcher (``torchrun``,
+    ``accelerate launch``); batch sizes stay global and are split over the processes."""
+
+    mixed_precision: str = "no"  # no | bf16 | fp16 autocast for training (fp16 adds loss scaling)
+    tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
+    gradient_checkpointing: bool = False  # Stage B decoder: recompute activations in backward
+    fsdp: bool = False  # Stage B: shard the decoder's layers over the processes (FSDP2)
 
 
 @dataclass
@@ -130,6 +142,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     stage_a: StageAConfig = field(default_factory=StageAConfig)
     stage_b: StageBConfig = field(default_factory=StageBConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     run_dir: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
@@ -264,6 +277,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 CHOICES = {
     ("stage_a", "targets"): ("raw", "centred", "whitened"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
+    ("compute", "mixed_precision"): ("no", "bf16", "fp16"),
 }
 
 

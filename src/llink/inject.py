@@ -68,14 +68,23 @@ def instruction_text(
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """How a user message becomes decoder text: the decoder's chat template, or plain."""
+    """How a user message becomes decoder text: the decoder's chat template, or plain.
+
+    ``system_prompt=None`` keeps whatever system turn the chat template adds by itself
+    (SmolLM2's adds a ~20-token default); a string, even ``""``, is sent as the system
+    message instead. A model must be used with the format it was trained with.
+    """
 
     use_chat_template: bool = True
+    system_prompt: str | None = None
 
     def prompt(self, tokenizer: PreTrainedTokenizerBase, user: str) -> str:
         if self.use_chat_template and getattr(tokenizer, "chat_template", None):
+            system = [] if self.system_prompt is None else [
+                {"role": "system", "content": self.system_prompt}]
             return tokenizer.apply_chat_template(
-                [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
+                [*system, {"role": "user", "content": user}], tokenize=False,
+                add_generation_prompt=True,
             )
         return f"User: {user}\nAssistant:"
 

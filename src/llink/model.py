@@ -1,8 +1,9 @@
 """The LLINK model: frozen encoder → projector → slot bridge → frozen decoder (+ LoRA).
 
-One class holds the pieces and the two computations everything else needs: the
-answer NLL of a batch (with slots injected, ablated, or with the plain base
-decoder) and generation. It knows nothing of files; see ``llink.artifacts``.
+:class:`PromptedDecoder` holds the decoder (+ LoRA) and the two computations everything
+else needs: the answer NLL of a batch (with slots injected, ablated, with the plain base
+decoder, or with raw foreign text) and batched generation. :class:`LLINK` adds the
+encoder and the slot bridge. Neither knows anything of files; see ``llink.artifacts``.
 """
 
 from __future__ import annotations
@@ -47,36 +48,19 @@ class AnswerNLL:
         return self.total / self.tokens.clamp_min(1)
 
 
-class LLINK(nn.Module):
-    """Encoder injection: K slot vectors replace the foreign text in the decoder's prompt."""
+class PromptedDecoder(nn.Module):
+    """A frozen decoder (optionally with LoRA) and the prompt format LLINK uses.
 
-    def __init__(
-        self,
-        encoder: FrozenEncoder,
-        decoder: FrozenDecoder,
-        projector: Projector,
-        targets: TargetTransform,
-        bridge: SlotBridge,
-        fmt: PromptFormat | None = None,
-        bow: BagOfWordsHead | None = None,
-    ) -> None:
+    Holds what every system built on the decoder needs: the answer NLL of a batch and
+    batched greedy generation from prompt ids. :class:`LLINK` adds the encoder and the
+    slot bridge; the direct fine-tuning baseline uses this class as it is.
+    """
+
+    def __init__(self, decoder: FrozenDecoder, fmt: PromptFormat | None = None) -> None:
         super().__init__()
-        self.encoder = encoder
         self.decoder = decoder
-        self.projector = projector.requires_grad_(False).eval()
-        self.targets = targets  # the Stage A target space (for Stage B's regularisers)
-        self.bridge = bridge
-        self.bow = bow
         self.fmt = fmt or PromptFormat()
         self.lm: nn.Module = decoder.model
-
-    @classmethod
-    def from_pretrained(cls, folder: str, **kwargs) -> LLINK:
-        """Load a trained LLINK folder (``llink train stage-b`` output); see
-        :func:`llink.artifacts.load_llink` for the keyword arguments."""
-        from llink.artifacts import load_llink  # artifacts imports this module
-
-        return load_llink(folder, **kwargs)
 
     # --- structure -------------------------------------------------------------------
     @property
@@ -116,19 +100,6 @@ class LLINK(nn.Module):
     def adapters_disabled(self, disabled: bool = True):
         """Context in which the decoder runs without its LoRA adapters."""
         return self.lm.disable_adapter() if (disabled and self.has_lora) else nullcontext()
-
-    # --- the bridge ------------------------------------------------------------------
-    def project(self, enc: torch.Tensor) -> torch.Tensor:
-        """Stage A projection of encoder vectors (into the Stage A target space)."""
-        return self.projector(enc.to(self.device))
-
-    def slots(self, enc: torch.Tensor, gate_boost: float = 1.0) -> torch.Tensor:
-        """K slot vectors per encoder vector, [B, K, d_dec]."""
-        return self.bridge(self.project(enc), gate_boost=gate_boost)
-
-    def encode(self, foreign: Sequence[str]) -> torch.Tensor:
-        """Frozen-encoder vectors of foreign texts (clipped and prefixed as configured)."""
-        return self.encoder.encode(list(foreign)).to(self.device)
 
     # --- decoder passes --------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
@@ -202,6 +173,66 @@ class LLINK(nn.Module):
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
     @torch.no_grad()
+    def generate_raw(
+        self,
+        foreign: Sequence[str],
+        task: str = "translate_to_english",
+        strict: bool = False,
+        question: str | None = None,
+        max_new_tokens: int = 64,
+        base: bool = False,
+        **gen_kwargs,
+    ) -> list[str]:
+        """Answers with the raw foreign text written into the prompt (no slots);
+        ``base=True`` runs without LoRA."""
+        self.eval()
+        prompts = [self.prompt_ids(task, strict, question, foreign_text=t) for t in foreign]
+        return self.generate_from_ids(prompts, None, base=base,
+                                      max_new_tokens=max_new_tokens, **gen_kwargs)
+
+
+class LLINK(PromptedDecoder):
+    """Encoder injection: K slot vectors replace the foreign text in the decoder's prompt."""
+
+    def __init__(
+        self,
+        encoder: FrozenEncoder,
+        decoder: FrozenDecoder,
+        projector: Projector,
+        targets: TargetTransform,
+        bridge: SlotBridge,
+        fmt: PromptFormat | None = None,
+        bow: BagOfWordsHead | None = None,
+    ) -> None:
+        super().__init__(decoder, fmt)
+        self.encoder = encoder
+        self.projector = projector.requires_grad_(False).eval()
+        self.targets = targets  # the Stage A target space (for Stage B's regularisers)
+        self.bridge = bridge
+        self.bow = bow
+
+    @classmethod
+    def from_pretrained(cls, folder: str, **kwargs) -> LLINK:
+        """Load a trained LLINK folder (``llink train stage-b`` output); see
+        :func:`llink.artifacts.load_llink` for the keyword arguments."""
+        from llink.artifacts import load_llink  # artifacts imports this module
+
+        return load_llink(folder, **kwargs)
+
+    # --- the bridge ------------------------------------------------------------------
+    def project(self, enc: torch.Tensor) -> torch.Tensor:
+        """Stage A projection of encoder vectors (into the Stage A target space)."""
+        return self.projector(enc.to(self.device))
+
+    def slots(self, enc: torch.Tensor, gate_boost: float = 1.0) -> torch.Tensor:
+        """K slot vectors per encoder vector, [B, K, d_dec]."""
+        return self.bridge(self.project(enc), gate_boost=gate_boost)
+
+    def encode(self, foreign: Sequence[str]) -> torch.Tensor:
+        """Frozen-encoder vectors of foreign texts (clipped and prefixed as configured)."""
+        return self.encoder.encode(list(foreign)).to(self.device)
+
+    @torch.no_grad()
     def generate(
         self,
         foreign: Sequence[str],
@@ -231,7 +262,5 @@ class LLINK(nn.Module):
         **gen_kwargs,
     ) -> list[str]:
         """The plain base decoder (no LoRA, no slots) given the raw foreign text."""
-        self.eval()
-        prompts = [self.prompt_ids(task, strict, question, foreign_text=t) for t in foreign]
-        return self.generate_from_ids(prompts, None, base=True,
-                                      max_new_tokens=max_new_tokens, **gen_kwargs)
+        return self.generate_raw(foreign, task, strict, question, max_new_tokens, base=True,
+                                 **gen_kwargs)

@@ -6,25 +6,43 @@ module is where configuration, data, models, caches and artifacts meet.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llink.artifacts import StageAArtifact, load_llink, load_stage_a
+from llink import distributed as dist
+from llink.artifacts import StageAArtifact, load_baseline, load_llink, load_stage_a
 from llink.bridge import SlotBridge
 from llink.config import Config
 from llink.data.pairs import Pair, read_pairs
 from llink.data.splits import Splits, load_splits
 from llink.data.tasks import TaskExample, read_task_file, translation_examples
+from llink.eval import EvalError
+from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
+from llink.eval.generation import (
+    GenItem,
+    format_gen_table,
+    generate_outputs,
+    read_outputs,
+    score_systems,
+)
+from llink.eval.judge import PROMPT_VERSION, PairItem, judge_items, load_prompt, make_judge
+from llink.eval.judge import read_records as read_judge_records
+from llink.eval.judge import summarise as summarise_judgements
+from llink.eval.judge import write_records as write_judge_records
+from llink.eval.numbers import numeric_fidelity
 from llink.eval.retrieval import (
     centred,
     format_table,
     latin_overlap_metrics,
     retrieval_metrics,
 )
+from llink.eval.tokens import token_budget
 from llink.features import (
     decoder_native_vectors,
     encoder_vectors,
@@ -33,11 +51,12 @@ from llink.features import (
 )
 from llink.fileio import write_json_atomic
 from llink.inject import PromptFormat
-from llink.model import LLINK
+from llink.model import LLINK, PromptedDecoder
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
 from llink.models.loading import load_decoder, load_encoder, resolve_device
 from llink.runlog import write_run_info
+from llink.train.baseline import train_baseline
 from llink.train.stage_a import compute_features, train_stage_a
 from llink.train.stage_b import EncodedExamples, evaluate_nll, tokenize_examples, train_stage_b
 
@@ -52,6 +71,11 @@ class Session:
     _decoder: FrozenDecoder | None = field(default=None, repr=False)
     _splits: Splits | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # Under `torchrun` / `accelerate launch`: join the process group; only rank 0 shows bars.
+        dist.init_from_env(self.cfg.device)
+        self.progress = self.progress and dist.is_main()
+
     @property
     def device(self) -> torch.device:
         return resolve_device(self.cfg.device)
@@ -60,7 +84,8 @@ class Session:
     def encoder(self) -> FrozenEncoder:
         if self._encoder is None:
             t = time.time()
-            self._encoder = load_encoder(self.cfg.model, self.device)
+            with dist.main_first():  # downloads / offline conversion happen once
+                self._encoder = load_encoder(self.cfg.model, self.device)
             print(f"encoder: {self.cfg.model.encoder} (dim {self._encoder.dim}) "
                   f"loaded in {time.time() - t:.1f}s")
         return self._encoder
@@ -69,7 +94,8 @@ class Session:
     def decoder(self) -> FrozenDecoder:
         if self._decoder is None:
             t = time.time()
-            self._decoder = load_decoder(self.cfg.model, self.device)
+            with dist.main_first():
+                self._decoder = load_decoder(self.cfg.model, self.device)
             print(f"decoder: {self.cfg.model.decoder} (hidden {self._decoder.hidden_size}) "
                   f"loaded in {time.time() - t:.1f}s")
         return self._decoder
@@ -108,7 +134,7 @@ def prepare(session: Session) -> dict[str, Any]:
 def run_stage_a(session: Session, resume: bool = False) -> StageAArtifact:
     """Cache features, train the projector, write ``run_dir/stage_a``."""
     cfg = session.cfg
-    write_run_info(cfg.run_dir, cfg.to_dict())
+    dist.on_main(write_run_info, cfg.run_dir, cfg.to_dict())
     feats = compute_features(cfg, session.splits, session.encoder, session.decoder, session.progress)
     meta = {
         **session.model_meta(),
@@ -118,8 +144,9 @@ def run_stage_a(session: Session, resume: bool = False) -> StageAArtifact:
     art = train_stage_a(cfg, feats, meta, session.decoder.reserved_rows(), session.device,
                         resume=resume, progress=session.progress)
     dm = art.meta["dev_metrics"]
-    print(f"Stage A done: dev R@1 {dm['R@1']:.3f} MRR {dm['MRR']:.3f} "
-          f"mean rank {dm['mean_rank']:.1f} -> {Path(cfg.run_dir) / 'stage_a'}")
+    if dist.is_main():
+        print(f"Stage A done: dev R@1 {dm['R@1']:.3f} MRR {dm['MRR']:.3f} "
+              f"mean rank {dm['mean_rank']:.1f} -> {Path(cfg.run_dir) / 'stage_a'}")
     return art
 
 
@@ -169,10 +196,12 @@ def evaluate_retrieval(
         rows["Latin-token overlap floor"] = latin_overlap_metrics(foreign, english)
         rows["encoder cross-lingual (reference)"] = retrieval_metrics(enc_f, enc_e)
     out_dir = Path(cfg.run_dir) / "eval"
-    write_json_atomic(out_dir / "retrieval.json", {"pool_size": len(pairs), "rows": rows,
-                                                   "stage_a": str(stage_a_dir)})
-    print(format_table(rows, title=f"Retrieval on {len(pairs)} held-out pairs (pool = all)"))
-    print(f"written: {out_dir / 'retrieval.json'}")
+    if dist.is_main():
+        write_json_atomic(out_dir / "retrieval.json", {"pool_size": len(pairs), "rows": rows,
+                                                       "stage_a": str(stage_a_dir)})
+        print(format_table(rows, title=f"Retrieval on {len(pairs)} held-out pairs (pool = all)"))
+        print(f"written: {out_dir / 'retrieval.json'}")
+    dist.barrier()
     return rows
 
 
@@ -230,7 +259,7 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     base_rows = rows[: min(decoder.reserved.ids)] if min(decoder.reserved.ids) > 0 else rows
     target_norm = float(base_rows.float().norm(dim=-1).median())
     bridge = SlotBridge(decoder.hidden_size, cfg.model.num_slots, target_norm)
-    fmt = PromptFormat(cfg.stage_b.use_chat_template)
+    fmt = PromptFormat(cfg.stage_b.use_chat_template, cfg.stage_b.system_prompt)
     return LLINK(session.encoder, decoder, stage_a.projector, stage_a.targets, bridge,
                  fmt).to(session.device)
 
@@ -238,7 +267,7 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
 def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
     """Train Stage B on top of ``run_dir/stage_a``; write ``run_dir/stage_b``."""
     cfg = session.cfg
-    write_run_info(cfg.run_dir, cfg.to_dict())
+    dist.on_main(write_run_info, cfg.run_dir, cfg.to_dict())
     stage_a = load_stage_a(Path(cfg.run_dir) / "stage_a", expect=session.model_meta())
     session.decoder.load_reserved_rows(stage_a.reserved_rows)
     model = build_llink(session, stage_a)
@@ -259,10 +288,11 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
     summary = train_stage_b(cfg, model, train, dev, meta, resume=resume,
                             progress=session.progress)
     f = summary["dev_final"]
-    print(f"Stage B done: dev NLL/token injected {f['nll_injected']:.3f}, ablated "
-          f"{f['nll_ablated']:.3f} (gap {f['usage_gap']:.3f}), base decoder on raw text "
-          f"{f.get('nll_base_raw', float('nan')):.3f} -> {Path(cfg.run_dir) / 'stage_b'}")
-    write_json_atomic(Path(cfg.run_dir) / "stage_b.summary.json", summary)
+    if dist.is_main():
+        print(f"Stage B done: dev NLL/token injected {f['nll_injected']:.3f}, ablated "
+              f"{f['nll_ablated']:.3f} (gap {f['usage_gap']:.3f}), base decoder on raw text "
+              f"{f.get('nll_base_raw', float('nan')):.3f} -> {Path(cfg.run_dir) / 'stage_b'}")
+    dist.on_main(write_json_atomic, Path(cfg.run_dir) / "stage_b.summary.json", summary)
     return summary
 
 
@@ -280,8 +310,216 @@ def evaluate_nll_on_test(
     m = evaluate_nll(model, data, cfg.stage_b.micro_batch, with_base=True)
     m["examples"] = len(items)
     out = Path(cfg.run_dir) / "eval" / "nll.json"
-    write_json_atomic(out, {"model": str(model_dir), **m})
-    print(f"test NLL/token on {len(items)} pairs: injected {m['nll_injected']:.3f} | ablated "
-          f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
-          f"{m['nll_base_raw']:.3f}  ({out})")
+    dist.on_main(write_json_atomic, out, {"model": str(model_dir), **m})
+    if dist.is_main():
+        print(f"test NLL/token on {len(items)} pairs: injected {m['nll_injected']:.3f} | ablated "
+              f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
+              f"{m['nll_base_raw']:.3f}  ({out})")
     return m
+
+
+# --------------------------------------------------------------------------- baseline + evals
+def run_baseline(session: Session, resume: bool = False) -> dict[str, Any]:
+    """Train the direct fine-tuning baseline (LoRA, raw foreign text); write ``run_dir/baseline``."""
+    cfg = session.cfg
+    write_run_info(cfg.run_dir, cfg.to_dict())
+    decoder = load_decoder(cfg.model, session.device)  # its own copy: LoRA wraps it in place
+    model = PromptedDecoder(decoder, PromptFormat(cfg.stage_b.use_chat_template))
+    b = cfg.stage_b
+    train_items = stage_b_items(session, "train")
+    dev_items = stage_b_items(session, "dev")[: b.eval_pairs]
+    print(f"baseline: {len(train_items)} training examples, {len(dev_items)} dev examples, "
+          f"{b.steps} steps of {b.micro_batch} x {b.grad_accum}")
+    train = tokenize_examples(model, train_items, b.max_answer_tokens, raw_foreign=True)
+    dev = tokenize_examples(model, dev_items, b.max_answer_tokens, raw_foreign=True)
+    meta = {**session.model_meta(), "decoder_weights": decoder.fingerprint}
+    summary = train_baseline(cfg, model, train, dev, meta, resume=resume,
+                             progress=session.progress)
+    f = summary["dev_final"]
+    print(f"baseline done: dev NLL/token {f['nll']:.3f} (base decoder {f['nll_base_raw']:.3f}) "
+          f"-> {Path(cfg.run_dir) / 'baseline'}")
+    write_json_atomic(Path(cfg.run_dir) / "baseline.summary.json", summary)
+    return summary
+
+
+def gen_items(session: Session, n: int | None = None) -> list[GenItem]:
+    """The held-out test items of the generation evaluations (translation, first ``n``)."""
+    items, _ = translation_examples(session.splits.test)
+    items = items[:n] if n else items
+    return [GenItem(i, it.foreign, it.answer) for i, it in enumerate(items)]
+
+
+def evaluate_generation(
+    session: Session,
+    systems: Sequence[str] = ("llink", "base", "baseline"),
+    n: int | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    model_dir: str | Path | None = None,
+    baseline_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Generate on the test items for each system (resumable), score chrF/BLEU, write gen.json.
+
+    Systems: ``llink`` (slots), ``base`` (the base decoder reading the raw text),
+    ``baseline`` (direct fine-tune), ``ablated`` (LLINK with the slots ablated).
+    """
+    cfg = session.cfg
+    unknown = [s for s in systems if s not in GEN_SYSTEMS]
+    if unknown or not systems:
+        raise EvalError(f"unknown system(s) {unknown}; choose from {', '.join(GEN_SYSTEMS)}")
+    run_dir = Path(cfg.run_dir)
+    model_dir = Path(model_dir or run_dir / "stage_b")
+    baseline_dir = Path(baseline_dir or run_dir / "baseline")
+    items = gen_items(session, n)
+    loaded: dict[str, Any] = {}
+
+    def llink() -> LLINK:
+        if "llink" not in loaded:
+            loaded["llink"] = load_llink(model_dir, cache_dir=cfg.model.cache_dir,
+                                         device=session.device, encoder=session.encoder)
+        return loaded["llink"]
+
+    def baseline() -> PromptedDecoder:
+        if "baseline" not in loaded:
+            loaded["baseline"] = load_baseline(baseline_dir, cache_dir=cfg.model.cache_dir,
+                                               device=session.device)
+        return loaded["baseline"]
+
+    task = "translate_to_english"
+    makers = {
+        "llink": (model_dir, lambda xs: llink().generate(xs, task, max_new_tokens=max_new_tokens)),
+        "base": (model_dir, lambda xs: llink().generate_base(xs, task,
+                                                             max_new_tokens=max_new_tokens)),
+        "baseline": (baseline_dir, lambda xs: baseline().generate_raw(
+            xs, task, max_new_tokens=max_new_tokens)),
+        "ablated": (model_dir, lambda xs: llink().generate(xs, task, ablate=True,
+                                                           max_new_tokens=max_new_tokens)),
+    }
+    gen_dir = run_dir / "eval" / "gen"
+    outputs: dict[str, list[str]] = {}
+    for name in systems:
+        folder, fn = makers[name]
+        settings = {"system": name, "model": str(folder), "task": task,
+                    "max_new_tokens": max_new_tokens,
+                    "decoding": "greedy, no_repeat_ngram_size 3, batched left-padded"}
+        outputs[name] = generate_outputs(gen_dir / f"{name}.jsonl", items, fn, settings,
+                                         batch_size=batch_size, progress=session.progress,
+                                         desc=f"generate ({name})")
+    refs = [it.reference for it in items]
+    scores = score_systems(outputs, refs)
+    result = {
+        "n": len(items),
+        "settings": {"split": "test", "items": f"first {len(items)} translation test items",
+                     "task": task, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                     "llink_model": str(model_dir), "baseline_model": str(baseline_dir),
+                     **scores.pop("scoring")},
+        **scores,
+    }
+    write_json_atomic(run_dir / "eval" / "gen.json", result)
+    print(format_gen_table(result))
+    print(f"written: {run_dir / 'eval' / 'gen.json'} and {gen_dir}/<system>.jsonl")
+    return result
+
+
+def read_generations(run_dir: str | Path, systems: Sequence[str] | None = None
+                     ) -> tuple[list[int], list[str], dict[str, list[str]]]:
+    """Outputs saved by :func:`evaluate_generation`: the indices every system has, their
+    references and each system's outputs, in index order."""
+    gen_dir = Path(run_dir) / "eval" / "gen"
+    names = list(systems) if systems else sorted(p.stem for p in gen_dir.glob("*.jsonl"))
+    recs = {s: read_outputs(gen_dir / f"{s}.jsonl") for s in names}
+    missing = [s for s, r in recs.items() if not r]
+    if missing or not names:
+        raise EvalError(
+            f"no generations for {', '.join(missing) or 'any system'} in {gen_dir}; run "
+            f"`llink eval gen --systems {','.join(missing or GEN_SYSTEMS[:3])}` first")
+    common = sorted(set.intersection(*(set(r) for r in recs.values())))
+    refs = [recs[names[0]][i]["reference"] for i in common]
+    return common, refs, {s: [recs[s][i]["output"] for i in common] for s in names}
+
+
+def evaluate_judge(
+    session: Session,
+    a: str = "llink",
+    b: str = "base",
+    judge: str | None = None,
+    judge_url: str | None = None,
+    judge_model: str | None = None,
+    api_key_env: str | None = None,
+    n: int | None = 100,
+    batch_size: int = 8,
+    prompt_version: str = PROMPT_VERSION,
+) -> dict[str, Any]:
+    """Pairwise judge of systems ``a`` vs ``b`` on their saved generations (both orders)."""
+    run_dir = Path(session.cfg.run_dir)
+    indices, refs, outs = read_generations(run_dir, [a, b])
+    items = [PairItem(i, r, x, y) for i, r, x, y in zip(indices, refs, outs[a], outs[b],
+                                                      strict=True)][:n]
+    template = load_prompt(prompt_version)
+    j = make_judge(judge, judge_url, judge_model, api_key_env,
+                   cache_dir=session.cfg.model.cache_dir, device=session.cfg.device)
+    path = run_dir / "eval" / "judge" / f"{a}_vs_{b}.jsonl"
+    key = [(it.index, it.reference, it.a, it.b) for it in items]
+    old = read_judge_records(path)
+    if [(r["index"], r["reference"], r["a"], r["b"]) for r in old] == key and all(
+        r.get("judge") == j.name and r.get("prompt_version") == prompt_version for r in old
+    ):
+        records = old
+        print(f"judge: reusing {len(old)} judged items in {path}")
+    else:
+        records = judge_items(items, j, template, batch_size, session.progress,
+                              desc=f"judge {a} vs {b}")
+        for r in records:
+            r.update({"judge": j.name, "prompt_version": prompt_version})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_judge_records(path, records)
+    comp = {**summarise_judgements(records, a, b), "judge": j.name,
+            "prompt_version": prompt_version, "records": str(path)}
+    out = run_dir / "eval" / "judge.json"
+    data = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+    comps = [c for c in data.get("comparisons", []) if (c["a"], c["b"]) != (a, b)]
+    write_json_atomic(out, {"judge": j.name, "prompt_version": prompt_version,
+                            "comparisons": [*comps, comp]})
+    agree = comp["order_agreement"]
+    print(f"judge {j.name}: {a} vs {b} on {comp['n']} items: win {comp['win']} / tie "
+          f"{comp['tie']} / loss {comp['loss']} (win rate {comp['win_rate']:.3f}, 95% CI "
+          f"{comp['win_rate_ci'][0]:.3f}-{comp['win_rate_ci'][1]:.3f}); the two orders agreed "
+          f"on {'n/a' if agree is None else f'{agree:.3f}'} of judged items  ({out})")
+    return comp
+
+
+def evaluate_tokens(session: Session, n: int | None = None) -> dict[str, Any]:
+    """Decoder tokens of the test foreign texts vs their English references vs K + 2 slots."""
+    from transformers import AutoTokenizer
+
+    from llink.models.offline import resolve_model
+
+    cfg = session.cfg
+    items = gen_items(session, n)
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.decoder, cfg.model.cache_dir))
+    res = {**token_budget(tok, [it.source for it in items], [it.reference for it in items],
+                          cfg.model.num_slots), "decoder": cfg.model.decoder}
+    out = Path(cfg.run_dir) / "eval" / "tokens.json"
+    write_json_atomic(out, res)
+    f, e, r = res["foreign"], res["english"], res["ratio_foreign_to_slots"]
+    print(f"tokens on {res['n']} test items ({cfg.model.decoder}): foreign median {f['median']:.0f}"
+          f" / p90 {f['p90']:.0f}, English {e['median']:.0f} / {e['p90']:.0f}, slots "
+          f"{res['slots']}; foreign / slots median {r['median']:.1f}x, p90 {r['p90']:.1f}x ({out})")
+    return res
+
+
+def evaluate_numbers(session: Session, systems: Sequence[str] | None = None) -> dict[str, Any]:
+    """Numeric fidelity of each system's saved generations (see :mod:`llink.eval.numbers`)."""
+    run_dir = Path(session.cfg.run_dir)
+    indices, refs, outs = read_generations(run_dir, systems)
+    res = numeric_fidelity(refs, outs)
+    res["indices"] = [indices[i] for i in res["indices"]]
+    out = run_dir / "eval" / "numbers.json"
+    write_json_atomic(out, res)
+    print(f"numeric fidelity on {res['n_with_numbers']} of {res['n']} test items whose "
+          "reference has numbers (all its numbers in the output):")
+    for name, s in res["systems"].items():
+        frac = "n/a" if s["fraction"] is None else f"{s['fraction']:.3f}"
+        print(f"  {name:<10} {frac} ({s['hits']} hits)")
+    print(f"written: {out}")
+    return res

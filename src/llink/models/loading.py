@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from llink import distributed
 from llink.config import ModelConfig
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
@@ -12,10 +13,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` picks CUDA when present, else the CPU (under N processes: GPU ``LOCAL_RANK``)."""
+    return distributed.resolve_device(name)
 
 
 def resolve_dtype(name: str) -> torch.dtype:

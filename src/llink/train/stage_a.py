@@ -2,6 +2,11 @@
 
 Encoder vectors and teacher states are computed once and cached (``llink.features``),
 so a training step touches only the projector: a few milliseconds on a CPU.
+
+Under N processes each rank projects its slice of the global batch; the projected
+vectors are gathered (with gradients) so in-batch and queue negatives are those of
+the whole global batch, the queue holds the same entries on every rank, and
+gradients are averaged: the run equals a single process at the same global batch.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from llink import distributed as dist
 from llink.artifacts import StageAArtifact, save_stage_a
 from llink.bridge import Projector
 from llink.config import Config
@@ -26,6 +32,7 @@ from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
 from llink.runlog import MetricsLog
 from llink.targets import TargetTransform
+from llink.train.loop import StepRunner
 from llink.train.schedules import warmup_cosine
 from llink.train.state import batch_indices, fixed_settings, load_state, save_state
 
@@ -92,12 +99,15 @@ def train_stage_a(
 
     ``meta`` describes the models (names, dimensions, fingerprints) and is stored in
     the artifact. Training state is saved to ``run_dir/stage_a-state`` every
-    ``save_every`` steps; ``resume=True`` continues from there.
+    ``save_every`` steps; ``resume=True`` continues from there. Under N processes
+    (``torchrun``) every rank calls this; only the main process writes files.
     """
     a = cfg.stage_a
     run_dir = Path(cfg.run_dir)
     state_dir = run_dir / "stage_a-state"
     log = MetricsLog(run_dir / "stage_a.metrics.jsonl")
+    main = dist.is_main()
+    progress = progress and main
     torch.manual_seed(cfg.seed)
 
     targets = TargetTransform.fit(a.targets, feats.train_h, a.whiten_eps)
@@ -108,6 +118,9 @@ def train_stage_a(
         raise ValueError("Stage A needs at least 2 training pairs")
 
     projector = Projector(train_x.shape[1], train_h.shape[1], a.hidden_mult, a.dropout).to(device)
+    dist.broadcast_(projector.parameters())  # identical start on every rank
+    runner = StepRunner(cfg.compute, device)
+    params = list(projector.parameters())
     opt = torch.optim.AdamW(
         projector.parameters(), lr=a.lr, betas=a.betas, weight_decay=a.weight_decay
     )
@@ -123,16 +136,18 @@ def train_stage_a(
         projector.load_state_dict(parts["projector"])
         if queue is not None:
             queue.load_state_dict(parts["queue"])
-        log.truncate_after(start)
-        print(f"resuming Stage A from step {start} ({state_dir})")
-    elif (run_dir / "stage_a.metrics.jsonl").exists():
-        (run_dir / "stage_a.metrics.jsonl").unlink()
+        if main:
+            log.truncate_after(start)
+            print(f"resuming Stage A from step {start} ({state_dir})")
+    elif main and log.path.exists():
+        log.path.unlink()
+    dist.barrier()  # nobody loads the state while the main process may replace it
 
     def checkpoint(step: int) -> None:
         parts = {"projector": projector.state_dict()}
         if queue is not None:
             parts["queue"] = queue.state_dict()
-        save_state(state_dir, parts, opt, step, fixed_settings(a, RESUMABLE_CHANGES))
+        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(a, RESUMABLE_CHANGES))
 
     def evaluate(step: int) -> dict[str, float]:
         projector.eval()
@@ -157,31 +172,35 @@ def train_stage_a(
         for group in opt.param_groups:
             group["lr"] = lr
         tau = linear_tau(step, a.steps, a.tau_start, a.tau_end)
-        torch.manual_seed(cfg.seed * 7919 + step)  # dropout masks reproducible on resume
+        # dropout masks reproducible on resume (and different on each rank)
+        torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         total = {"loss": 0.0, "nce": 0.0}
         for micro in range(a.grad_accum):
             idx = batch_indices(n, a.batch_size, cfg.seed, step, micro).to(device)
-            p, h = projector(train_x[idx]), train_h[idx]
-            negs = queue.hard_negatives(p, a.queue_topk, exclude_ids=idx) if queue else None
-            nce = info_nce(p, h, tau, negs)
-            loss = (
-                nce + a.mse_weight * direction_mse(p, h) + a.lognorm_weight * log_norm_penalty(p, h)
-            )
-            (loss / a.grad_accum).backward()
+            with runner.autocast():
+                # this rank projects its slice; the loss sees the whole global batch
+                p = dist.gather_with_grad(projector(train_x[dist.local_slice(idx)]))
+                h = train_h[idx]
+                negs = queue.hard_negatives(p, a.queue_topk, exclude_ids=idx) if queue else None
+                nce = info_nce(p, h, tau, negs)
+                loss = (
+                    nce
+                    + a.mse_weight * direction_mse(p, h)
+                    + a.lognorm_weight * log_norm_penalty(p, h)
+                )
+            runner.backward(loss / a.grad_accum)
             if queue is not None:
                 queue.push(h, idx)
             total["loss"] += float(loss.detach()) / a.grad_accum
             total["nce"] += float(nce.detach()) / a.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(projector.parameters(), a.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = runner.step(opt, params, a.grad_clip)
 
         done = step + 1
         record: dict[str, Any] = {}
-        if done % a.eval_every == 0 or done == a.steps:
+        if (done % a.eval_every == 0 or done == a.steps) and main:
             last_dev = evaluate(done)
             record.update({f"dev_{k}": v for k, v in last_dev.items()})
-        if done % 50 == 0 or record:
+        if main and (done % 50 == 0 or record):
             record = {
                 "step": done,
                 "loss": total["loss"],
@@ -213,5 +232,5 @@ def train_stage_a(
         "stage_a_config": dataclasses.asdict(a),
     }
     art = StageAArtifact(projector.cpu().eval(), targets, reserved_rows.cpu(), meta)
-    save_stage_a(run_dir / "stage_a", art)
+    dist.on_main(save_stage_a, run_dir / "stage_a", art)
     return art

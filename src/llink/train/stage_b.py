@@ -4,6 +4,11 @@ The recipe (defaults in :class:`~llink.config.StageBConfig`): for the first
 ``bridge_warmup_steps`` only the bridge trains, with a strong usage term, so that
 reading the slots becomes the cheapest way to lower the loss; then LoRA joins,
 with a matched-vs-mismatched term that keeps the slots necessary.
+
+Under N processes each rank runs its slice of every global micro-batch. Every
+batch-level quantity of the objective (answer NLL per token, the ablated and
+mismatched losses, the in-batch InfoNCE, the mismatched slots) is taken over the
+global batch, and gradients are averaged, so N processes train as one would.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from llink import distributed as dist
 from llink.artifacts import save_llink
 from llink.bridge import BagOfWordsHead
 from llink.config import Config, StageBConfig
@@ -28,6 +34,7 @@ from llink.inject import Example, build_example, collate, instruction_text, slot
 from llink.losses import direction_mse, info_nce, usage_penalty
 from llink.model import LLINK, AnswerNLL
 from llink.runlog import MetricsLog
+from llink.train.loop import StepRunner, enable_activation_checkpointing
 from llink.train.schedules import warmup_linear
 from llink.train.state import batch_indices, fixed_settings, load_state, save_state
 
@@ -94,28 +101,39 @@ def ablation_slots(model: LLINK, batch: int) -> torch.Tensor:
 def evaluate_nll(
     model: LLINK, data: EncodedExamples, batch_size: int = 8, with_base: bool = False
 ) -> dict[str, float]:
-    """Answer NLL per token with slots, with slots ablated, their gap (and the base decoder)."""
+    """Answer NLL per token with slots, with slots ablated, their gap (and the base decoder).
+
+    Under N processes the batches are dealt out round-robin and the sums added up
+    over ranks; every rank runs the same number of passes (collectives stay aligned).
+    """
     was_training = model.training
     model.eval()
     pad = int(model.tokenizer.pad_token_id)
-    sums = {"injected": 0.0, "ablated": 0.0, "base_raw": 0.0}
-    tokens = 0.0
-    for start in range(0, len(data.examples), batch_size):
-        sl = slice(start, start + batch_size)
+    sums = {"injected": 0.0, "ablated": 0.0, "base_raw": 0.0, "tokens": 0.0}
+    starts = list(range(0, len(data.examples), batch_size))
+    world = dist.world_size()
+    for first in range(0, len(starts), world):
+        j = first + dist.rank()
+        real = j < len(starts)  # a rank without a batch this round runs a dummy one
+        sl = slice(starts[j if real else 0], starts[j if real else 0] + batch_size)
         b = collate(data.examples[sl], pad)
         slots = model.slots(data.enc[sl])
         inj = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], slots)
         abl = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], None)
-        sums["injected"] += float(inj.total.sum())
-        sums["ablated"] += float(abl.total.sum())
-        tokens += float(inj.tokens.sum())
+        if real:
+            sums["injected"] += float(inj.total.sum())
+            sums["ablated"] += float(abl.total.sum())
+            sums["tokens"] += float(inj.tokens.sum())
         if with_base and data.base is not None:
             bb = collate(data.base[sl], pad)
             base = model.answer_nll(
                 bb["input_ids"], bb["attention_mask"], bb["labels"], None, base=True
             )
-            sums["base_raw"] += float(base.total.sum())
+            if real:
+                sums["base_raw"] += float(base.total.sum())
     model.train(was_training)
+    sums = dist.sum_floats(sums)
+    tokens = sums["tokens"]
     out = {"nll_injected": sums["injected"] / tokens, "nll_ablated": sums["ablated"] / tokens}
     out["usage_gap"] = out["nll_ablated"] - out["nll_injected"]
     if with_base and data.base is not None:
@@ -171,6 +189,8 @@ def train_stage_b(
     run_dir = Path(cfg.run_dir)
     state_dir = run_dir / "stage_b-state"
     log = MetricsLog(run_dir / "stage_b.metrics.jsonl")
+    main = dist.is_main()
+    progress = progress and main
     torch.manual_seed(cfg.seed)
     device = model.device
     vocab = model.lm.get_output_embeddings().weight.shape[0]
@@ -179,7 +199,17 @@ def train_stage_b(
     content = content_token_mask(model.tokenizer, vocab) if b.bow_weight > 0 else None
     if not model.has_lora and b.lora_r > 0:
         model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
-    opt = torch.optim.AdamW(_param_groups(model, b), weight_decay=b.weight_decay)
+    if cfg.compute.gradient_checkpointing:
+        enable_activation_checkpointing(model.decoder.model)
+    if cfg.compute.fsdp:  # frozen layer weights sharded over the processes, LoRA replicated
+        lora = {p for n, p in model.lm.named_parameters() if "lora_" in n}
+        dist.shard_modules(model._backbone().layers, lora)
+        if main and dist.is_distributed():
+            print(f"FSDP: decoder layers sharded over {dist.world_size()} processes")
+    groups = _param_groups(model, b)
+    dist.broadcast_(p for g in groups for p in g["params"])  # identical start on every rank
+    opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
+    runner = StepRunner(cfg.compute, device)
     start = 0
     if resume:
         start, parts = load_state(state_dir, "Stage B", fixed_settings(b, RESUMABLE_CHANGES), opt)
@@ -190,10 +220,12 @@ def train_stage_b(
             set_peft_model_state_dict(model.lm, parts["lora"])
         if b.lr_projector > 0:
             model.projector.load_state_dict(parts["projector"])
-        log.truncate_after(start)
-        print(f"resuming Stage B from step {start} ({state_dir})")
-    elif log.path.exists():
+        if main:
+            log.truncate_after(start)
+            print(f"resuming Stage B from step {start} ({state_dir})")
+    elif main and log.path.exists():
         log.path.unlink()
+    dist.barrier()  # nobody loads the state while the main process may replace it
 
     def checkpoint(step: int) -> None:
         parts = {"bridge": model.bridge.state_dict()}
@@ -203,14 +235,14 @@ def train_stage_b(
             parts["lora"] = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
         if b.lr_projector > 0:
             parts["projector"] = model.projector.state_dict()
-        save_state(state_dir, parts, opt, step, fixed_settings(b, RESUMABLE_CHANGES))
+        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(b, RESUMABLE_CHANGES))
 
     pad = int(model.tokenizer.pad_token_id)
     n = len(train.examples)
     warmup = int(b.warmup_frac * b.steps)
     best = {"nll_injected": float("inf")}
     base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 else {}
-    if base_dev:
+    if base_dev and main:
         log.log({"step": 0, **{f"dev_{k}": v for k, v in base_dev.items()}}, prefix="stage B | ")
     model.train()
     t0 = time.time()
@@ -227,21 +259,22 @@ def train_stage_b(
         _set_lora_trainable(model, lora_on)
         for g in opt.param_groups:
             g["lr"] = warmup_linear(step, warmup, b.steps, g["base_lr"])
-        torch.manual_seed(cfg.seed * 7919 + step)
+        # dropout masks reproducible on resume (and different on each rank)
+        torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
-            idx = batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17)
+            idx = dist.local_slice(batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17))
             batch = collate([train.examples[i] for i in idx], pad)
-            loss, parts = _step_loss(
-                model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step
-            )
-            (loss / b.grad_accum).backward()
+            with runner.autocast():
+                loss, parts = _step_loss(
+                    model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step
+                )
+            runner.backward(loss / b.grad_accum)
             for k, v in parts.items():
                 stats[k] = stats.get(k, 0.0) + v / b.grad_accum
+        stats = dist.mean_floats(stats)
         trainable = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, b.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = runner.step(opt, trainable, b.grad_clip)
 
         done = step + 1
         record: dict[str, Any] = {
@@ -257,9 +290,11 @@ def train_stage_b(
             record.update({f"dev_{k}": v for k, v in dev_m.items()})
             if dev_m["nll_injected"] < best["nll_injected"]:
                 best = {**dev_m, "step": done}
-                save_llink(run_dir / "stage_b-best", model, {**meta, "step": done, "dev": dev_m})
-        log.log(record, prefix="stage B | ", echo=is_eval)
-        bar.set_postfix(loss=f"{stats['loss']:.3f}")
+                dist.on_main(save_llink, run_dir / "stage_b-best", model,
+                             {**meta, "step": done, "dev": dev_m})
+        if main:
+            log.log(record, prefix="stage B | ", echo=is_eval)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}")
         if done % b.save_every == 0 and done < b.steps:
             checkpoint(done)
     bar.close()
@@ -273,7 +308,8 @@ def train_stage_b(
         "train_seconds": round(time.time() - t0, 1),
         "steps": b.steps,
     }
-    save_llink(
+    dist.on_main(
+        save_llink,
         run_dir / "stage_b",
         model,
         {**meta, "step": b.steps, "dev": final_dev, "stage_b_config": dataclasses.asdict(b)},
@@ -291,10 +327,16 @@ def _step_loss(
     vocab: int,
     step: int,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The Stage B objective for one micro-batch, and its parts for the log."""
+    """The Stage B objective for one micro-batch, and its parts for the log.
+
+    ``batch``, ``enc`` and ``teacher`` are this rank's slice of the global micro-batch
+    (all of it in a single process); batch-level terms are taken over the global batch.
+    """
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     slots = model.slots(enc)
-    inj = model.answer_nll(ids, mask, labels, slots).per_token()
+    global_batch = slots.shape[0] * dist.world_size()
+    nll = model.answer_nll(ids, mask, labels, slots)
+    inj = dist.global_mean(nll.total.sum(), nll.tokens.sum())  # per token of the global batch
     loss = inj
     parts = {"nll": float(inj.detach())}
     slot_mean = slots.mean(1)
@@ -302,8 +344,9 @@ def _step_loss(
     if b.direction_weight > 0:
         d = direction_mse(slot_mean, t)
         loss = loss + b.direction_weight * d
-    if b.nce_weight > 0 and slots.shape[0] > 1:
-        loss = loss + b.nce_weight * info_nce(slot_mean, t, b.nce_tau)
+    if b.nce_weight > 0 and global_batch > 1:
+        nce = info_nce(dist.gather_with_grad(slot_mean), dist.gather(t), b.nce_tau)
+        loss = loss + b.nce_weight * nce
     if b.bow_weight > 0 and model.bow is not None and content is not None:
         bow = F.binary_cross_entropy_with_logits(
             model.bow(slots), bow_targets(labels, content, vocab).to(slots.device)
@@ -311,17 +354,19 @@ def _step_loss(
         loss = loss + b.bow_weight * bow
         parts["bow"] = float(bow.detach())
     use_usage = b.usage_weight > 0 and step % max(b.usage_every, 1) == 0
-    use_mismatch = b.mismatch_weight > 0 and slots.shape[0] > 1
+    use_mismatch = b.mismatch_weight > 0 and global_batch > 1
     if use_usage or use_mismatch:
-        # One no-grad pass over 2B rows: ablated (placeholder rows) and mismatched slots.
+        # One no-grad pass over 2B rows: ablated (placeholder rows) and mismatched slots
+        # (each example gets the slots of the previous example of the global batch).
         bsz = ids.shape[0]
         with torch.no_grad():
-            other = torch.cat([ablation_slots(model, bsz), slots.detach().roll(1, dims=0)])
+            mismatched = dist.local_slice(dist.gather(slots.detach()).roll(1, dims=0))
+            other = torch.cat([ablation_slots(model, bsz), mismatched.to(slots.dtype)])
             both: AnswerNLL = model.answer_nll(
                 ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2, 1), other
             )
-        abl = both.total[:bsz].sum() / both.tokens[:bsz].sum()
-        mis = both.total[bsz:].sum() / both.tokens[bsz:].sum()
+            abl = dist.global_mean(both.total[:bsz].sum(), both.tokens[:bsz].sum())
+            mis = dist.global_mean(both.total[bsz:].sum(), both.tokens[bsz:].sum())
         parts.update({"nll_ablated": float(abl), "nll_mismatched": float(mis)})
         if use_usage:
             loss = loss + b.usage_weight * usage_penalty(inj, abl, b.usage_margin)

@@ -1,0 +1,123 @@
+"""Run every benchmark and write benchmarks/results/summary.{json,md}.
+
+    python -m benchmarks.run [--model DIR] [--only NAME[,NAME]] [--quick] [--threads N]
+
+NAME: stage_a_cost, prompt_cost, latency, memory, generation. ``--model`` is the
+trained LLINK folder (default runs/quickstart/stage_b, written by
+``bash scripts/main.sh``). Each benchmark also writes its own NAME.{json,md} and runs
+on its own as ``python -m benchmarks.NAME``. Every figure is a ratio of two designs
+measured side by side in the same process (medians of repeats). ``--quick`` is a
+fast smoke run written to benchmarks/results/quick/ instead. With ``--only``, the
+summary keeps the other benchmarks' rows from the previous summary. ``generation``
+(batched vs one at a time) runs only when named: ``latency`` already measures LLINK at
+batch 1 and at batch 32 on the same sentences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+from benchmarks import generation, latency, memory, prompt_cost, stage_a_cost
+from benchmarks.common import (
+    machine_description,
+    model_dir,
+    results_dir,
+    set_threads,
+    summary_markdown,
+)
+
+BENCHMARKS: dict[str, ModuleType] = {
+    "stage_a_cost": stage_a_cost,
+    "prompt_cost": prompt_cost,
+    "latency": latency,
+    "memory": memory,
+    "generation": generation,
+}
+DEFAULT_RUN = ("stage_a_cost", "prompt_cost", "latency", "memory")
+NEEDS_MODEL = {"prompt_cost", "latency", "generation", "memory"}
+NOTES = [
+    "Ratios compare two designs timed side by side in one process (medians of repeats); "
+    "absolute times depend on the machine and on whatever else runs on it.",
+    "Time to first token: batch of one, `generate(..., max_new_tokens=1)`, LLINK including "
+    "its encoder pass. See prompt_cost.md for where the time goes.",
+]
+
+
+def selected(only: str | None) -> list[str]:
+    """Benchmark names to run, in their fixed order; unknown names are an error."""
+    if not only:
+        return list(DEFAULT_RUN)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(BENCHMARKS)}")
+    return [n for n in BENCHMARKS if n in names]
+
+
+def merge_summary(previous: dict[str, Any] | None, ran: dict[str, dict[str, Any]],
+                  rows: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """The new summary: this run's rows, plus rows of benchmarks it did not run."""
+    keep_runs = {k: v for k, v in (previous or {}).get("benchmarks", {}).items() if k not in ran}
+    kept = [r for r in (previous or {}).get("rows", []) if r.get("source") in keep_runs]
+    runs = {**keep_runs, **ran}
+    order = [n for n in BENCHMARKS if n in runs]
+    all_rows = sorted([*kept, *rows], key=lambda r: order.index(r["source"]))
+    return {**fields, "notes": NOTES, "benchmarks": {n: runs[n] for n in order},
+            "rows": all_rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None,
+                    help="trained LLINK folder (default runs/quickstart/stage_b)")
+    ap.add_argument("--only", default=None, help="comma-separated benchmark names")
+    ap.add_argument("--quick", action="store_true",
+                    help="a fast smoke run (written to benchmarks/results/quick/)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice)")
+    args = ap.parse_args()
+    names = selected(args.only)
+    set_threads(args.threads)
+    folder = model_dir(args.model) if NEEDS_MODEL & set(names) else None
+
+    t0 = time.perf_counter()
+    ran: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        print(f"=== {name} ===", flush=True)
+        t = time.perf_counter()
+        mod = BENCHMARKS[name]
+        kwargs = {"threads": args.threads} if name == "memory" else {}
+        res = mod.run(folder, quick=args.quick, **kwargs)
+        ran[name] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                     "minutes": (time.perf_counter() - t) / 60, "quick": args.quick}
+        rows += [{**r, "source": name} for r in mod.headline(res)]
+
+    out = results_dir(args.quick)
+    path = out / "summary.json"
+    previous = json.loads(path.read_text()) if args.only and path.is_file() else None
+    summary = merge_summary(
+        previous, ran, rows,
+        machine=machine_description(),
+        command=shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]]),
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        minutes=(time.perf_counter() - t0) / 60,
+        model=folder,
+    )
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    md = summary_markdown(summary)
+    (out / "summary.md").write_text(md)
+    print(md)
+    print(f"written: {path} and {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()

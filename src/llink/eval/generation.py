@@ -1,0 +1,184 @@
+"""Generation quality: resumable per-system output files, chrF / BLEU with intervals and tests.
+
+Each system's outputs on the test items go to one JSONL file, one line per item
+(``index``, ``source``, ``reference``, ``output``), written as batches finish, so an
+interrupted run continues where it stopped. Scores are corpus-level sacrebleu chrF and
+BLEU; intervals and paired p-values come from sacrebleu's paired bootstrap resampling
+(:class:`sacrebleu.significance.PairedTest`, Koehn 2004).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from llink.batching import length_sorted_batches
+from llink.fileio import atomic_path, write_json_atomic
+
+#: Systems ``llink eval gen`` knows, in report order.
+SYSTEMS = ("llink", "base", "baseline", "ablated")
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class GenItem:
+    """One test item: its position in the test list, foreign source and English reference."""
+
+    index: int
+    source: str
+    reference: str
+
+
+def read_outputs(path: str | Path) -> dict[int, dict[str, Any]]:
+    """Records of a system's output file by index (empty if the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[int(rec["index"])] = rec
+    return out
+
+
+def generate_outputs(
+    path: str | Path,
+    items: Sequence[GenItem],
+    generate: Callable[[list[str]], list[str]],
+    settings: dict[str, Any],
+    batch_size: int = 32,
+    length: Callable[[str], int] = len,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[str]:
+    """Outputs of ``generate`` for every item, kept in ``path`` (JSONL) and reused on rerun.
+
+    Lines already in the file are kept when the side file ``<path>.settings.json``
+    matches ``settings`` and the line's source and reference match the item; the rest
+    are generated in batches of similar ``length`` and appended as each batch finishes.
+    When all are there the file is rewritten in index order.
+    """
+    path = Path(path)
+    meta_path = path.with_name(path.stem + ".settings.json")
+    same = meta_path.exists() and json.loads(meta_path.read_text(encoding="utf-8")) == settings
+    done = read_outputs(path) if same else {}
+    done = {
+        i: r for i, r in done.items()
+        if i < len(items) and items[i].index == i and r.get("source") == items[i].source
+        and r.get("reference") == items[i].reference
+    }
+    todo = [it for it in items if it.index not in done]
+    if todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not same:
+            write_json_atomic(meta_path, settings)
+        _rewrite(path, [done[i] for i in sorted(done)])
+        batches = list(length_sorted_batches([length(it.source) for it in todo], batch_size))
+        with path.open("a", encoding="utf-8") as fh:
+            for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+                chunk = [todo[i] for i in idx]
+                outs = generate([it.source for it in chunk])
+                for it, out in zip(chunk, outs, strict=True):
+                    rec = {"index": it.index, "source": it.source, "reference": it.reference,
+                           "output": out}
+                    done[it.index] = rec
+                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+    records = [done[it.index] for it in items]
+    _rewrite(path, records)
+    return [r["output"] for r in records]
+
+
+def _rewrite(path: Path, records: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def _metrics() -> dict[str, Any]:
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return {"bleu": BLEU(), "chrf": CHRF()}
+
+
+def score_systems(
+    outputs: dict[str, list[str]], references: list[str], n_samples: int = BOOTSTRAP_SAMPLES
+) -> dict[str, Any]:
+    """Corpus chrF and BLEU of each system with 95% bootstrap intervals, and paired tests.
+
+    Every ordered pair (a, b) with a listed before b gets sacrebleu's paired bootstrap
+    test (``n_samples`` resamples, seed ``$SACREBLEU_SEED`` or 12345). An interval is
+    the bootstrap mean ± half the width of the central 95% of resampled scores, as
+    sacrebleu reports it.
+    """
+    from sacrebleu.significance import PairedTest
+
+    names = list(outputs)
+    for name, hyps in outputs.items():
+        if len(hyps) != len(references):
+            raise ValueError(f"{name}: {len(hyps)} outputs for {len(references)} references")
+    systems: dict[str, dict[str, Any]] = {}
+    paired: list[dict[str, Any]] = []
+    signatures: dict[str, str] = {}
+    for i, anchor in enumerate(names):
+        named = [(n, outputs[n]) for n in names[i:]]
+        sigs, results = PairedTest(named, _metrics(), [references], test_type="bs",
+                                   n_samples=n_samples)()
+        keys = {_metric_key(k): k for k in results if k != "System"}
+        for metric, key in keys.items():
+            signatures[metric] = str(sigs[key])
+            for pos, res in enumerate(results[key]):
+                name = named[pos][0]
+                if pos == 0:
+                    systems.setdefault(anchor, {})[metric] = float(res.score)
+                    systems[anchor][f"{metric}_ci"] = [float(res.mean - res.ci),
+                                                       float(res.mean + res.ci)]
+                else:
+                    a_score = systems[anchor][metric]
+                    paired.append({"a": anchor, "b": name, "metric": metric,
+                                   "a_score": a_score, "b_score": float(res.score),
+                                   "delta": a_score - float(res.score),
+                                   "p_value": float(res.p_value)})
+    settings = {
+        "test": "paired bootstrap resampling (sacrebleu.significance.PairedTest, test_type=bs)",
+        "n_samples": n_samples,
+        "seed": os.environ.get("SACREBLEU_SEED", "12345"),
+        "ci": "95%: bootstrap mean ± half the 2.5-97.5 percentile range",
+        "signatures": signatures,
+    }
+    return {"systems": {n: systems[n] for n in names}, "paired": paired, "scoring": settings}
+
+
+def _metric_key(name: str) -> str:
+    low = name.lower()
+    if low.startswith("bleu"):
+        return "bleu"
+    if low.startswith("chrf"):
+        return "chrf"
+    raise ValueError(f"unexpected sacrebleu metric {name!r}")
+
+
+def format_gen_table(result: dict[str, Any]) -> str:
+    """A plain-text table of chrF / BLEU with intervals, then the paired tests."""
+    lines = [f"Generation quality on {result['n']} test items (corpus level, 95% bootstrap CI)",
+             f"{'system':<10} {'chrF':>7} {'chrF CI':>15} {'BLEU':>7} {'BLEU CI':>15}"]
+    for name, s in result["systems"].items():
+        lines.append(
+            f"{name:<10} {s['chrf']:>7.2f} {_ci(s['chrf_ci']):>15} {s['bleu']:>7.2f} "
+            f"{_ci(s['bleu_ci']):>15}"
+        )
+    for p in result["paired"]:
+        lines.append(f"  {p['a']} vs {p['b']} {p['metric']}: {p['a_score']:.2f} vs "
+                     f"{p['b_score']:.2f} (delta {p['delta']:+.2f}, p = {p['p_value']:.4f})")
+    return "\n".join(lines)
+
+
+def _ci(ci: Sequence[float]) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"

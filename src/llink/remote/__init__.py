@@ -1,0 +1,1 @@
+"""Launching llink jobs on hosted GPUs (optional extras, e.g. ``pip install llink[modal]``)."""

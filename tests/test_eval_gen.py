@@ -1,0 +1,79 @@
+"""`llink eval gen|tokens|numbers` end to end on tiny models (all four systems)."""
+
+import json
+
+import pytest
+
+from llink.cli import main
+from llink.workflows import (
+    Session,
+    evaluate_generation,
+    evaluate_numbers,
+    gen_items,
+    run_baseline,
+    run_stage_a,
+    run_stage_b,
+)
+
+from .test_stage_a import make_pair_file
+from .test_stage_b import _b_cfg
+
+OVERRIDES = {"stage_b.steps": 4, "stage_b.bridge_warmup_steps": 2, "stage_b.eval_every": 4,
+             "stage_b.save_every": 4}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
+    root = tmp_path_factory.mktemp("evalgen")
+    cfg = _b_cfg(root, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(root), **OVERRIDES)
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    run_stage_b(session)
+    run_baseline(session)
+    return cfg, session, root
+
+
+def test_gen_writes_outputs_scores_and_paired_tests(run):
+    cfg, session, root = run
+    systems = ["llink", "base", "baseline", "ablated"]
+    res = evaluate_generation(session, systems, n=5, max_new_tokens=3, batch_size=2)
+    ev = root / "run" / "eval"
+    items = gen_items(session, 5)
+    for name in systems:
+        recs = [json.loads(x) for x in (ev / "gen" / f"{name}.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in recs] == list(range(5))
+        assert [r["source"] for r in recs] == [it.source for it in items]
+        assert all(isinstance(r["output"], str) for r in recs)
+    saved = json.loads((ev / "gen.json").read_text())
+    assert saved["n"] == 5 and list(saved["systems"]) == systems
+    for s in saved["systems"].values():
+        assert 0 <= s["chrf"] <= 100 and 0 <= s["bleu"] <= 100
+        assert len(s["chrf_ci"]) == 2 and len(s["bleu_ci"]) == 2
+    assert len(saved["paired"]) == 2 * 6  # every pair of 4 systems, two metrics
+    assert {"a", "b", "metric", "a_score", "b_score", "delta", "p_value"} <= set(saved["paired"][0])
+    assert res["settings"]["max_new_tokens"] == 3
+    # the ablated prompt is the same for every item, so its output is too
+    abl = [json.loads(x)["output"] for x in (ev / "gen" / "ablated.jsonl").read_text().splitlines()]
+    assert len(set(abl)) == 1
+
+
+def test_numbers_and_tokens_commands(run, capsys):
+    cfg, session, root = run
+    evaluate_generation(session, ["llink", "base"], n=5, max_new_tokens=3, batch_size=2)
+    res = evaluate_numbers(session, ["llink", "base"])
+    refs = [it.reference for it in gen_items(session, 5)]
+    assert res["n"] == 5 and res["n_with_numbers"] == 5  # every tiny reference has "Item i"
+    args = [f"{k}={v}" for k, v in {
+        "model.encoder": cfg.model.encoder, "model.decoder": cfg.model.decoder,
+        "model.num_slots": 4, "data.pairs": cfg.data.pairs, "data.sentence_like_only": False,
+        "data.dev_fraction": 0.2, "data.test_fraction": 0.2, "data.max_train_pairs": None,
+        "run_dir": cfg.run_dir}.items()]
+    assert main(["eval", "tokens", "--quiet", *args]) == 0
+    tok = json.loads((root / "run" / "eval" / "tokens.json").read_text())
+    assert tok["slots"] == 6 and tok["decoder"] == cfg.model.decoder
+    assert tok["n"] == len(gen_items(session)) and tok["english"]["median"] > 0
+    assert main(["eval", "numbers", "--quiet", *args]) == 0
+    num = json.loads((root / "run" / "eval" / "numbers.json").read_text())
+    assert set(num["systems"]) >= {"llink", "base"} and len(refs) == 5
+    assert main(["eval", "gen", "--systems", "llink,nope", *args]) == 2
+    assert "unknown system" in capsys.readouterr().err

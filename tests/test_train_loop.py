@@ -1,0 +1,72 @@
+"""Training options of the ``compute`` section: mixed precision, gradient checkpointing."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llink.config import ComputeConfig
+from llink.train.loop import StepRunner
+from llink.workflows import Session, run_stage_a, run_stage_b
+
+from .test_stage_a import pair_file  # noqa: F401  (fixture re-export)
+from .test_stage_b import _b_cfg
+
+
+def _train_linear(runner: StepRunner, steps: int = 30) -> list[float]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(64, 8)
+    y = x @ torch.arange(8.0) / 8
+    losses = []
+    for _ in range(steps):
+        with runner.autocast():
+            loss = torch.nn.functional.mse_loss(model(x).squeeze(-1), y)
+        runner.backward(loss)
+        runner.step(opt, list(model.parameters()), grad_clip=10.0)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("mode", ["no", "bf16", "fp16"])
+def test_step_runner_trains_in_every_precision(mode):
+    runner = StepRunner(ComputeConfig(mixed_precision=mode), torch.device("cpu"))
+    assert runner.scaler.is_enabled() == (mode == "fp16")
+    losses = _train_linear(runner)
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="bf16"):
+        StepRunner(ComputeConfig(mixed_precision="fp8"), torch.device("cpu"))
+
+
+def _stage_b(tmp_path, enc, dec, pairs, run, **over):
+    cfg = _b_cfg(tmp_path, enc, dec, pairs, run=run, **{
+        "stage_b.steps": 3, "stage_b.bridge_warmup_steps": 1, "stage_b.lora_dropout": 0.0,
+        "stage_b.eval_every": 3, "stage_b.save_every": 3, **over})
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    run_stage_b(session)
+    return tmp_path / run
+
+
+def test_gradient_checkpointing_and_bf16_train_stage_b(tmp_path, tiny_encoder_dir,
+                                                       tiny_decoder_dir, pair_file):  # noqa: F811
+    args = (tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file)
+    plain = _stage_b(*args, "plain")
+    ckpt = _stage_b(*args, "ckpt", **{"compute.gradient_checkpointing": True})
+    for name in ("bridge.safetensors", "lora/adapter_model.safetensors"):
+        a, b = load_file(plain / "stage_b" / name), load_file(ckpt / "stage_b" / name)
+        for k in a:  # recomputing activations changes nothing but memory
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    bf16 = _stage_b(*args, "bf16", **{"compute.mixed_precision": "bf16"})
+    logs = [[json.loads(x) for x in (r / "stage_b.metrics.jsonl").read_text().splitlines()]
+            for r in (plain, bf16)]
+    first = [next(r for r in log if r.get("step") == 1) for log in logs]
+    assert math.isfinite(first[1]["loss"])
+    assert first[1]["nll"] == pytest.approx(first[0]["nll"], rel=0.05)  # bf16 rounding only
