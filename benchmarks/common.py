@@ -133,8 +133,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         figure = r["figure"] + (f" ({r['note']})" if r.get("note") else "")
         lines.append(f"| {r['benchmark']} | {figure} | {r['llink']} | {r['baseline']} | "
                      f"{ratio} | {target} |")
-    lines += ["", f"Machine: {summary['machine']}.", f"Command: `{summary['command']}`"
-              f" ({summary['date']}, {summary['minutes']:.1f} min)."]
+    lines += ["", f"Machine: {summary['machine']}."]
+    runs = summary.get("benchmarks", {})
+    commands = list(dict.fromkeys(r["command"] for r in runs.values() if r.get("command")))
+    if len(commands) > 1:  # the summary merges runs of ``--only``
+        for c in commands:
+            names = [n for n, r in runs.items() if r.get("command") == c]
+            when = ", ".join(sorted({runs[n]["date"] for n in names}))
+            lines.append(f"Command: `{c}` ({', '.join(names)}; {when}).")
+    else:
+        lines.append(f"Command: `{summary['command']}` ({summary['date']}, "
+                     f"{summary['minutes']:.1f} min).")
     if summary.get("notes"):
         lines += ["", *[f"- {n}" for n in summary["notes"]]]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,8 @@ repeat and each figure is the median over repeats. Device: a GPU when present, e
 the CPU. A third path is the same model with its LoRA merged into the decoder weights
 (fewer operations per decoder pass, same answers up to rounding; ``--no-lora-merged``
 skips it). Batch size 1 is timed on an evenly spread subset (``--n-single``, default 8).
+The paths' answers end at EOS, so they differ in length; ``--fixed-length`` makes every
+answer exactly ``max_new_tokens`` long (pure compute cost; results latency_fixed_length.*).
 LLINK's batch-1 vs largest-batch rate is the gain from batching (cf. benchmarks.generation).
 Results: benchmarks/results/latency.{json,md}.
 """
@@ -42,22 +44,23 @@ DEFAULT = {"n": 32, "batch_sizes": (1, 8, 32), "repeats": 3, "max_new_tokens": 3
            "n_single": 8, "lora_merged": True}
 
 
-def answer_all(model: LLINK, texts: list[str], batch: int, base: bool, max_new_tokens: int
-               ) -> tuple[float, list[str]]:
+def answer_all(model: LLINK, texts: list[str], batch: int, base: bool, max_new_tokens: int,
+               fixed_length: bool = False) -> tuple[float, list[str]]:
     """Seconds to answer every text in batches of ``batch``, and the answers."""
     fn = model.generate_base if base else model.generate
+    extra = {"min_new_tokens": max_new_tokens} if fixed_length else {}
     answers: list[str] = []
     sync()
     t = time.perf_counter()
     for i in range(0, len(texts), batch):
-        answers += fn(texts[i : i + batch], TASK, max_new_tokens=max_new_tokens)
+        answers += fn(texts[i : i + batch], TASK, max_new_tokens=max_new_tokens, **extra)
     sync()
     return time.perf_counter() - t, answers
 
 
 def measure(folder: str, n: int, batch_sizes: tuple[int, ...], repeats: int,
-            max_new_tokens: int, lora_merged: bool = False, n_single: int | None = None
-            ) -> dict[str, Any]:
+            max_new_tokens: int, lora_merged: bool = False, n_single: int | None = None,
+            fixed_length: bool = False) -> dict[str, Any]:
     """``n_single``: at batch size 1, time only that many of the sentences (evenly spread)."""
     texts = [p.foreign for p in evenly_spaced(load_splits(DataConfig()).test, n)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,7 +83,7 @@ def measure(folder: str, n: int, batch_sizes: tuple[int, ...], repeats: int,
             order = list(paths) if rep % 2 == 0 else list(reversed(paths))
             for path in order:
                 m, base = paths[path]
-                s, answers[path] = answer_all(m, sel, b, base, max_new_tokens)
+                s, answers[path] = answer_all(m, sel, b, base, max_new_tokens, fixed_length)
                 times[path].append(s)
         r: dict[str, Any] = {"sentences": len(sel)}
         for path in paths:
@@ -104,6 +107,7 @@ def measure(folder: str, n: int, batch_sizes: tuple[int, ...], repeats: int,
         "device": device,
         "sentences": len(texts),
         "max_new_tokens": max_new_tokens,
+        "fixed_length": fixed_length,
         "repeats": repeats,
         "batch_sizes": results,
         "examples": [{"foreign": x, "llink": first["llink"][x], "base": first["base"][x]}
@@ -116,7 +120,7 @@ def markdown(res: dict[str, Any]) -> str:
     extra = " | LLINK, LoRA merged sentences/s | speed-up, LoRA merged" if merged else ""
     lines = [
         "| batch | sentences | LLINK sentences/s | base, raw text sentences/s | LLINK speed-up "
-        f"| answer tokens per sentence LLINK / base{extra} |",
+        f"| answer tokens per sentence (re-tokenised) LLINK / base{extra} |",
         "|---|---|---|---|---|---|" + ("---|---|" if merged else ""),
     ]
     for b, r in res["batch_sizes"].items():
@@ -134,8 +138,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['sentences']} test sentences (evenly spread over the test split; at batch 1 "
         f"an evenly spread subset), greedy, max_new_tokens {res['max_new_tokens']}, median of "
         f"{res['repeats']} repeats, both paths on the same sentences, device {res['device']}. "
-        "Answers end at EOS or max_new_tokens, so the paths may generate different numbers "
-        f"of tokens. Batch {bs[-1]} gave the same answers as batch {bs[0]} for "
+        + ("Every answer is exactly max_new_tokens long (EOS suppressed). " if res["fixed_length"]
+           else "Answers end at EOS or max_new_tokens, so the paths may generate different "
+           "numbers of tokens. ")
+        + f"Batch {bs[-1]} gave the same answers as batch {bs[0]} for "
         f"{same['llink_same_as_first_batch_size'][0]}/{same['llink_same_as_first_batch_size'][1]}"
         f" shared sentences (LLINK) and {same['base_same_as_first_batch_size'][0]}/"
         f"{same['base_same_as_first_batch_size'][1]} (base); batching made LLINK "
@@ -146,12 +152,16 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
+    n = res["max_new_tokens"]
+    how = f"answers of exactly {n} tokens" if res["fixed_length"] else f"max_new_tokens {n}"
     rows = [
         row("end-to-end", f"sentences/s at batch {b}", f"{r['llink_sentences_per_s']:.2f}",
             f"{r['base_sentences_per_s']:.2f} (raw text)", r["speedup"],
-            note=f"max_new_tokens {res['max_new_tokens']}, {res['device']}")
+            note=f"{how}, {res['device']}")
         for b, r in res["batch_sizes"].items()
     ]
+    if res["fixed_length"]:
+        return rows
     rows += [
         row("end-to-end", f"sentences/s at batch {b}, LoRA merged",
             f"{r['llink_lora_merged_sentences_per_s']:.2f}",
@@ -173,10 +183,11 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
     q = {**(QUICK if quick else DEFAULT), **overrides}
+    fixed = q.get("fixed_length", False)
     res = measure(model_dir(model), q["n"], tuple(q["batch_sizes"]), q["repeats"],
-                  q["max_new_tokens"], q["lora_merged"], q["n_single"])
+                  q["max_new_tokens"], q["lora_merged"], q["n_single"], fixed)
     md = markdown(res)
-    write_results("latency", res, md, quick)
+    write_results("latency_fixed_length" if fixed else "latency", res, md, quick)
     print(md)
     return res
 
@@ -193,15 +204,17 @@ def main() -> None:
                     help="sentences timed at batch size 1 (0: all)")
     ap.add_argument("--no-lora-merged", dest="lora_merged", action="store_false",
                     help="skip the path with LoRA merged into the decoder")
+    ap.add_argument("--fixed-length", action="store_true",
+                    help="every answer exactly max_new_tokens long (EOS suppressed)")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run")
     args = ap.parse_args()
     set_threads(args.threads)
     if args.quick:
-        run(args.model, quick=True, lora_merged=args.lora_merged)
+        run(args.model, quick=True, lora_merged=args.lora_merged, fixed_length=args.fixed_length)
         return
     run(args.model, n=args.n, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
         repeats=args.repeats, max_new_tokens=args.max_new_tokens, lora_merged=args.lora_merged,
-        n_single=args.n_single or None)
+        n_single=args.n_single or None, fixed_length=args.fixed_length)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
     python -m benchmarks.run [--model DIR] [--only NAME[,NAME]] [--quick] [--threads N]
 
-NAME: stage_a_cost, prompt_cost, latency, memory, generation. ``--model`` is the
-trained LLINK folder (default runs/quickstart/stage_b, written by
+NAME: stage_a_cost, prompt_cost, latency, latency_fixed_length, memory, generation.
+``--model`` is the trained LLINK folder (default runs/quickstart/stage_b, written by
 ``bash scripts/main.sh``). Each benchmark also writes its own NAME.{json,md} and runs
-on its own as ``python -m benchmarks.NAME``. Every figure is a ratio of two designs
+on its own as ``python -m benchmarks.NAME`` (latency_fixed_length is
+``python -m benchmarks.latency --fixed-length --no-lora-merged``). Every figure is a ratio of two designs
 measured side by side in the same process (medians of repeats). ``--quick`` is a
 fast smoke run written to benchmarks/results/quick/ instead. With ``--only``, the
 summary keeps the other benchmarks' rows from the previous summary. ``generation``
@@ -33,20 +34,40 @@ from benchmarks.common import (
     summary_markdown,
 )
 
-BENCHMARKS: dict[str, ModuleType] = {
+
+class Variant:
+    """A benchmark module run with fixed settings (e.g. latency with fixed-length answers)."""
+
+    def __init__(self, module: ModuleType, **settings: Any) -> None:
+        self.module, self.settings = module, settings
+
+    def run(self, model: str | None, quick: bool = False, **kwargs: Any) -> dict[str, Any]:
+        return self.module.run(model, quick, **self.settings, **kwargs)
+
+    def headline(self, res: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.module.headline(res)
+
+
+BENCHMARKS: dict[str, ModuleType | Variant] = {
     "stage_a_cost": stage_a_cost,
     "prompt_cost": prompt_cost,
     "latency": latency,
+    "latency_fixed_length": Variant(latency, fixed_length=True, lora_merged=False),
     "memory": memory,
     "generation": generation,
 }
-DEFAULT_RUN = ("stage_a_cost", "prompt_cost", "latency", "memory")
-NEEDS_MODEL = {"prompt_cost", "latency", "generation", "memory"}
+DEFAULT_RUN = ("stage_a_cost", "prompt_cost", "latency", "latency_fixed_length", "memory")
+NEEDS_MODEL = {"prompt_cost", "latency", "latency_fixed_length", "generation", "memory"}
 NOTES = [
     "Ratios compare two designs timed side by side in one process (medians of repeats); "
     "absolute times depend on the machine and on whatever else runs on it.",
     "Time to first token: batch of one, `generate(..., max_new_tokens=1)`, LLINK including "
     "its encoder pass. See prompt_cost.md for where the time goes.",
+    "End-to-end (latency): answers end at EOS, and the base decoder given raw Khmer usually "
+    "runs on to max_new_tokens while LLINK stops after a sentence, so part of that speed-up "
+    "is shorter answers; latency_fixed_length forces equal-length answers (compute cost only).",
+    "'LoRA merged' rows time the same trained model with its LoRA folded into the decoder "
+    "weights (peft merge_and_unload): same answers, fewer operations per decoder pass.",
 ]
 
 
@@ -89,6 +110,7 @@ def main() -> None:
     folder = model_dir(args.model) if NEEDS_MODEL & set(names) else None
 
     t0 = time.perf_counter()
+    command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
     ran: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -98,7 +120,8 @@ def main() -> None:
         kwargs = {"threads": args.threads} if name == "memory" else {}
         res = mod.run(folder, quick=args.quick, **kwargs)
         ran[name] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                     "minutes": (time.perf_counter() - t) / 60, "quick": args.quick}
+                     "minutes": (time.perf_counter() - t) / 60, "quick": args.quick,
+                     "command": command}
         rows += [{**r, "source": name} for r in mod.headline(res)]
 
     out = results_dir(args.quick)
@@ -107,7 +130,7 @@ def main() -> None:
     summary = merge_summary(
         previous, ran, rows,
         machine=machine_description(),
-        command=shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]]),
+        command=command,
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         minutes=(time.perf_counter() - t0) / 60,
         model=folder,

@@ -60,3 +60,15 @@ def test_sampling_helpers():
     assert evenly_spaced(list(range(10)), 5) == [0, 2, 4, 6, 8]
     assert evenly_spaced([1, 2], 5) == [1, 2]
     assert pct([5, 1, 4, 2, 3], 0.5) == 3 and pct([1, 2, 3], 0.9) == 3
+
+
+def test_summary_markdown_names_each_command_of_a_merged_summary():
+    summary = {
+        "machine": "m", "command": "python -m benchmarks.run --only memory", "date": "d2",
+        "minutes": 1.0, "rows": [],
+        "benchmarks": {"latency": {"date": "d1", "command": "python -m benchmarks.run"},
+                       "memory": {"date": "d2", "command": "python -m benchmarks.run --only memory"}},
+    }
+    md = summary_markdown(summary)
+    assert "Command: `python -m benchmarks.run` (latency; d1)." in md
+    assert "Command: `python -m benchmarks.run --only memory` (memory; d2)." in md

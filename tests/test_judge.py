@@ -179,6 +179,13 @@ def test_endpoint_judge_job_writes_records_and_summary(tmp_path, judge_server):
     evaluate_judge(Session(cfg, progress=False), "llink", "base", judge_url=url,
                    judge_model="scripted", n=10)
     assert len(judge_server.requests) == 14
+    # an interrupted file (items 5-9 lost) is completed: only items 5 and 6 need the judge
+    recs_path = run / "eval" / "judge" / "llink_vs_base.jsonl"
+    recs_path.write_text("".join(x + "\n" for x in recs_path.read_text().splitlines()[:5]))
+    again = evaluate_judge(Session(cfg, progress=False), "llink", "base", judge_url=url,
+                           judge_model="scripted", n=10)
+    assert len(judge_server.requests) == 18
+    assert (again["win"], again["tie"], again["loss"]) == (7, 3, 0)
 
 
 def test_judge_cli_reports_missing_generations(tmp_path, capsys):
@@ -201,3 +208,18 @@ def test_local_hf_judge_batches_like_single_queries(tiny_decoder_dir):
         assert sum(pb.values()) == pytest.approx(1.0, abs=1e-3)
         for lab in LABELS:
             assert pb[lab] == pytest.approx(ps[lab], abs=2e-3)
+
+
+def test_soft_preference_cancels_a_constant_position_bias():
+    def rec(i, ab, ba):
+        return {"index": i, "identical": False, "verdict_ab": "A", "verdict_ba": "A",
+                "winner": "tie", "agree": False, "parsed": True,
+                "raw_ab": json.dumps({"A": ab, "B": 1 - ab, "tie": 0.0}),
+                "raw_ba": json.dumps({"A": ba, "B": 1 - ba, "tie": 0.0})}
+
+    # always position A, but a bit less so when b is first in item 0 (a better) and
+    # when a is first in item 1 (b better)
+    s = summarise([rec(0, 0.7, 0.6), rec(1, 0.6, 0.7)], "a", "b")
+    assert (s["win"], s["tie"]) == (0, 2) and s["order_agreement"] == 0.0
+    assert s["soft_a_preferred"] == 0.5
+    assert s["soft_mean_p_a"] == pytest.approx((0.55 + 0.45) / 2)

@@ -459,20 +459,23 @@ def evaluate_judge(
     j = make_judge(judge, judge_url, judge_model, api_key_env,
                    cache_dir=session.cfg.model.cache_dir, device=session.cfg.device)
     path = run_dir / "eval" / "judge" / f"{a}_vs_{b}.jsonl"
-    key = [(it.index, it.reference, it.a, it.b) for it in items]
-    old = read_judge_records(path)
-    if [(r["index"], r["reference"], r["a"], r["b"]) for r in old] == key and all(
-        r.get("judge") == j.name and r.get("prompt_version") == prompt_version for r in old
-    ):
-        records = old
-        print(f"judge: reusing {len(old)} judged items in {path}")
-    else:
-        records = judge_items(items, j, template, batch_size, session.progress,
-                              desc=f"judge {a} vs {b}")
-        for r in records:
-            r.update({"judge": j.name, "prompt_version": prompt_version})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_judge_records(path, records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = {"judge": j.name, "prompt_version": prompt_version}
+    # items judged before with the same judge, prompt and texts are reused (resumable)
+    old = {(r["index"], r["reference"], r["a"], r["b"]): r for r in read_judge_records(path)
+           if all(r.get(k) == v for k, v in stamp.items())}
+    kept = [old[k] for k in ((it.index, it.reference, it.a, it.b) for it in items) if k in old]
+    todo = [it for it in items if (it.index, it.reference, it.a, it.b) not in old]
+    if kept:
+        print(f"judge: reusing {len(kept)} judged items of {path}")
+
+    def save(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        merged = sorted([*kept, *({**r, **stamp} for r in new)], key=lambda r: r["index"])
+        write_judge_records(path, merged)
+        return merged
+
+    records = save(judge_items(todo, j, template, batch_size, session.progress,
+                               desc=f"judge {a} vs {b}", on_chunk=save))
     comp = {**summarise_judgements(records, a, b), "judge": j.name,
             "prompt_version": prompt_version, "records": str(path)}
     out = run_dir / "eval" / "judge.json"
@@ -485,6 +488,10 @@ def evaluate_judge(
           f"{comp['tie']} / loss {comp['loss']} (win rate {comp['win_rate']:.3f}, 95% CI "
           f"{comp['win_rate_ci'][0]:.3f}-{comp['win_rate_ci'][1]:.3f}); the two orders agreed "
           f"on {'n/a' if agree is None else f'{agree:.3f}'} of judged items  ({out})")
+    if "soft_a_preferred" in comp:
+        print(f"  position-averaged probabilities: {a} preferred on "
+              f"{comp['soft_a_preferred']:.3f} of judged items (mean P({a}) "
+              f"{comp['soft_mean_p_a']:.3f})")
     return comp
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -223,8 +223,12 @@ def judge_items(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "judge",
+    on_chunk: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Judge every item in both orders; one record per item (``winner``: "a", "b" or "tie")."""
+    """Judge every item in both orders; one record per item (``winner``: "a", "b" or "tie").
+
+    ``on_chunk(records so far)`` is called after each judge call (e.g. to save progress).
+    """
     records: list[dict[str, Any]] = []
     asked = [it for it in items if it.a.strip() != it.b.strip()]
     for it in items:
@@ -249,6 +253,8 @@ def judge_items(
                 "parsed": v_ab.parsed and v_ba.parsed,
                 "winner": w_ab if w_ab == w_ba else "tie", "agree": w_ab == w_ba,
             })
+        if on_chunk is not None:
+            on_chunk(records)
     return sorted(records, key=lambda r: r["index"])
 
 
@@ -261,7 +267,7 @@ def summarise(records: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, An
     asked = [r for r in records if not r["identical"]]
     agreed = sum(r["agree"] for r in asked)
     decided = win + loss
-    return {
+    return {**_soft_preference(asked),
         "a": a, "b": b, "n": n, "win": win, "tie": tie, "loss": loss,
         "win_rate": win / n if n else 0.0, "win_rate_ci": wilson_interval(win, n),
         "tie_rate": tie / n if n else 0.0, "loss_rate": loss / n if n else 0.0,
@@ -274,6 +280,25 @@ def summarise(records: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, An
         "position_a_rate": (sum((r["verdict_ab"] == "A") + (r["verdict_ba"] == "A")
                                 for r in asked) / (2 * len(asked))) if asked else None,
     }
+
+
+def _soft_preference(asked: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """For judges that give label probabilities (:class:`HFJudge`): the position-averaged
+    preference. ``p_a = (P(A | a first) + P(B | b first)) / 2`` (and ``p_b`` alike); an
+    item counts for a when ``p_a > p_b``. A constant position bias cancels in the average."""
+    pa, pb = [], []
+    for r in asked:
+        try:
+            ab, ba = json.loads(r["raw_ab"]), json.loads(r["raw_ba"])
+            pa.append((ab["A"] + ba["B"]) / 2)
+            pb.append((ab["B"] + ba["A"]) / 2)
+        except (ValueError, KeyError, TypeError):
+            return {}
+    if not pa:
+        return {}
+    k = sum(x > y for x, y in zip(pa, pb, strict=True))
+    return {"soft_a_preferred": k / len(pa), "soft_a_preferred_ci": wilson_interval(k, len(pa)),
+            "soft_mean_p_a": sum(x / (x + y) for x, y in zip(pa, pb, strict=True)) / len(pa)}
 
 
 def write_records(path: str | Path, records: Sequence[dict[str, Any]]) -> None:
