@@ -42,7 +42,8 @@ def _overrides(root: Path, enc: Path, dec: Path, pairs: Path, name: str,
         "stage_b.steps": 4, "stage_b.micro_batch": 4, "stage_b.bridge_warmup_steps": 2,
         "stage_b.eval_every": 2, "stage_b.save_every": 2, "stage_b.eval_pairs": 6,
         "stage_b.lora_r": 4, "stage_b.lora_alpha": 4, "stage_b.lora_dropout": 0.0,
-        "stage_b.max_answer_tokens": 24,
+        "stage_b.max_answer_tokens": 24, "eval.gen_n": 4, "eval.max_new_tokens": 4,
+        "eval.baseline": True,  # `llink run` also trains the direct fine-tuning baseline
         "run_dir": root / name, "features_cache": root / f"features-{features or name}",
         "device": "cpu", **extra,
     }
@@ -60,7 +61,8 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
 
 def _assert_same_weights(a_run: Path, b_run: Path) -> None:
     for name in ("stage_a/stage_a.safetensors", "stage_b/bridge.safetensors",
-                 "stage_b/lora/adapter_model.safetensors"):
+                 "stage_b/lora/adapter_model.safetensors",
+                 "baseline/lora/adapter_model.safetensors"):
         a, b = load_file(a_run / name), load_file(b_run / name)
         assert a.keys() == b.keys()
         for k in a:
@@ -134,6 +136,30 @@ def test_two_processes_train_stage_b_like_one(one_and_two):
     assert nll[0]["nll_injected"] == pytest.approx(nll[1]["nll_injected"], rel=1e-4)
 
 
+def test_two_processes_train_the_baseline_like_one(one_and_two):
+    """`llink train baseline` (run by `llink run` with eval.baseline=true) under 2 processes:
+    each rank takes half of every micro-batch, the loss is per token of the global batch."""
+    root, *_ = one_and_two
+    name = "baseline/lora/adapter_model.safetensors"
+    a, b = load_file(root / "one" / name), load_file(root / "two" / name)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
+    logs = [
+        [json.loads(x) for x in (root / r / "baseline.metrics.jsonl").read_text().splitlines()]
+        for r in ("one", "two")
+    ]
+    assert [r["step"] for r in logs[1]] == [0, 1, 2, 3, 4]  # written once
+    for r1, r2 in zip(*logs, strict=True):
+        assert r1.keys() == r2.keys()
+        for key in ("loss", "grad_norm", "dev_nll", "dev_nll_base_raw"):
+            if key in r1:
+                assert r1[key] == pytest.approx(r2[key], rel=1e-5), key
+    summaries = [json.loads((root / r / "baseline.summary.json").read_text())
+                 for r in ("one", "two")]
+    assert summaries[0]["dev_final"] == pytest.approx(summaries[1]["dev_final"], rel=1e-5)
+
+
 def test_two_process_cache_equals_one_process_cache(one_and_two):
     root, *_ = one_and_two
     one, two = _store_vectors(root / "features-one"), _store_vectors(root / "features-two")
@@ -145,8 +171,8 @@ def test_two_process_cache_equals_one_process_cache(one_and_two):
 
 
 def test_resume_under_two_processes_with_fsdp(one_and_two):
-    """Both stages continue from their saved state under 2 processes, the decoder layers
-    sharded with FSDP, exactly as one process continues them."""
+    """Both stages and the baseline continue from their saved state under 2 processes, the
+    decoder layers sharded with FSDP, exactly as one process continues them."""
     root, _, (enc, dec, pairs) = one_and_two
     for name in ("one", "two"):
         shutil.copytree(root / name, root / f"{name}-more")
@@ -158,11 +184,13 @@ def test_resume_under_two_processes_with_fsdp(one_and_two):
     proc = _torchrun(["run", "--resume", *two])
     assert "resuming Stage A from step 12" in proc.stdout
     assert "resuming Stage B from step 4" in proc.stdout
+    assert "resuming the baseline from step 4" in proc.stdout
     assert "FSDP: decoder layers sharded over 2 processes" in proc.stdout
     _assert_same_weights(root / "one-more", root / "two-more")
-    steps = [json.loads(x)["step"]
-             for x in (root / "two-more" / "stage_b.metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3, 4, 5, 6]
+    for log in ("stage_b", "baseline"):
+        steps = [json.loads(x)["step"]
+                 for x in (root / "two-more" / f"{log}.metrics.jsonl").read_text().splitlines()]
+        assert steps == [0, 1, 2, 3, 4, 5, 6], log
 
 
 # --- the gradient algebra on its own -----------------------------------------------------

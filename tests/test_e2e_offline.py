@@ -16,6 +16,7 @@ SLICE = [
     "stage_a.batch_size=64", "stage_a.queue_size=512", "stage_a.queue_topk=32",
     "stage_b.steps=4", "stage_b.bridge_warmup_steps=2", "stage_b.micro_batch=4",
     "stage_b.eval_every=2", "stage_b.eval_pairs=8", "stage_b.max_answer_tokens=24",
+    "eval.gen_n=8", "eval.max_new_tokens=12",
 ]
 
 
@@ -53,6 +54,16 @@ def test_main_job_runs_and_reports(main_job):
     assert {"nll_injected", "nll_ablated", "nll_base_raw"} <= set(nll)
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["stage_a"]["steps"] == 300
+    # the main job ends with generation quality against the base decoder, and the report
+    gen = json.loads((run / "eval" / "gen.json").read_text())
+    assert gen["n"] == 8 and set(gen["systems"]) == {"llink", "base"}
+    assert [(p["a"], p["b"]) for p in gen["paired"] if p["metric"] == "chrf"] == [
+        ("llink", "base")]
+    for name in ("tokens.json", "numbers.json", "gen/llink.jsonl", "gen/base.jsonl"):
+        assert (run / "eval" / name).exists(), name
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "Generation quality (8 test sentences)" in report
+    assert f"report: {run / 'report.html'}" in out
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path):

@@ -21,8 +21,8 @@ from llink.data.pairs import PairFileError
 
 EPILOG = """\
 settings: every command that takes --config also takes KEY=VALUE overrides, with
-dotted keys into the config sections (model, data, stage_a, stage_b, compute) and top-level keys
-(run_dir, device, seed, features_cache). `llink config show` prints them all.
+dotted keys into the config sections (model, data, stage_a, stage_b, eval, compute) and
+top-level keys (run_dir, device, seed, features_cache). `llink config show` prints them all.
 Example: llink train stage-a --config configs/offline.yaml stage_a.steps=2000
 """
 
@@ -100,9 +100,13 @@ def cmd_train_baseline(args: argparse.Namespace) -> None:
 def cmd_eval_gen(args: argparse.Namespace) -> None:
     from llink.workflows import evaluate_generation
 
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    evaluate_generation(_session(args), systems, n=args.n, max_new_tokens=args.max_new_tokens,
-                        batch_size=args.batch_size, model_dir=args.model,
+    session = _session(args)
+    e = session.cfg.eval
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()] if args.systems \
+        else e.gen_systems
+    evaluate_generation(session, systems, n=args.n if args.n is not None else e.gen_n,
+                        max_new_tokens=args.max_new_tokens or e.max_new_tokens,
+                        batch_size=args.batch_size or e.batch_size, model_dir=args.model,
                         baseline_dir=args.baseline)
 
 
@@ -410,12 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(ev_sub, "gen", cmd_eval_gen,
             "generate on the test split per system, chrF/BLEU with bootstrap CIs and paired "
             "tests -> RUN_DIR/eval/gen.json (resumable)")
-    p.add_argument("--systems", default="llink,base,baseline",
+    p.add_argument("--systems",
                    help="comma-separated: llink, base (raw text, no LoRA), baseline (direct "
-                   "fine-tune), ablated (slots ablated); default llink,base,baseline")
-    p.add_argument("--n", type=int, help="first N test items (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+                   "fine-tune), ablated (slots ablated); default: eval.gen_systems (llink,base)")
+    p.add_argument("--n", type=int, help="first N test items (default: eval.gen_n, 200)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="answer length cap (default: eval.max_new_tokens, 48)")
+    p.add_argument("--batch-size", type=int,
+                   help="prompts per generate call (default: eval.batch_size, 32)")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--baseline", metavar="DIR",
                    help="baseline folder (default: RUN_DIR/baseline)")

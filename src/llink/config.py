@@ -124,14 +124,28 @@ class StageBConfig:
 
 
 @dataclass
+class EvalConfig:
+    """What ``llink run`` evaluates after training, and the ``llink eval gen`` defaults."""
+
+    gen_systems: list[str] = field(default_factory=lambda: ["llink", "base"])
+    gen_n: int | None = 200  # first N test items for generation (None: all; 0: skip)
+    max_new_tokens: int = 48
+    batch_size: int = 32  # prompts per generate call
+    baseline: bool = False  # also train the direct fine-tuning baseline and generate with it
+    judge: str | None = None  # judge LM for `llink run` (e.g. offline:qwen2.5-coder-0.5b-instruct)
+    judge_n: int = 100
+    report: bool = True  # write run_dir/report.html at the end of `llink run`
+
+
+@dataclass
 class ComputeConfig:
     """How training uses the hardware. Processes come from the launcher (``torchrun``,
     ``accelerate launch``); batch sizes stay global and are split over the processes."""
 
     mixed_precision: str = "no"  # no | bf16 | fp16 autocast for training (fp16 adds loss scaling)
     tf32: bool = True  # TF32 matmuls on Ampere+ GPUs
-    gradient_checkpointing: bool = False  # Stage B decoder: recompute activations in backward
-    fsdp: bool = False  # Stage B: shard the decoder's layers over the processes (FSDP2)
+    gradient_checkpointing: bool = False  # decoder (Stage B, baseline): recompute activations
+    fsdp: bool = False  # Stage B, baseline: shard the decoder's layers over the processes (FSDP2)
 
 
 @dataclass
@@ -142,6 +156,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     stage_a: StageAConfig = field(default_factory=StageAConfig)
     stage_b: StageBConfig = field(default_factory=StageBConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     run_dir: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

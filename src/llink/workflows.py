@@ -206,17 +206,52 @@ def evaluate_retrieval(
 
 
 def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
-    """The README's main job: data → models → Stage A → retrieval → Stage B → test NLL."""
+    """The README's main job: data → models → Stage A → retrieval → Stage B → test NLL →
+    generation quality (chrF/BLEU vs the base decoder on raw text) → report.
+
+    ``eval.baseline=true`` also trains the direct fine-tuning baseline and adds it to the
+    comparison; ``eval.judge=MODEL`` adds the pairwise LLM judge.
+    """
     t0 = time.time()
+    cfg = session.cfg
     prepared = prepare(session)
-    write_json_atomic(Path(session.cfg.run_dir) / "data.json", {"splits": prepared["splits"]})
+    dist.on_main(write_json_atomic, Path(cfg.run_dir) / "data.json",
+                 {"splits": prepared["splits"]})
     run_stage_a(session, resume=resume)
     rows = evaluate_retrieval(session)
     stage_b = run_stage_b(session, resume=resume)
-    nll = evaluate_nll_on_test(session, limit=session.cfg.stage_b.eval_pairs * 2)
+    nll = evaluate_nll_on_test(session, limit=cfg.stage_b.eval_pairs * 2)
+    result: dict[str, Any] = {"retrieval": rows, "stage_b": stage_b, "test_nll": nll}
+    e = cfg.eval
+    if e.baseline:
+        result["baseline"] = run_baseline(session, resume=resume)
+    result.update(dist.on_main(_main_evaluations, session) or {})
     minutes = (time.time() - t0) / 60
-    print(f"main job finished in {minutes:.1f} min; run folder: {session.cfg.run_dir}")
-    return {"retrieval": rows, "stage_b": stage_b, "test_nll": nll, "minutes": minutes}
+    print(f"main job finished in {minutes:.1f} min; run folder: {cfg.run_dir}")
+    if e.report and dist.is_main():
+        from llink.reporting.report import write_report
+
+        print(f"report: {write_report(cfg.run_dir)}")
+    return {**result, "minutes": minutes}
+
+
+def _main_evaluations(session: Session) -> dict[str, Any]:
+    """The evaluations at the end of ``llink run`` (main process only)."""
+    e = session.cfg.eval
+    out: dict[str, Any] = {"tokens": evaluate_tokens(session)}
+    if e.gen_n == 0:
+        return out
+    systems = list(e.gen_systems)
+    if e.baseline and "baseline" not in systems:
+        systems.append("baseline")
+    out["gen"] = evaluate_generation(session, systems, n=e.gen_n,
+                                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+    out["numbers"] = evaluate_numbers(session, systems)
+    if e.judge:
+        for other in [s for s in systems if s != "llink"]:
+            out[f"judge_llink_vs_{other}"] = evaluate_judge(session, "llink", other,
+                                                            judge=e.judge, n=e.judge_n)
+    return out
 
 
 def _stage_b_data(
@@ -322,23 +357,26 @@ def evaluate_nll_on_test(
 def run_baseline(session: Session, resume: bool = False) -> dict[str, Any]:
     """Train the direct fine-tuning baseline (LoRA, raw foreign text); write ``run_dir/baseline``."""
     cfg = session.cfg
-    write_run_info(cfg.run_dir, cfg.to_dict())
-    decoder = load_decoder(cfg.model, session.device)  # its own copy: LoRA wraps it in place
+    dist.on_main(write_run_info, cfg.run_dir, cfg.to_dict())
+    with dist.main_first():  # its own copy of the decoder: LoRA wraps it in place
+        decoder = load_decoder(cfg.model, session.device)
     model = PromptedDecoder(decoder, PromptFormat(cfg.stage_b.use_chat_template))
     b = cfg.stage_b
     train_items = stage_b_items(session, "train")
     dev_items = stage_b_items(session, "dev")[: b.eval_pairs]
-    print(f"baseline: {len(train_items)} training examples, {len(dev_items)} dev examples, "
-          f"{b.steps} steps of {b.micro_batch} x {b.grad_accum}")
+    if dist.is_main():
+        print(f"baseline: {len(train_items)} training examples, {len(dev_items)} dev examples, "
+              f"{b.steps} steps of {b.micro_batch} x {b.grad_accum}")
     train = tokenize_examples(model, train_items, b.max_answer_tokens, raw_foreign=True)
     dev = tokenize_examples(model, dev_items, b.max_answer_tokens, raw_foreign=True)
     meta = {**session.model_meta(), "decoder_weights": decoder.fingerprint}
     summary = train_baseline(cfg, model, train, dev, meta, resume=resume,
                              progress=session.progress)
     f = summary["dev_final"]
-    print(f"baseline done: dev NLL/token {f['nll']:.3f} (base decoder {f['nll_base_raw']:.3f}) "
-          f"-> {Path(cfg.run_dir) / 'baseline'}")
-    write_json_atomic(Path(cfg.run_dir) / "baseline.summary.json", summary)
+    if dist.is_main():
+        print(f"baseline done: dev NLL/token {f['nll']:.3f} (base decoder "
+              f"{f['nll_base_raw']:.3f}) -> {Path(cfg.run_dir) / 'baseline'}")
+    dist.on_main(write_json_atomic, Path(cfg.run_dir) / "baseline.summary.json", summary)
     return summary
 
 

@@ -6,6 +6,10 @@ instruction prompt with the foreign text written out instead of slots, the same
 examples in the same order, the same number of optimiser steps, micro-batch and
 accumulation as Stage B (``cfg.stage_b``). Loss on the answer tokens only. LoRA
 trains from the first step (Stage B freezes it for ``bridge_warmup_steps``).
+
+Under N processes (``torchrun``, ``accelerate launch``) each rank runs its slice of
+every global micro-batch; the loss is the answer NLL per token of the global
+micro-batch and gradients are averaged, so N processes train as one would.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from llink import distributed as dist
 from llink.artifacts import save_baseline
-from llink.batching import length_sorted_batches
+from llink.batching import length_groups, length_sorted_batches
 from llink.config import Config
 from llink.inject import IGNORE_INDEX, Example, collate
 from llink.model import PromptedDecoder
 from llink.runlog import MetricsLog
+from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.stage_b import RESUMABLE_CHANGES
 from llink.train.state import batch_indices, fixed_settings, load_state, save_state
@@ -36,18 +42,28 @@ STAGE = "baseline"
 def evaluate_raw_nll(
     model: PromptedDecoder, examples: list[Example], batch_size: int = 8, base: bool = False
 ) -> float:
-    """Answer NLL per token of raw-text examples, with LoRA (or without: ``base=True``)."""
+    """Answer NLL per token of raw-text examples, with LoRA (or without: ``base=True``).
+
+    Under N processes the batches are dealt out round-robin and the sums added up over
+    ranks; every rank runs the same number of passes (collectives stay aligned).
+    """
     was_training = model.training
     model.eval()
     pad = int(model.tokenizer.pad_token_id)
-    total, tokens = 0.0, 0.0
-    for idx in length_sorted_batches([len(e.input_ids) for e in examples], batch_size):
-        b = collate([examples[i] for i in idx], pad)
+    batches = list(length_sorted_batches([len(e.input_ids) for e in examples], batch_size))
+    sums = {"total": 0.0, "tokens": 0.0}
+    world = dist.world_size()
+    for first in range(0, len(batches), world):
+        j = first + dist.rank()
+        real = j < len(batches)  # a rank without a batch this round runs a dummy one
+        b = collate([examples[i] for i in batches[j if real else 0]], pad)
         nll = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], None, base=base)
-        total += float(nll.total.sum())
-        tokens += float(nll.tokens.sum())
+        if real:
+            sums["total"] += float(nll.total.sum())
+            sums["tokens"] += float(nll.tokens.sum())
     model.train(was_training)
-    return total / max(tokens, 1.0)
+    sums = dist.sum_floats(sums)
+    return sums["total"] / max(sums["tokens"], 1.0)
 
 
 def _param_groups(model: PromptedDecoder, lr: float) -> list[dict[str, Any]]:
@@ -57,30 +73,46 @@ def _param_groups(model: PromptedDecoder, lr: float) -> list[dict[str, Any]]:
     return [{"name": "lora", "params": lora, "lr": lr, "base_lr": lr}]
 
 
+def _answer_tokens(e: Example) -> int:
+    return sum(1 for x in e.labels if x != IGNORE_INDEX)
+
+
 def _micro_batch_backward(
-    model: PromptedDecoder, examples: list[Example], pad: int, grad_accum: int
+    model: PromptedDecoder,
+    runner: StepRunner,
+    train: list[Example],
+    global_idx: torch.Tensor,
+    grad_accum: int,
 ) -> float:
-    """Backward of the micro-batch's answer NLL per token (divided by ``grad_accum``).
+    """Backward of this rank's share of a global micro-batch's answer NLL per token.
 
     Raw foreign text makes prompt lengths vary several-fold, so rather than padding
     every row to the longest, rows of similar length go through together (up to 4
     padded tokens wasted per row); the loss is the same token-weighted mean as for
-    one padded batch. Returns the micro-batch's loss.
+    one padded batch. The denominator is the global micro-batch's answer-token count
+    (every rank knows all rows); each rank's part is scaled by N because gradient
+    averaging divides the summed gradient by N. Under N processes every rank runs as
+    many passes as the rank with the most groups (FSDP gathers weights in each pass).
+    Returns this rank's part of the micro-batch's loss (the parts add up to the loss).
     """
-    tokens = sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and len(examples[i].input_ids) - len(examples[groups[-1][0]].input_ids) <= 4:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+    world = dist.world_size()
+    idx = dist.local_slice(global_idx)
+    tokens = sum(_answer_tokens(train[int(i)]) for i in global_idx)
+    passes = 1
+    if world > 1:
+        per = len(global_idx) // world
+        passes = max(len(length_groups([len(train[int(i)].input_ids) for i in part]))
+                     for part in global_idx.split(per))
+    examples = [train[int(i)] for i in idx]
+    pad = int(model.tokenizer.pad_token_id)
     total = 0.0
-    for g in groups:
+    for g in length_groups([len(e.input_ids) for e in examples], min_groups=passes):
         batch = collate([examples[i] for i in g], pad)
-        nll = model.answer_nll(batch["input_ids"], batch["attention_mask"], batch["labels"], None)
-        part = nll.total.sum() / max(tokens, 1)
-        (part / grad_accum).backward()
+        with runner.autocast():
+            nll = model.answer_nll(batch["input_ids"], batch["attention_mask"],
+                                   batch["labels"], None)
+            part = nll.total.sum() / max(tokens, 1)
+        runner.backward(part * world / grad_accum)
         total += float(part.detach())
     return total
 
@@ -98,30 +130,39 @@ def train_baseline(
 
     Logs to ``run_dir/baseline.metrics.jsonl``; checkpoints to ``run_dir/baseline-state``
     every ``stage_b.save_every`` steps, so ``resume=True`` continues an interrupted run.
+    Under N processes only the main process writes; ``cfg.compute`` sets mixed
+    precision, gradient checkpointing and FSDP as for Stage B.
     """
     b = cfg.stage_b
     run_dir = Path(cfg.run_dir)
     state_dir = run_dir / f"{STAGE}-state"
     log = MetricsLog(run_dir / f"{STAGE}.metrics.jsonl")
+    main = dist.is_main()
+    progress = progress and main
     torch.manual_seed(cfg.seed)
     if not model.has_lora:
         model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
-    opt = torch.optim.AdamW(_param_groups(model, b.lr_lora), weight_decay=b.weight_decay)
+    apply_decoder_options(model, cfg.compute)  # gradient checkpointing, FSDP
+    groups = _param_groups(model, b.lr_lora)
+    dist.broadcast_(p for g in groups for p in g["params"])  # identical start on every rank
+    opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
+    runner = StepRunner(cfg.compute, model.device)
     settings = fixed_settings(b, RESUMABLE_CHANGES)
     start = 0
     if resume:
         start, parts = load_state(state_dir, "baseline", settings, opt)
         set_peft_model_state_dict(model.lm, parts["lora"])
-        log.truncate_after(start)
-        print(f"resuming the baseline from step {start} ({state_dir})")
-    elif log.path.exists():
+        if main:
+            log.truncate_after(start)
+            print(f"resuming the baseline from step {start} ({state_dir})")
+    elif main and log.path.exists():
         log.path.unlink()
+    dist.barrier()  # nobody loads the state while the main process may replace it
 
     def checkpoint(step: int) -> None:
         lora = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
-        save_state(state_dir, {"lora": lora}, opt, step, settings)
+        dist.on_main(save_state, state_dir, {"lora": lora}, opt, step, settings)
 
-    pad = int(model.tokenizer.pad_token_id)
     n = len(train)
     warmup = int(b.warmup_frac * b.steps)
     best: dict[str, Any] = {"nll": float("inf")}
@@ -129,8 +170,9 @@ def train_baseline(
     if start == 0:
         dev_start = {"nll": evaluate_raw_nll(model, dev, b.micro_batch),
                      "nll_base_raw": evaluate_raw_nll(model, dev, b.micro_batch, base=True)}
-        log.log({"step": 0, **{f"dev_{k}": v for k, v in dev_start.items()}},
-                prefix="baseline | ")
+        if main:
+            log.log({"step": 0, **{f"dev_{k}": v for k, v in dev_start.items()}},
+                    prefix="baseline | ")
     model.train()
     t0 = time.time()
     bar = tqdm(range(start, b.steps), desc="baseline", disable=not progress, unit="step",
@@ -139,30 +181,30 @@ def train_baseline(
     for step in bar:
         lr = warmup_linear(step, warmup, b.steps, b.lr_lora)
         opt.param_groups[0]["lr"] = lr
-        torch.manual_seed(cfg.seed * 7919 + step)
+        # dropout masks reproducible on resume (and different on each rank)
+        torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         loss_sum = 0.0
         for micro in range(b.grad_accum):
             # the same examples per (step, micro-step) as Stage B draws
             idx = batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17)
-            loss_sum += _micro_batch_backward(model, [train[int(i)] for i in idx], pad,
-                                              b.grad_accum)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, b.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            loss_sum += _micro_batch_backward(model, runner, train, idx, b.grad_accum)
+        loss = dist.sum_floats({"loss": loss_sum / b.grad_accum})["loss"]
+        grad_norm = runner.step(opt, params, b.grad_clip)
 
         done = step + 1
-        record: dict[str, Any] = {"step": done, "loss": loss_sum, "nll": loss_sum, "lr": lr,
-                                  "grad_norm": float(grad_norm)}
+        record: dict[str, Any] = {"step": done, "loss": loss, "nll": loss, "lr": lr,
+                                  "grad_norm": grad_norm}
         is_eval = done % b.eval_every == 0 or done == b.steps
         if is_eval:
             dev_nll = evaluate_raw_nll(model, dev, b.micro_batch)
             record["dev_nll"] = dev_nll
             if dev_nll < best["nll"]:
                 best = {"nll": dev_nll, "step": done}
-                save_baseline(run_dir / f"{STAGE}-best", model,
-                              {**meta, "step": done, "dev": {"nll": dev_nll}})
-        log.log(record, prefix="baseline | ", echo=is_eval)
-        bar.set_postfix(loss=f"{loss_sum:.3f}")
+                dist.on_main(save_baseline, run_dir / f"{STAGE}-best", model,
+                             {**meta, "step": done, "dev": {"nll": dev_nll}})
+        if main:
+            log.log(record, prefix="baseline | ", echo=is_eval)
+            bar.set_postfix(loss=f"{loss:.3f}")
         if done % b.save_every == 0 and done < b.steps:
             checkpoint(done)
     bar.close()
@@ -179,6 +221,6 @@ def train_baseline(
         "train_examples": n,
         "dev_examples": len(dev),
     }
-    save_baseline(run_dir / STAGE, model,
-                  {**meta, "step": b.steps, "dev": final, "stage_b_config": dataclasses.asdict(b)})
+    dist.on_main(save_baseline, run_dir / STAGE, model,
+                 {**meta, "step": b.steps, "dev": final, "stage_b_config": dataclasses.asdict(b)})
     return summary

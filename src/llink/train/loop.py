@@ -10,11 +10,15 @@ TF32, and averaging gradients over processes. Trainers write their loss inside
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 
 from llink import distributed as dist
 from llink.config import ComputeConfig
+
+if TYPE_CHECKING:
+    from llink.model import PromptedDecoder
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -33,6 +37,21 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def apply_decoder_options(model: PromptedDecoder, compute: ComputeConfig) -> None:
+    """``compute.gradient_checkpointing`` and ``compute.fsdp`` for a decoder about to train.
+
+    Call after LoRA is added: with FSDP the frozen decoder layers are sharded over the
+    processes while the LoRA matrices stay whole on every rank.
+    """
+    if compute.gradient_checkpointing:
+        enable_activation_checkpointing(model.decoder.model)
+    if compute.fsdp:
+        lora = {p for n, p in model.lm.named_parameters() if "lora_" in n}
+        dist.shard_modules(model._backbone().layers, lora)
+        if dist.is_main() and dist.is_distributed():
+            print(f"FSDP: decoder layers sharded over {dist.world_size()} processes")
 
 
 class StepRunner:

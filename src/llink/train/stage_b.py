@@ -34,7 +34,7 @@ from llink.inject import Example, build_example, collate, instruction_text, slot
 from llink.losses import direction_mse, info_nce, usage_penalty
 from llink.model import LLINK, AnswerNLL
 from llink.runlog import MetricsLog
-from llink.train.loop import StepRunner, enable_activation_checkpointing
+from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.state import batch_indices, fixed_settings, load_state, save_state
 
@@ -199,13 +199,7 @@ def train_stage_b(
     content = content_token_mask(model.tokenizer, vocab) if b.bow_weight > 0 else None
     if not model.has_lora and b.lora_r > 0:
         model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
-    if cfg.compute.gradient_checkpointing:
-        enable_activation_checkpointing(model.decoder.model)
-    if cfg.compute.fsdp:  # frozen layer weights sharded over the processes, LoRA replicated
-        lora = {p for n, p in model.lm.named_parameters() if "lora_" in n}
-        dist.shard_modules(model._backbone().layers, lora)
-        if main and dist.is_distributed():
-            print(f"FSDP: decoder layers sharded over {dist.world_size()} processes")
+    apply_decoder_options(model, cfg.compute)  # gradient checkpointing, FSDP
     groups = _param_groups(model, b)
     dist.broadcast_(p for g in groups for p in g["params"])  # identical start on every rank
     opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
