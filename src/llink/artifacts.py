@@ -58,22 +58,29 @@ def save_stage_a(folder: str | Path, art: StageAArtifact) -> Path:
     return save_folder(folder, {"stage_a": tensors}, {"stage_a": meta})
 
 
+def _open_artifact(
+    folder: str | Path, what: str, name: str, fmt: int, train_cmd: str,
+    expect: dict[str, Any] | None, mismatch_fix: str,
+) -> tuple[Path, dict[str, Any]]:
+    """Check an artifact folder and its metadata (format, expected settings).
+
+    ``what`` names the artifact in errors, ``name`` is its JSON file's stem.
+    """
+    folder = check_folder(folder, what, f"Train one with `{train_cmd}`, or pass the folder "
+                                        "it wrote.")
+    meta = load_json(folder, name)
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{folder}: {what} format {meta.get('format')}, need {fmt}")
+    if expect:
+        compare_expected(meta, expect, f"{what} {folder}", mismatch_fix)
+    return folder, meta
+
+
 def load_stage_a(folder: str | Path, expect: dict[str, Any] | None = None) -> StageAArtifact:
     """Load a Stage A artifact; ``expect`` values (e.g. encoder, decoder) must match."""
-    fix = "Train one with `llink train stage-a` (or point to the folder it wrote)."
-    folder = check_folder(folder, "Stage A artifact", fix)
-    meta = load_json(folder, "stage_a")
-    if meta.get("format") != STAGE_A_FORMAT:
-        raise CheckpointError(
-            f"{folder}: Stage A format {meta.get('format')}, need {STAGE_A_FORMAT}"
-        )
-    if expect:
-        compare_expected(
-            meta,
-            expect,
-            f"Stage A artifact {folder}",
-            "Use the same models and settings, or retrain Stage A.",
-        )
+    folder, meta = _open_artifact(folder, "Stage A artifact", "stage_a", STAGE_A_FORMAT,
+                                  "llink train stage-a", expect,
+                                  "Use the same models and settings, or retrain Stage A.")
     tensors = load_tensors(folder, "stage_a")
     proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
     proj.load_state_dict(_prefixed(tensors, "projector."))
@@ -132,14 +139,10 @@ def load_llink(
     applies to the frozen models (e.g. ``torch.bfloat16`` on a GPU); the bridge stays
     float32 and slots are cast to the decoder's dtype when injected.
     """
-    fix = "Train one with `llink train stage-b`, or pass the folder it wrote."
-    folder = check_folder(folder, "LLINK model", fix)
-    meta = load_json(folder, "llink")
-    if meta.get("format") != LLINK_FORMAT:
-        raise CheckpointError(f"{folder}: format {meta.get('format')}, need {LLINK_FORMAT}")
-    if expect:
-        compare_expected(meta, expect, f"LLINK model {folder}",
-                         "Load it with the models it was trained with, or retrain Stage B.")
+    folder, meta = _open_artifact(folder, "LLINK model", "llink", LLINK_FORMAT,
+                                  "llink train stage-b", expect,
+                                  "Load it with the models it was trained with, or retrain "
+                                  "Stage B.")
     enc = encoder or FrozenEncoder.from_pretrained(
         meta["encoder"], prefix=meta["encoder_prefix"], max_chars=meta["max_foreign_chars"],
         cache_dir=cache_dir, device=device, dtype=dtype,
@@ -199,14 +202,9 @@ def load_baseline(
 
     ``decoder`` reuses a loaded decoder without adapters (LoRA is attached to it in place).
     """
-    fix = "Train one with `llink train baseline`, or pass the folder it wrote."
-    folder = check_folder(folder, "direct fine-tuning baseline", fix)
-    meta = load_json(folder, "baseline")
-    if meta.get("format") != BASELINE_FORMAT:
-        raise CheckpointError(f"{folder}: format {meta.get('format')}, need {BASELINE_FORMAT}")
-    if expect:
-        compare_expected(meta, expect, f"baseline {folder}",
-                         "Load it with the decoder it was trained with, or retrain it.")
+    folder, meta = _open_artifact(folder, "direct fine-tuning baseline", "baseline",
+                                  BASELINE_FORMAT, "llink train baseline", expect,
+                                  "Load it with the decoder it was trained with, or retrain it.")
     dec = decoder or FrozenDecoder.from_pretrained(
         meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device,
         dtype=dtype,
