@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_MODEL = Path("runs/quickstart/stage_b")
+#: Where the README's main job writes its model (``bash scripts/main.sh``).
+DEFAULT_MODEL = Path("runs/default/stage_b")
 
 
 def machine_description() -> str:
@@ -53,7 +54,7 @@ def model_dir(path: str | None) -> str:
     """The trained LLINK folder to benchmark: ``path``, or the quick-start run's."""
     folder = Path(path) if path else DEFAULT_MODEL
     if not (folder / "llink.json").is_file():
-        hint = ("Train one first with `bash scripts/main.sh` (writes runs/quickstart/stage_b)"
+        hint = ("Train one first with `bash scripts/main.sh` (writes runs/default/stage_b)"
                 if path is None else "Pass the stage_b folder written by `llink train stage-b`")
         raise SystemExit(f"no trained LLINK model at {folder}/ (llink.json missing). {hint}, "
                          "or pass --model DIR.")

@@ -3,7 +3,7 @@
     python -m benchmarks.run [--model DIR] [--only NAME[,NAME]] [--quick] [--threads N]
 
 NAME: stage_a_cost, prompt_cost, latency, latency_fixed_length, memory, generation.
-``--model`` is the trained LLINK folder (default runs/quickstart/stage_b, written by
+``--model`` is the trained LLINK folder (default runs/default/stage_b, written by
 ``bash scripts/main.sh``). Each benchmark also writes its own NAME.{json,md} and runs
 on its own as ``python -m benchmarks.NAME`` (latency_fixed_length is
 ``python -m benchmarks.latency --fixed-length --no-lora-merged``). Every figure is a ratio of two designs
@@ -98,7 +98,7 @@ def merge_summary(previous: dict[str, Any] | None, ran: dict[str, dict[str, Any]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None,
-                    help="trained LLINK folder (default runs/quickstart/stage_b)")
+                    help="trained LLINK folder (default runs/default/stage_b)")
     ap.add_argument("--only", default=None, help="comma-separated benchmark names")
     ap.add_argument("--quick", action="store_true",
                     help="a fast smoke run (written to benchmarks/results/quick/)")
