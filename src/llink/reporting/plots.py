@@ -32,7 +32,7 @@ STAGE_PANELS: dict[str, list[tuple[str, list[str]]]] = {
         ("learning rate", ["lr_bridge", "lr_lora", "lr"]),
     ],
     "baseline": [
-        ("train answer NLL (smoothed)", ["loss", "nll"]),
+        ("train answer NLL (smoothed)", ["nll"]),
         ("dev answer NLL", ["dev_nll", "dev_nll_baseline", "dev_nll_base_raw"]),
         ("learning rate", ["lr", "lr_lora"]),
     ],
@@ -105,8 +105,8 @@ def scores_figure(gen: dict[str, Any], path: Path) -> Path | None:
                 err[0][i] = max(0.0, vals[i] - float(ci[0]))
                 err[1][i] = max(0.0, float(ci[1]) - vals[i])
         ax.bar(names, vals, yerr=err, capsize=4, color="#4C72B0")
-        for i, v in enumerate(vals):
-            ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+        for i, v in enumerate(vals):  # the value sits above its interval
+            ax.text(i, v + err[1][i], f"{v:.1f}", ha="center", va="bottom", fontsize=8)
         ax.set_title(f"{'chrF' if metric == 'chrf' else 'BLEU'} (95% CI), n={gen.get('n', '?')}",
                      fontsize=10)
         ax.grid(axis="y", alpha=0.3)
