@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from llink.cli import main
+from llink.fileio import JsonFileError, read_jsonl
 from llink.reporting.logs import summarise_logs
 from llink.reporting.plots import smooth
 from llink.reporting.report import write_report
-from llink.reporting.runs import RunFolderError, load_run, read_jsonl
+from llink.reporting.runs import load_run
 
 
 def _jsonl(path: Path, records: list[dict]) -> None:
@@ -115,7 +116,7 @@ def test_malformed_log_line_names_file_and_line(tmp_path):
     run = make_run(tmp_path)
     with (run / "stage_b.metrics.jsonl").open("a") as fh:
         fh.write("{not json\n")
-    with pytest.raises(RunFolderError, match=r"stage_b\.metrics\.jsonl:33: not valid JSON"):
+    with pytest.raises(JsonFileError, match=r"stage_b\.metrics\.jsonl:33: not valid JSON"):
         load_run(run)
     assert main(["report", str(run)]) == 2
 

@@ -493,13 +493,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.data.synth import SynthError
     from llink.diagnostics import InputError
     from llink.eval import EvalError
+    from llink.fileio import JsonFileError
     from llink.inject import UnknownTaskError
     from llink.models.offline import OfflineModelUnavailable
-    from llink.reporting.runs import RunFolderError
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
             OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError, InputError,
-            RunFolderError, EvalError)
+            JsonFileError, EvalError)
 
 
 def _quiet_transformers() -> None:

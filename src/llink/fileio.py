@@ -35,6 +35,47 @@ def _umask() -> int:
     return mask
 
 
+class JsonFileError(ValueError):
+    """A JSON or JSONL file that exists but cannot be read; names the file and line."""
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file (``[]`` if it does not exist); blank lines are skipped.
+
+    A malformed line raises :class:`JsonFileError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as fh:
+        for no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise JsonFileError(f"{path}:{no}: not valid JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise JsonFileError(f"{path}:{no}: expected a JSON object per line")
+            out.append(rec)
+    return out
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object file, or ``None`` when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise JsonFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(obj, dict):
+        raise JsonFileError(f"{path}: expected a JSON object")
+    return obj
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically (UTF-8)."""
     with atomic_path(path) as tmp:

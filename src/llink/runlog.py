@@ -86,11 +86,3 @@ def format_record(record: dict[str, Any]) -> str:
             v = f"{v:.4g}"
         parts.append(f"{k} {v}")
     return " | ".join(parts)
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSONL metrics file."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]

@@ -32,7 +32,6 @@ from llink.eval.generation import (
     score_systems,
 )
 from llink.eval.judge import PROMPT_VERSION, PairItem, judge_items, load_prompt, make_judge
-from llink.eval.judge import read_records as read_judge_records
 from llink.eval.judge import summarise as summarise_judgements
 from llink.eval.judge import write_records as write_judge_records
 from llink.eval.numbers import numeric_fidelity
@@ -49,7 +48,7 @@ from llink.features import (
     features_root,
     teacher_vectors,
 )
-from llink.fileio import write_json_atomic
+from llink.fileio import read_jsonl, write_json_atomic
 from llink.inject import PromptFormat
 from llink.model import LLINK, PromptedDecoder
 from llink.models.decoder import FrozenDecoder
@@ -500,7 +499,7 @@ def evaluate_judge(
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = {"judge": j.name, "prompt_version": prompt_version}
     # items judged before with the same judge, prompt and texts are reused (resumable)
-    old = {(r["index"], r["reference"], r["a"], r["b"]): r for r in read_judge_records(path)
+    old = {(r["index"], r["reference"], r["a"], r["b"]): r for r in read_jsonl(path)
            if all(r.get(k) == v for k, v in stamp.items())}
     kept = [old[k] for k in ((it.index, it.reference, it.a, it.b) for it in items) if k in old]
     todo = [it for it in items if (it.index, it.reference, it.a, it.b) not in old]

@@ -19,7 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llink.batching import length_sorted_batches
-from llink.fileio import atomic_path, write_json_atomic
+from llink.fileio import atomic_path, read_jsonl, write_json_atomic
 
 #: Systems ``llink eval gen`` knows, in report order.
 SYSTEMS = ("llink", "base", "baseline", "ablated")
@@ -37,15 +37,7 @@ class GenItem:
 
 def read_outputs(path: str | Path) -> dict[int, dict[str, Any]]:
     """Records of a system's output file by index (empty if the file does not exist)."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[int(rec["index"])] = rec
-    return out
+    return {int(rec["index"]): rec for rec in read_jsonl(path)}
 
 
 def generate_outputs(

@@ -9,54 +9,17 @@ the file and line of a malformed one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from llink.fileio import read_json_object, read_jsonl
 
 #: Training stages that write ``<stage>.metrics.jsonl``, in report order.
 STAGES: tuple[str, ...] = ("stage_a", "stage_b", "baseline")
 
 #: Evaluation result files under ``run_dir/eval``, in report order.
 EVALS: tuple[str, ...] = ("retrieval", "nll", "gen", "judge", "tokens", "numbers")
-
-
-class RunFolderError(ValueError):
-    """A run folder file that exists but cannot be read."""
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL file; a malformed line raises an error naming file and line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    out: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RunFolderError(f"{path}:{no}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise RunFolderError(f"{path}:{no}: expected a JSON object per line")
-            out.append(rec)
-    return out
-
-
-def read_json(path: str | Path) -> dict[str, Any] | None:
-    """A JSON object file, or ``None`` when it does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise RunFolderError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise RunFolderError(f"{path}: expected a JSON object")
-    return obj
 
 
 @dataclass
@@ -86,17 +49,17 @@ def load_run(run_dir: str | Path) -> RunFolder:
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} does not exist (train with `llink run "
                                 f"run_dir={path}` or pass an existing run folder)")
-    run = RunFolder(path, read_json(path / "config.json"), read_json(path / "versions.json"),
-                    read_json(path / "data.json"))
+    run = RunFolder(path, *(read_json_object(path / f"{name}.json")
+                            for name in ("config", "versions", "data")))
     for stage in STAGES:
         recs = read_jsonl(path / f"{stage}.metrics.jsonl")
         if recs:
             run.logs[stage] = recs
-        summary = read_json(path / f"{stage}.summary.json")
+        summary = read_json_object(path / f"{stage}.summary.json")
         if summary:
             run.summaries[stage] = summary
     for name in EVALS:
-        obj = read_json(path / "eval" / f"{name}.json")
+        obj = read_json_object(path / "eval" / f"{name}.json")
         if obj is not None:
             run.evals[name] = obj
     gen_dir = path / "eval" / "gen"
