@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from llink.cli import main
 from llink.workflows import (
@@ -77,3 +78,39 @@ def test_numbers_and_tokens_commands(run, capsys):
     assert set(num["systems"]) >= {"llink", "base"} and len(refs) == 5
     assert main(["eval", "gen", "--systems", "llink,nope", *args]) == 2
     assert "unknown system" in capsys.readouterr().err
+
+
+def test_retrained_model_in_the_same_folder_is_generated_again(run, capsys):
+    from llink.artifacts import load_llink, save_llink
+    from llink.checkpoints import load_json
+
+    cfg, session, root = run
+    ev = root / "run" / "eval"
+    evaluate_generation(session, ["llink", "base"], n=4, max_new_tokens=3, batch_size=2)
+    before = json.loads((ev / "gen" / "llink.settings.json").read_text())
+    capsys.readouterr()
+    evaluate_generation(session, ["llink", "base"], n=4, max_new_tokens=3, batch_size=2)
+    assert "discarding" not in capsys.readouterr().out  # same model: outputs are reused
+    # "retrain": the same folder now holds other weights
+    folder = root / "run" / "stage_b"
+    model = load_llink(folder, encoder=session.encoder)
+    with torch.no_grad():
+        model.bridge.expander.fc2.bias.add_(0.5)
+    save_llink(folder, model, load_json(folder, "llink"))
+    evaluate_generation(session, ["llink", "base"], n=4, max_new_tokens=3, batch_size=2)
+    out = capsys.readouterr().out
+    assert "llink.jsonl: saved outputs came from other settings or another model " \
+           "(model_digest changed); discarding them" in out
+    assert "base.jsonl" not in out  # the base decoder did not change
+    after = json.loads((ev / "gen" / "llink.settings.json").read_text())
+    assert after["model_digest"] != before["model_digest"]
+
+
+def test_generation_items_are_a_sample_spread_over_the_split(run):
+    cfg, session, root = run
+    res = evaluate_generation(session, ["llink"], n=6, max_new_tokens=2, batch_size=3)
+    assert "by_source" in res and sum(r["n"] for r in res["by_source"].values()) == 6
+    from llink.data.splits import unit_hash
+
+    keys = [unit_hash(it.reference, cfg.data.split_salt + "/order") for it in gen_items(session)]
+    assert keys == sorted(keys)  # hash order, not file order

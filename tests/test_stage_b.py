@@ -133,3 +133,71 @@ def test_artifact_keeps_the_system_prompt(trained, tmp_path):
     again = load_llink(tmp_path / "short", encoder=session.encoder)
     assert again.fmt.system_prompt == ""
     assert again.prompt_ids("translate_to_english") == model.prompt_ids("translate_to_english")
+
+
+def test_frozen_projector_gives_the_same_slots_in_train_and_eval_mode(trained):
+    _, session, _, root = trained
+    model = load_llink(root / "run" / "stage_b", encoder=session.encoder)
+    assert model.projector.net[2].p > 0  # the projector has dropout
+    enc = model.encode(["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។"])
+    model.eval()
+    with torch.no_grad():
+        ref = model.project(enc)
+    model.train()
+    assert not model.projector.training and model.bridge.training
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(model.project(enc), ref, rtol=0, atol=0)
+
+
+def test_bag_of_words_targets_hold_content_tokens_only(trained):
+    from llink.train.stage_b import bow_targets, content_token_mask
+
+    _, session, _, root = trained
+    model = load_llink(root / "run" / "stage_b", encoder=session.encoder)
+    tok = model.tokenizer
+    vocab = model.lm.get_output_embeddings().weight.shape[0]
+    content = content_token_mask(tok, vocab)
+    special = {*tok.all_special_ids, *model.decoder.reserved.ids}
+    assert not any(bool(content[i]) for i in special)
+    ids = tok(" Save the document", add_special_tokens=False)["input_ids"]
+    labels = torch.tensor([[-100, *ids, tok.eos_token_id, model.slot_ids[0]]])
+    hot = bow_targets(labels, content, vocab)[0].nonzero().flatten().tolist()
+    assert hot and tok.eos_token_id not in hot and model.slot_ids[0] not in hot
+    assert set(hot) <= set(ids)
+
+
+def test_lora_gets_its_own_warmup_and_decay():
+    from llink.config import StageBConfig
+    from llink.train.stage_b import group_lr
+
+    b = StageBConfig(steps=200, bridge_warmup_steps=100, warmup_frac=0.1, lr_lora=1e-4)
+    lora, bridge = {"name": "lora", "base_lr": 1e-4}, {"name": "bridge", "base_lr": 1e-3}
+    assert group_lr(lora, 99, b) == 0.0
+    assert group_lr(lora, 100, b) == pytest.approx(1e-4 / 10)  # first step of its warm-up
+    assert group_lr(lora, 109, b) == pytest.approx(1e-4)  # full rate after 10 of its 100 steps
+    assert group_lr(lora, 199, b) == pytest.approx(1e-4 / 90)
+    assert group_lr(bridge, 100, b) < 1e-3 * 0.6  # the bridge is half-way through its decay
+
+
+def test_synthetic_rows_from_dev_or_test_are_refused(trained, tmp_path, capsys):
+    from dataclasses import replace
+
+    from llink.data.tasks import TaskExample, write_task_file
+    from llink.workflows import stage_b_items
+
+    cfg, _, _, root = trained
+    session = Session(cfg, progress=False)
+    test_pair, train_pair = session.splits.test[0], session.splits.train[0]
+    rows = [TaskExample("translate_to_english", "ថ្មី " + train_pair.foreign, test_pair.en,
+                        en=test_pair.en),
+            TaskExample("translate_to_english", test_pair.foreign, "Some other answer."),
+            TaskExample("translate_to_english", "ថ្មី " + train_pair.foreign, train_pair.en,
+                        en=train_pair.en)]
+    path = tmp_path / "synth.jsonl"
+    write_task_file(path, rows)
+    session.cfg = replace(cfg, stage_b=replace(cfg.stage_b, synthetic=str(path)))
+    items = stage_b_items(session, "train")
+    assert "refused 2 of 3 synthetic rows" in capsys.readouterr().out
+    assert [x.foreign for x in items[-1:]] == ["ថ្មី " + train_pair.foreign]
+    assert all(x.en != test_pair.en and x.foreign != test_pair.foreign for x in items)

@@ -5,6 +5,7 @@ Nothing here unpickles: a checkpoint can be read safely from any source.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -61,6 +62,23 @@ def save_folder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 over every file of a folder (relative paths and contents).
+
+    Names the exact artifact an evaluation came from: retraining into the same folder
+    changes it, so results cached under the old digest are not reused.
+    """
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def check_folder(folder: str | Path, what: str, fix: str) -> Path:

@@ -108,6 +108,11 @@ class StageBConfig:
     direction_weight: float = 0.05
     nce_weight: float = 0.001
     nce_tau: float = 0.07
+    # How Stage B makes the decoder depend on the slots (see llink.train.stage_b):
+    # none | detached (the paper: usage hinge against the ablated loss, gradient of the
+    # injected pass only) | mismatch (hinge against another example's slots, with the
+    # gradient through both passes, bounded by the margin).
+    contrast: str = "detached"
     usage_weight: float = 0.3
     usage_margin: float = 0.5
     usage_every: int = 1
@@ -293,6 +298,7 @@ CHOICES = {
     ("stage_a", "targets"): ("raw", "centred", "whitened"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("compute", "mixed_precision"): ("no", "bf16", "fp16"),
+    ("stage_b", "contrast"): ("none", "detached", "mismatch"),
 }
 
 

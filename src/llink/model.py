@@ -211,6 +211,14 @@ class LLINK(PromptedDecoder):
         self.bridge = bridge
         self.bow = bow
 
+    def train(self, mode: bool = True) -> LLINK:
+        """Train mode for what trains; a frozen projector stays in eval mode (no dropout),
+        so training sees the same slots as inference."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.projector.parameters()):
+            self.projector.eval()
+        return self
+
     @classmethod
     def from_pretrained(cls, folder: str, **kwargs) -> LLINK:
         """Load a trained LLINK folder (``llink train stage-b`` output); see

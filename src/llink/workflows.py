@@ -18,9 +18,10 @@ import torch
 from llink import distributed as dist
 from llink.artifacts import StageAArtifact, load_baseline, load_llink, load_stage_a
 from llink.bridge import SlotBridge
-from llink.config import Config
-from llink.data.pairs import Pair, read_pairs
-from llink.data.splits import Splits, load_splits
+from llink.checkpoints import check_folder, folder_digest, load_json
+from llink.config import Config, DataConfig
+from llink.data.pairs import Pair, read_pairs, source_group
+from llink.data.splits import Splits, is_held_out, load_splits
 from llink.data.tasks import TaskExample, read_task_file, translation_examples
 from llink.eval import EvalError
 from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
@@ -29,6 +30,7 @@ from llink.eval.generation import (
     format_gen_table,
     generate_outputs,
     read_outputs,
+    score_by_group,
     score_systems,
 )
 from llink.eval.judge import PROMPT_VERSION, PairItem, judge_items, load_prompt, make_judge
@@ -36,10 +38,12 @@ from llink.eval.judge import summarise as summarise_judgements
 from llink.eval.judge import write_records as write_judge_records
 from llink.eval.numbers import numeric_fidelity
 from llink.eval.retrieval import (
-    centred,
+    format_group_table,
     format_table,
-    latin_overlap_metrics,
-    retrieval_metrics,
+    latin_overlap_ranks,
+    metrics_by_group,
+    metrics_from_ranks,
+    retrieval_ranks,
 )
 from llink.eval.tokens import token_budget
 from llink.features import (
@@ -164,7 +168,12 @@ def evaluate_retrieval(
     pairs_file: str | None = None,
     baselines: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Retrieval table on the test pool: projector, decoder-native, Latin floor, encoder."""
+    """Retrieval table on the test pool: projector, decoder-native, Latin floor, encoder.
+
+    Every query is ranked against the whole pool; the figures are given overall and for
+    the queries of each source. The decoder-native row maps its states through the same
+    target transform as LLINK's row (fitted on training teacher states, never on the pool).
+    """
     cfg = session.cfg
     stage_a_dir = Path(stage_a_dir or Path(cfg.run_dir) / "stage_a")
     art = load_stage_a(stage_a_dir, expect=session.model_meta())
@@ -172,6 +181,7 @@ def evaluate_retrieval(
     if len(pairs) < 2:
         raise ValueError("the retrieval pool needs at least 2 pairs")
     foreign, english = [p.foreign for p in pairs], [p.en for p in pairs]
+    groups = [source_group(p.source) for p in pairs]
     root = features_root(cfg.features_cache)
     enc, dec = session.encoder, session.decoder
     dec.load_reserved_rows(art.reserved_rows)
@@ -179,26 +189,29 @@ def evaluate_retrieval(
     teacher = teacher_vectors(dec, english, root, a.teacher_batch_size, session.progress)
     enc_f = encoder_vectors(enc, foreign, root, a.encoder_batch_size, session.progress,
                             desc="encoder (pool)")
-    rows = {
-        f"LLINK Stage A ({art.targets.kind} targets)": retrieval_metrics(
-            art.project(enc_f), art.targets(teacher)
-        )
-    }
+    ranks = {f"LLINK Stage A ({art.targets.kind} targets)": retrieval_ranks(
+        art.project(enc_f), art.targets(teacher))}
     if baselines:
         native = decoder_native_vectors(dec, foreign, root, cfg.model.max_foreign_chars,
                                         max(1, a.teacher_batch_size // 2), session.progress)
         enc_e = encoder_vectors(enc, english, root, a.encoder_batch_size, session.progress,
                                 desc="encoder (English)")
-        rows["decoder-native (raw foreign, pool-centred)"] = retrieval_metrics(
-            centred(native), centred(teacher)
-        )
-        rows["Latin-token overlap floor"] = latin_overlap_metrics(foreign, english)
-        rows["encoder cross-lingual (reference)"] = retrieval_metrics(enc_f, enc_e)
+        ranks[f"decoder-native (raw foreign, {art.targets.kind} targets)"] = retrieval_ranks(
+            art.targets(native), art.targets(teacher))
+        ranks["Latin-token overlap floor"] = latin_overlap_ranks(foreign, english)
+        ranks["encoder cross-lingual (reference)"] = retrieval_ranks(enc_f, enc_e)
+    rows = {name: metrics_from_ranks(r) for name, r in ranks.items()}
+    per_row = {name: metrics_by_group(r, groups) for name, r in ranks.items()}
+    by_source = {g: {name: per_row[name][g] for name in ranks} for g in per_row[next(iter(ranks))]}
     out_dir = Path(cfg.run_dir) / "eval"
     if dist.is_main():
-        write_json_atomic(out_dir / "retrieval.json", {"pool_size": len(pairs), "rows": rows,
-                                                       "stage_a": str(stage_a_dir)})
+        write_json_atomic(out_dir / "retrieval.json", {
+            "pool_size": len(pairs), "rows": rows, "by_source": by_source,
+            "stage_a": str(stage_a_dir), "stage_a_digest": folder_digest(stage_a_dir)})
         print(format_table(rows, title=f"Retrieval on {len(pairs)} held-out pairs (pool = all)"))
+        if len(by_source) > 1:
+            print(format_group_table(by_source, "R@1", title="R@1 per source (queries of the "
+                                     "source, ranked against the whole pool)"))
         print(f"written: {out_dir / 'retrieval.json'}")
     dist.barrier()
     return rows
@@ -266,7 +279,8 @@ def _stage_b_data(
     examples = tokenize_examples(model, items, b.max_answer_tokens)
     base = tokenize_examples(model, items, b.max_answer_tokens, raw_foreign=True) if with_base \
         else None
-    return EncodedExamples(examples, enc, model.targets(teacher), base)
+    return EncodedExamples(examples, enc, model.targets(teacher), base,
+                           groups=[source_group(it.source) for it in items])
 
 
 def stage_b_items(session: Session, split: str) -> list[TaskExample]:
@@ -278,10 +292,29 @@ def stage_b_items(session: Session, split: str) -> list[TaskExample]:
         items, _ = translation_examples(pairs)
     if b.synthetic and split == "train":
         extra = [x for x in read_task_file(b.synthetic) if x.task in b.tasks]
-        items += extra
+        kept, refused = held_out_free(extra, session.splits, session.cfg.data)
+        if refused:
+            print(f"Stage B: refused {refused} of {len(extra)} synthetic rows of "
+                  f"{b.synthetic} whose English or foreign text belongs to the dev/test split")
+        items += kept
     if not items:
         raise ValueError(f"no Stage B examples for split {split!r} with tasks {b.tasks}")
     return items
+
+
+def held_out_free(
+    items: list[TaskExample], splits: Splits, data_cfg: DataConfig
+) -> tuple[list[TaskExample], int]:
+    """Drop task rows that would leak dev/test into training: an English reference that
+    hashes into dev or test, or a foreign text of a dev/test pair. Returns (kept, refused)."""
+    held_foreign = {p.foreign.strip() for p in (*splits.dev, *splits.test)}
+
+    def leaks(x: TaskExample) -> bool:
+        en = x.en or (x.answer if x.task == "translate_to_english" else "")
+        return bool(en and is_held_out(en, data_cfg)) or x.foreign.strip() in held_foreign
+
+    kept = [x for x in items if not leaks(x)]
+    return kept, len(items) - len(kept)
 
 
 def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
@@ -338,17 +371,21 @@ def evaluate_nll_on_test(
     model_dir = Path(model_dir or Path(cfg.run_dir) / "stage_b")
     model = load_llink(model_dir, cache_dir=cfg.model.cache_dir, device=session.device,
                        encoder=session.encoder)
-    items, _ = translation_examples(session.splits.test)
-    items = items[:limit] if limit else items
+    items = test_items(session, limit)
     data = _stage_b_data(session, model, items, with_base=True)
     m = evaluate_nll(model, data, cfg.stage_b.micro_batch, with_base=True)
-    m["examples"] = len(items)
     out = Path(cfg.run_dir) / "eval" / "nll.json"
-    dist.on_main(write_json_atomic, out, {"model": str(model_dir), **m})
+    dist.on_main(write_json_atomic, out, {
+        "model": str(model_dir), "model_digest": folder_digest(model_dir),
+        "items": f"{len(items)} test pairs, a deterministic sample spread over the split", **m})
     if dist.is_main():
         print(f"test NLL/token on {len(items)} pairs: injected {m['nll_injected']:.3f} | ablated "
               f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
               f"{m['nll_base_raw']:.3f}  ({out})")
+        for g, r in m["by_source"].items():
+            print(f"  {g:<18} {r['examples']:>4} pairs: injected {r['nll_injected']:.3f} | "
+                  f"ablated {r['nll_ablated']:.3f} | gap {r['usage_gap']:.3f} | base "
+                  f"{r['nll_base_raw']:.3f}")
     return m
 
 
@@ -379,11 +416,30 @@ def run_baseline(session: Session, resume: bool = False) -> dict[str, Any]:
     return summary
 
 
-def gen_items(session: Session, n: int | None = None) -> list[GenItem]:
-    """The held-out test items of the generation evaluations (translation, first ``n``)."""
+def test_items(session: Session, n: int | None = None) -> list[TaskExample]:
+    """Translation items of the test split, the first ``n`` in the split's hash order: a
+    deterministic random sample spread over the whole split, the same for every system."""
     items, _ = translation_examples(session.splits.test)
-    items = items[:n] if n else items
-    return [GenItem(i, it.foreign, it.answer) for i, it in enumerate(items)]
+    return items[:n] if n else items
+
+
+def gen_items(session: Session, n: int | None = None) -> list[GenItem]:
+    """The held-out test items of the generation evaluations (see :func:`test_items`)."""
+    return [GenItem(i, it.foreign, it.answer, source_group(it.source))
+            for i, it in enumerate(test_items(session, n))]
+
+
+def model_identity(system: str, model_dir: Path, baseline_dir: Path) -> dict[str, Any]:
+    """What a system's outputs depend on, by content: the digest of its artifact's files
+    (the base decoder: its weights fingerprint and prompt format)."""
+    if system == "base":
+        meta = load_json(check_folder(model_dir, "LLINK model", "Train one with "
+                                      "`llink train stage-b`."), "llink")
+        return {"model": "base decoder", "decoder_weights": meta["decoder_weights"],
+                "use_chat_template": meta["use_chat_template"],
+                "system_prompt": meta.get("system_prompt")}
+    folder = baseline_dir if system == "baseline" else model_dir
+    return {"model": str(folder), "model_digest": folder_digest(folder)}
 
 
 def evaluate_generation(
@@ -436,21 +492,25 @@ def evaluate_generation(
     outputs: dict[str, list[str]] = {}
     for name in systems:
         folder, fn = makers[name]
-        settings = {"system": name, "model": str(folder), "task": task,
-                    "max_new_tokens": max_new_tokens,
+        settings = {"system": name, **model_identity(name, model_dir, baseline_dir),
+                    "task": task, "max_new_tokens": max_new_tokens,
                     "decoding": "greedy, no_repeat_ngram_size 3, batched left-padded"}
         outputs[name] = generate_outputs(gen_dir / f"{name}.jsonl", items, fn, settings,
                                          batch_size=batch_size, progress=session.progress,
                                          desc=f"generate ({name})")
     refs = [it.reference for it in items]
     scores = score_systems(outputs, refs)
+    by_source = score_by_group(outputs, refs, [it.group for it in items])
     result = {
         "n": len(items),
-        "settings": {"split": "test", "items": f"first {len(items)} translation test items",
+        "settings": {"split": "test",
+                     "items": f"{len(items)} translation test items, a deterministic sample "
+                     "spread over the split (the first N in the order of a hash of the English)",
                      "task": task, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                      "llink_model": str(model_dir), "baseline_model": str(baseline_dir),
                      **scores.pop("scoring")},
         **scores,
+        "by_source": by_source,
     }
     write_json_atomic(run_dir / "eval" / "gen.json", result)
     print(format_gen_table(result))
@@ -459,9 +519,9 @@ def evaluate_generation(
 
 
 def read_generations(run_dir: str | Path, systems: Sequence[str] | None = None
-                     ) -> tuple[list[int], list[str], dict[str, list[str]]]:
+                     ) -> tuple[list[int], list[str], dict[str, list[str]], list[str]]:
     """Outputs saved by :func:`evaluate_generation`: the indices every system has, their
-    references and each system's outputs, in index order."""
+    references, each system's outputs, in index order, and each item's source group."""
     gen_dir = Path(run_dir) / "eval" / "gen"
     names = list(systems) if systems else sorted(p.stem for p in gen_dir.glob("*.jsonl"))
     recs = {s: read_outputs(gen_dir / f"{s}.jsonl") for s in names}
@@ -472,7 +532,8 @@ def read_generations(run_dir: str | Path, systems: Sequence[str] | None = None
             f"`llink eval gen --systems {','.join(missing or GEN_SYSTEMS[:3])}` first")
     common = sorted(set.intersection(*(set(r) for r in recs.values())))
     refs = [recs[names[0]][i]["reference"] for i in common]
-    return common, refs, {s: [recs[s][i]["output"] for i in common] for s in names}
+    groups = [recs[names[0]][i].get("group") or "unknown" for i in common]
+    return common, refs, {s: [recs[s][i]["output"] for i in common] for s in names}, groups
 
 
 def evaluate_judge(
@@ -489,7 +550,7 @@ def evaluate_judge(
 ) -> dict[str, Any]:
     """Pairwise judge of systems ``a`` vs ``b`` on their saved generations (both orders)."""
     run_dir = Path(session.cfg.run_dir)
-    indices, refs, outs = read_generations(run_dir, [a, b])
+    indices, refs, outs, _ = read_generations(run_dir, [a, b])
     items = [PairItem(i, r, x, y) for i, r, x, y in zip(indices, refs, outs[a], outs[b],
                                                       strict=True)][:n]
     template = load_prompt(prompt_version)
@@ -555,15 +616,18 @@ def evaluate_tokens(session: Session, n: int | None = None) -> dict[str, Any]:
 def evaluate_numbers(session: Session, systems: Sequence[str] | None = None) -> dict[str, Any]:
     """Numeric fidelity of each system's saved generations (see :mod:`llink.eval.numbers`)."""
     run_dir = Path(session.cfg.run_dir)
-    indices, refs, outs = read_generations(run_dir, systems)
-    res = numeric_fidelity(refs, outs)
+    indices, refs, outs, groups = read_generations(run_dir, systems)
+    res = numeric_fidelity(refs, outs, groups)
     res["indices"] = [indices[i] for i in res["indices"]]
     out = run_dir / "eval" / "numbers.json"
     write_json_atomic(out, res)
     print(f"numeric fidelity on {res['n_with_numbers']} of {res['n']} test items whose "
-          "reference has numbers (all its numbers in the output):")
+          "reference has numbers (all its numbers in the output), 95% Wilson interval:")
     for name, s in res["systems"].items():
-        frac = "n/a" if s["fraction"] is None else f"{s['fraction']:.3f}"
-        print(f"  {name:<10} {frac} ({s['hits']} hits)")
+        frac = "n/a" if s["fraction"] is None else \
+            f"{s['fraction']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}]"
+        per = ", ".join(f"{g} {r['systems'][name]['hits']}/{r['n_with_numbers']}"
+                        for g, r in res["by_source"].items())
+        print(f"  {name:<10} {frac} ({s['hits']} hits; {per})")
     print(f"written: {out}")
     return res

@@ -35,6 +35,15 @@ class Pair:
     source: str = ""
 
 
+def source_group(source: str) -> str:
+    """The group a pair's ``source`` field reports under: ``gettext:vlc-l10n`` → ``gettext``.
+
+    Evaluations report per group (e.g. ``libreoffice-help``, ``gettext``, ``firefox``);
+    pairs without a source are ``unknown``.
+    """
+    return source.split(":", 1)[0] if source else "unknown"
+
+
 class PairFileError(ValueError):
     """A pair file has a line that cannot be read as a pair."""
 

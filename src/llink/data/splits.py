@@ -2,6 +2,11 @@
 
 Two pairs whose English differs only in case, spacing or punctuation hash alike,
 so no English sentence of dev or test appears in train, even lightly altered.
+
+Within a split, pairs are kept in the order of a second hash of the English, not
+in file order (shipped corpora are sorted by source): the first N items of any
+split are then a deterministic random sample spread over all of it, the same for
+every system and every run, and a larger N is a superset of a smaller one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ def split_of(en: str, dev_fraction: float, test_fraction: float, salt: str) -> s
     if u < test_fraction + dev_fraction:
         return "dev"
     return "train"
+
+
+def is_held_out(en: str, cfg: DataConfig) -> bool:
+    """Whether an English sentence hashes into the dev or test split of ``cfg``."""
+    return split_of(en, cfg.dev_fraction, cfg.test_fraction, cfg.split_salt) != "train"
 
 
 def resolve_pairs_path(spec: str) -> Path:
@@ -94,10 +104,15 @@ def split_pairs(
     return out
 
 
+def sample_order(pairs: list[Pair], salt: str) -> list[Pair]:
+    """``pairs`` in the order of a hash of their English: the first N are a random sample."""
+    return sorted(pairs, key=lambda p: unit_hash(p.en, salt + "/order"))
+
+
 def _select(
     pairs: list[Pair], sentence_like_only: bool, limit: int | None, salt: str
 ) -> tuple[list[Pair], dict[str, int]]:
-    """De-duplicate on English, optionally keep sentence-like pairs, cap deterministically."""
+    """De-duplicate on English, optionally keep sentence-like pairs, order by hash, cap."""
     seen: set[str] = set()
     kept: list[Pair] = []
     dropped = {"duplicate_english": 0, "not_sentence_like": 0, "over_limit": 0}
@@ -111,9 +126,8 @@ def _select(
             dropped["not_sentence_like"] += 1
             continue
         kept.append(p)
+    kept = sample_order(kept, salt)
     if limit is not None and len(kept) > limit:
-        # Order by a second hash so a larger limit is a superset of a smaller one.
-        kept.sort(key=lambda p: unit_hash(p.en, salt + "/order"))
         dropped["over_limit"] = len(kept) - limit
         kept = kept[:limit]
     return kept, {k: v for k, v in dropped.items() if v}

@@ -30,6 +30,7 @@ class TaskExample:
     answer: str
     en: str = ""  # the English reference of the foreign text (for the teacher state)
     question: str | None = None
+    source: str = ""  # where the pair came from (Pair.source), for per-source reports
 
 
 def foreign_length_ok(text: str) -> bool:
@@ -43,7 +44,8 @@ def translation_examples(pairs: Iterable[Pair]) -> tuple[list[TaskExample], Coun
         if not foreign_length_ok(p.foreign):
             dropped["foreign_length"] += 1
             continue
-        out.append(TaskExample("translate_to_english", p.foreign, p.en, en=p.en))
+        out.append(TaskExample("translate_to_english", p.foreign, p.en, en=p.en,
+                               source=p.source))
     return out, dropped
 
 
@@ -67,7 +69,8 @@ def read_task_file(path: str | Path) -> list[TaskExample]:
             if obj["task"] not in TASKS:
                 raise PairFileError(path, lineno, f"unknown task {obj['task']!r}")
             out.append(TaskExample(obj["task"], obj["foreign"], obj["answer"],
-                                   en=obj.get("en", ""), question=obj.get("question")))
+                                   en=obj.get("en", ""), question=obj.get("question"),
+                                   source=str(obj.get("source") or "")))
     return out
 
 

@@ -28,11 +28,13 @@ BOOTSTRAP_SAMPLES = 1000
 
 @dataclass(frozen=True)
 class GenItem:
-    """One test item: its position in the test list, foreign source and English reference."""
+    """One test item: its position in the test sample, foreign source, English reference
+    and the group it reports under (where the pair came from, e.g. ``gettext``)."""
 
     index: int
     source: str
     reference: str
+    group: str = ""
 
 
 def read_outputs(path: str | Path) -> dict[int, dict[str, Any]]:
@@ -53,13 +55,18 @@ def generate_outputs(
     """Outputs of ``generate`` for every item, kept in ``path`` (JSONL) and reused on rerun.
 
     Lines already in the file are kept when the side file ``<path>.settings.json``
-    matches ``settings`` and the line's source and reference match the item; the rest
+    matches ``settings`` (which name the model by a content digest of its files) and the line's source and reference match the item; the rest
     are generated in batches of similar ``length`` and appended as each batch finishes.
     When all are there the file is rewritten in index order.
     """
     path = Path(path)
     meta_path = path.with_name(path.stem + ".settings.json")
-    same = meta_path.exists() and json.loads(meta_path.read_text(encoding="utf-8")) == settings
+    old = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else None
+    same = old == settings
+    if old is not None and not same and path.exists():
+        changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
+        print(f"{path.name}: saved outputs came from other settings or another model "
+              f"({', '.join(changed)} changed); discarding them and generating again")
     done = read_outputs(path) if same else {}
     done = {
         i: r for i, r in done.items()
@@ -79,7 +86,7 @@ def generate_outputs(
                 outs = generate([it.source for it in chunk])
                 for it, out in zip(chunk, outs, strict=True):
                     rec = {"index": it.index, "source": it.source, "reference": it.reference,
-                           "output": out}
+                           "group": it.group, "output": out}
                     done[it.index] = rec
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -148,6 +155,28 @@ def score_systems(
     return {"systems": {n: systems[n] for n in names}, "paired": paired, "scoring": settings}
 
 
+def group_indices(groups: Sequence[str]) -> dict[str, list[int]]:
+    """Item indices per group, largest group first."""
+    out: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g or "unknown", []).append(i)
+    return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), kv[0])))
+
+
+def score_by_group(
+    outputs: dict[str, list[str]], references: list[str], groups: Sequence[str],
+    n_samples: int = BOOTSTRAP_SAMPLES,
+) -> dict[str, Any]:
+    """:func:`score_systems` on the items of each group (e.g. each source of the corpus)."""
+    out: dict[str, Any] = {}
+    for g, idx in group_indices(groups).items():
+        sub = {name: [hyps[i] for i in idx] for name, hyps in outputs.items()}
+        res = score_systems(sub, [references[i] for i in idx], n_samples)
+        res.pop("scoring")
+        out[g] = {"n": len(idx), **res}
+    return out
+
+
 def _metric_key(name: str) -> str:
     low = name.lower()
     if low.startswith("bleu"):
@@ -169,6 +198,15 @@ def format_gen_table(result: dict[str, Any]) -> str:
     for p in result["paired"]:
         lines.append(f"  {p['a']} vs {p['b']} {p['metric']}: {p['a_score']:.2f} vs "
                      f"{p['b_score']:.2f} (delta {p['delta']:+.2f}, p = {p['p_value']:.4f})")
+    by = result.get("by_source") or {}
+    if by:
+        names = list(result["systems"])
+        lines.append("chrF per source (95% CI):")
+        lines.append(f"{'source':<18} {'n':>5} " + " ".join(f"{n:>22}" for n in names))
+        for g, r in by.items():
+            cells = [f"{r['systems'][n]['chrf']:6.2f} {_ci(r['systems'][n]['chrf_ci']):>15}"
+                     for n in names]
+            lines.append(f"{g:<18} {r['n']:>5} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from llink.eval import EvalError
+from llink.eval.stats import wilson_interval
 from llink.fileio import atomic_path
 
 PROMPT_VERSION = "judge_v1"
@@ -199,17 +200,6 @@ class PairItem:
     reference: str
     a: str
     b: str
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
-    """Wilson score interval of a proportion k/n (95% for z = 1.96)."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def _winner(choice: str, first: str, second: str) -> str:

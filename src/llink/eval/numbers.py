@@ -23,6 +23,8 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+from llink.eval.stats import wilson_interval
+
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
@@ -58,16 +60,31 @@ def extract_numbers(text: str) -> set[str]:
 
 
 def numeric_fidelity(
-    references: Sequence[str], outputs: dict[str, Sequence[str]]
+    references: Sequence[str], outputs: dict[str, Sequence[str]],
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """For references with numbers: per system, the fraction of outputs keeping all of them."""
+    """For references with numbers: per system, the fraction of outputs keeping all of them,
+    with a 95% Wilson interval; with ``groups``, also per group under ``by_source``."""
     wanted = [(i, extract_numbers(r)) for i, r in enumerate(references)]
     wanted = [(i, nums) for i, nums in wanted if nums]
-    systems: dict[str, dict[str, Any]] = {}
     for name, outs in outputs.items():
         if len(outs) != len(references):
             raise ValueError(f"{name}: {len(outs)} outputs for {len(references)} references")
-        hits = sum(nums <= extract_numbers(outs[i]) for i, nums in wanted)
-        systems[name] = {"fraction": hits / len(wanted) if wanted else None, "hits": hits}
-    return {"n": len(references), "n_with_numbers": len(wanted), "systems": systems,
-            "indices": [i for i, _ in wanted]}
+
+    def tally(rows: list[tuple[int, set[str]]]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, outs in outputs.items():
+            hits = sum(nums <= extract_numbers(outs[i]) for i, nums in rows)
+            out[name] = {"fraction": hits / len(rows) if rows else None, "hits": hits,
+                         "ci": wilson_interval(hits, len(rows)) if rows else None}
+        return out
+
+    res: dict[str, Any] = {"n": len(references), "n_with_numbers": len(wanted),
+                           "systems": tally(wanted), "indices": [i for i, _ in wanted]}
+    if groups is not None:
+        by: dict[str, list[tuple[int, set[str]]]] = {}
+        for i, nums in wanted:
+            by.setdefault(groups[i] or "unknown", []).append((i, nums))
+        res["by_source"] = {g: {"n_with_numbers": len(rows), "systems": tally(rows)}
+                            for g, rows in sorted(by.items(), key=lambda kv: -len(kv[1]))}
+    return res

@@ -43,11 +43,25 @@ def cosine_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return F.normalize(queries.float(), dim=-1) @ F.normalize(keys.float(), dim=-1).T
 
 
-def retrieval_metrics(queries: torch.Tensor, keys: torch.Tensor) -> dict[str, float]:
-    """Retrieval of ``keys[i]`` by ``queries[i]`` among all keys, by cosine similarity."""
+def retrieval_ranks(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Rank of ``keys[i]`` for ``queries[i]`` among all keys, by cosine similarity [N]."""
     if queries.shape[0] != keys.shape[0]:
         raise ValueError("queries and keys must be aligned pairs")
-    return metrics_from_ranks(ranks_from_scores(cosine_scores(queries, keys)))
+    return ranks_from_scores(cosine_scores(queries, keys))
+
+
+def retrieval_metrics(queries: torch.Tensor, keys: torch.Tensor) -> dict[str, float]:
+    """Retrieval of ``keys[i]`` by ``queries[i]`` among all keys, by cosine similarity."""
+    return metrics_from_ranks(retrieval_ranks(queries, keys))
+
+
+def metrics_by_group(ranks: torch.Tensor, groups: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Metrics of the queries of each group (ranked in the whole pool), largest group first."""
+    idx: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        idx.setdefault(g, []).append(i)
+    ordered = sorted(idx.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return {g: {**metrics_from_ranks(ranks[rows]), "n": len(rows)} for g, rows in ordered}
 
 
 def latin_tokens(text: str) -> set[str]:
@@ -73,14 +87,34 @@ def latin_overlap_scores(foreign: Sequence[str], english: Sequence[str]) -> torc
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.zeros_like(inter))
 
 
+def latin_overlap_ranks(foreign: Sequence[str], english: Sequence[str]) -> torch.Tensor:
+    """The trivial floor: ranks when sentences are matched by shared Latin tokens alone."""
+    return ranks_from_scores(latin_overlap_scores(foreign, english))
+
+
 def latin_overlap_metrics(foreign: Sequence[str], english: Sequence[str]) -> dict[str, float]:
     """The trivial floor: match sentences by shared Latin-script tokens alone."""
-    return metrics_from_ranks(ranks_from_scores(latin_overlap_scores(foreign, english)))
+    return metrics_from_ranks(latin_overlap_ranks(foreign, english))
 
 
 def centred(x: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
     """Subtract ``mean`` (default: the pool's own mean) from every row."""
     return x - (x.mean(0) if mean is None else mean)
+
+
+def format_group_table(by_group: dict[str, dict[str, dict[str, float]]], metric: str = "R@1",
+                       title: str = "") -> str:
+    """One metric per group (rows) and system (columns): ``by_group[group][system]``."""
+    systems = list(next(iter(by_group.values()), {}))
+    short = [s.split(" (")[0] for s in systems]
+    width = max([len(g) for g in by_group] + [6])
+    lines = ([title] if title else []) + [
+        f"{'source':<{width}}  {'n':>5}  " + "  ".join(f"{s:>16}" for s in short)]
+    for g, rows in by_group.items():
+        n = int(next(iter(rows.values()))["n"]) if rows else 0
+        lines.append(f"{g:<{width}}  {n:>5}  " + "  ".join(
+            f"{rows[s][metric]:>16.3f}" for s in systems))
+    return "\n".join(lines)
 
 
 def format_table(rows: dict[str, dict[str, float]], title: str = "") -> str:

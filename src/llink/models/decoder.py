@@ -16,7 +16,12 @@ from transformers import (
 )
 
 from llink.batching import length_sorted_batches
-from llink.models.fingerprint import module_fingerprint, tensor_digest
+from llink.models.fingerprint import (
+    code_digest,
+    module_fingerprint,
+    tensor_digest,
+    tokenizer_digest,
+)
 from llink.models.offline import resolve_model
 
 FOREIGN_OPEN = "<foreign>"
@@ -99,6 +104,8 @@ class FrozenDecoder:
         #: Fingerprint of the base weights, taken before reserved tokens or adapters.
         self.fingerprint = module_fingerprint(model)
         self.reserved = add_reserved_tokens(tokenizer, model, num_slots, seed=seed)
+        #: Digest of the tokenizer with the reserved tokens added.
+        self.tokenizer_fingerprint = tokenizer_digest(tokenizer)
 
     @classmethod
     def from_pretrained(
@@ -150,6 +157,9 @@ class FrozenDecoder:
         return {
             "model": self.name,
             "weights": self.fingerprint,
+            "tokenizer": self.tokenizer_fingerprint,
+            "code": code_digest(FrozenDecoder.teacher_input_ids, FrozenDecoder.last_token_states,
+                                FrozenDecoder.teacher_states),
             "foreign_emb_row": tensor_digest(emb_row),
             "suffix": FOREIGN_EMB,
             "special_tokens": True,

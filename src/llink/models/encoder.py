@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llink.batching import length_sorted_batches
-from llink.models.fingerprint import module_fingerprint
+from llink.models.fingerprint import code_digest, module_fingerprint, tokenizer_digest
 from llink.models.offline import resolve_model
 
 
@@ -79,11 +79,18 @@ class FrozenEncoder:
     def fingerprint(self) -> str:
         return module_fingerprint(self.model)
 
+    @cached_property
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_digest(self.tokenizer)
+
     def cache_settings(self) -> dict[str, Any]:
-        """Everything that determines this encoder's output for a text."""
+        """Everything that determines this encoder's output for a text: weights, tokenizer,
+        the code that computes it, prefix, clipping and dtype."""
         return {
             "model": self.name,
             "weights": self.fingerprint,
+            "tokenizer": self.tokenizer_fingerprint,
+            "code": code_digest(mean_pool, clip_text, FrozenEncoder.prepare, FrozenEncoder.encode),
             "prefix": self.prefix,
             "max_chars": self.max_chars,
             "max_length": self.max_length,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
+from typing import Any
 
 import torch
 
@@ -29,3 +32,26 @@ def module_fingerprint(module: torch.nn.Module, stride: int = 997) -> str:
         h.update(name.encode())
         h.update(tensor_digest(p, stride if p.numel() > stride * 8 else 1).encode())
     return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str:
+    """SHA-256 of everything that decides a tokenizer's ids: its full serialisation when
+    it is a fast tokenizer, else its vocabulary; plus special and added tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = backend.to_str()
+    else:
+        body = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    extra = json.dumps({"special": tokenizer.all_special_tokens,
+                        "added": sorted(str(t) for t in tokenizer.get_added_vocab())},
+                       ensure_ascii=False)
+    return hashlib.sha256((body + extra).encode("utf-8")).hexdigest()
+
+
+def code_digest(*objects: Any) -> str:
+    """SHA-256 of the source code of functions or classes: cached values computed by
+    them are keyed by it, so editing that code can never reuse stale values."""
+    h = hashlib.sha256()
+    for obj in objects:
+        h.update(inspect.getsource(obj).encode("utf-8"))
+    return h.hexdigest()[:20]

@@ -56,6 +56,7 @@ class EncodedExamples:
     enc: torch.Tensor  # encoder vectors of the foreign texts [N, d_enc]
     teacher: torch.Tensor  # teacher states of the English references, in the Stage A target space
     base: list[Example] | None = None  # same answers, raw foreign text in the prompt
+    groups: list[str] | None = None  # source group of each example, for per-source reports
 
 
 def tokenize_examples(
@@ -75,7 +76,10 @@ def content_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:
     """True for vocabulary entries that count as content words for the BOW target."""
     mask = torch.zeros(vocab_size, dtype=torch.bool)
     word = re.compile(r"[^\W_]", re.UNICODE)
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     for i in range(min(vocab_size, len(tokenizer))):
+        if i in special:  # end of sequence, chat markers, reserved slot tokens
+            continue
         piece = tokenizer.decode([i]).strip().lower()
         mask[i] = bool(word.search(piece)) and piece not in STOP_WORDS and len(piece) > 1
     return mask
@@ -100,45 +104,71 @@ def ablation_slots(model: LLINK, batch: int) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_nll(
     model: LLINK, data: EncodedExamples, batch_size: int = 8, with_base: bool = False
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Answer NLL per token with slots, with slots ablated, their gap (and the base decoder).
 
+    With ``data.groups`` the same figures are also given per group under ``by_source``.
     Under N processes the batches are dealt out round-robin and the sums added up
     over ranks; every rank runs the same number of passes (collectives stay aligned).
     """
     was_training = model.training
     model.eval()
     pad = int(model.tokenizer.pad_token_id)
-    sums = {"injected": 0.0, "ablated": 0.0, "base_raw": 0.0, "tokens": 0.0}
+    use_base = with_base and data.base is not None
+    groups = data.groups or ["all"] * len(data.examples)
+    keys = ["injected", "ablated", "tokens", "examples"] + (["base_raw"] if use_base else [])
+    # every rank holds every key (collectives need the same keys), zero where it saw none
+    sums = {f"{g}{k}": 0.0 for g in ["", *(f"{x}/" for x in set(groups))] for k in keys}
+
+    def add(key: str, rows: range, values: torch.Tensor) -> None:
+        for r, v in zip(rows, values.tolist(), strict=True):
+            for g in ("", f"{groups[r]}/"):
+                sums[g + key] += v
+
     starts = list(range(0, len(data.examples), batch_size))
     world = dist.world_size()
     for first in range(0, len(starts), world):
         j = first + dist.rank()
         real = j < len(starts)  # a rank without a batch this round runs a dummy one
-        sl = slice(starts[j if real else 0], starts[j if real else 0] + batch_size)
+        lo = starts[j if real else 0]
+        rows = range(lo, min(lo + batch_size, len(data.examples)))
+        sl = slice(rows.start, rows.stop)
         b = collate(data.examples[sl], pad)
         slots = model.slots(data.enc[sl])
         inj = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], slots)
         abl = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], None)
-        if real:
-            sums["injected"] += float(inj.total.sum())
-            sums["ablated"] += float(abl.total.sum())
-            sums["tokens"] += float(inj.tokens.sum())
-        if with_base and data.base is not None:
+        base = None
+        if use_base:
             bb = collate(data.base[sl], pad)
             base = model.answer_nll(
                 bb["input_ids"], bb["attention_mask"], bb["labels"], None, base=True
             )
-            if real:
-                sums["base_raw"] += float(base.total.sum())
+        if real:
+            add("injected", rows, inj.total)
+            add("ablated", rows, abl.total)
+            add("tokens", rows, inj.tokens)
+            add("examples", rows, torch.ones(len(rows)))
+            if base is not None:
+                add("base_raw", rows, base.total)
     model.train(was_training)
-    sums = dist.sum_floats(sums)
-    tokens = sums["tokens"]
-    out = {"nll_injected": sums["injected"] / tokens, "nll_ablated": sums["ablated"] / tokens}
-    out["usage_gap"] = out["nll_ablated"] - out["nll_injected"]
-    if with_base and data.base is not None:
-        out["nll_base_raw"] = sums["base_raw"] / tokens
-    return out
+    sums = dist.sum_floats(dict(sorted(sums.items())))  # same key order on every rank
+
+    def figures(g: str) -> dict[str, float]:
+        tokens = max(sums[g + "tokens"], 1.0)
+        out = {"nll_injected": sums[g + "injected"] / tokens,
+               "nll_ablated": sums[g + "ablated"] / tokens}
+        out["usage_gap"] = out["nll_ablated"] - out["nll_injected"]
+        if use_base:
+            out["nll_base_raw"] = sums[g + "base_raw"] / tokens
+        out["examples"] = int(sums[g + "examples"])
+        return out
+
+    result: dict[str, Any] = figures("")
+    if data.groups:
+        names = sorted({k.split("/", 1)[0] for k in sums if "/" in k},
+                       key=lambda g: -sums[f"{g}/examples"])
+        result["by_source"] = {g: figures(f"{g}/") for g in names}
+    return result
 
 
 def _param_groups(model: LLINK, b: StageBConfig) -> list[dict[str, Any]]:
@@ -167,6 +197,20 @@ def _param_groups(model: LLINK, b: StageBConfig) -> list[dict[str, Any]]:
     for g in groups:
         g["base_lr"] = g["lr"]
     return groups
+
+
+def group_lr(group: dict[str, Any], step: int, b: StageBConfig) -> float:
+    """Learning rate of a parameter group at ``step``: warm-up over ``warmup_frac`` of the
+    group's own steps, then linear decay to zero at the end of training.
+
+    LoRA joins after ``bridge_warmup_steps``; its schedule starts then (0 before), so
+    it gets a full warm-up and decay of its own instead of joining a decay half-way.
+    """
+    start = b.bridge_warmup_steps if group.get("name") == "lora" else 0
+    if step < start:
+        return 0.0
+    span = b.steps - start
+    return warmup_linear(step - start, int(b.warmup_frac * span), span, group["base_lr"])
 
 
 def _set_lora_trainable(model: LLINK, on: bool) -> None:
@@ -233,7 +277,6 @@ def train_stage_b(
 
     pad = int(model.tokenizer.pad_token_id)
     n = len(train.examples)
-    warmup = int(b.warmup_frac * b.steps)
     best = {"nll_injected": float("inf")}
     base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 else {}
     if base_dev and main:
@@ -252,7 +295,7 @@ def train_stage_b(
         lora_on = model.has_lora and step >= b.bridge_warmup_steps
         _set_lora_trainable(model, lora_on)
         for g in opt.param_groups:
-            g["lr"] = warmup_linear(step, warmup, b.steps, g["base_lr"])
+            g["lr"] = group_lr(g, step, b)
         # dropout masks reproducible on resume (and different on each rank)
         torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         stats: dict[str, float] = {}
@@ -311,6 +354,38 @@ def train_stage_b(
     return summary
 
 
+def _detached_contrast(
+    model: LLINK, b: StageBConfig, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+    slots: torch.Tensor, inj: torch.Tensor, step: int, parts: dict[str, float],
+) -> torch.Tensor | float:
+    """The paper's usage hinge (and our detached mismatch hinge): the other losses come
+    from a no-grad pass, so while a hinge is active its gradient is that of ``inj`` alone:
+    it re-weights the answer NLL rather than making the decoder depend on the slots."""
+    global_batch = slots.shape[0] * dist.world_size()
+    use_usage = b.usage_weight > 0 and step % max(b.usage_every, 1) == 0
+    use_mismatch = b.mismatch_weight > 0 and global_batch > 1
+    if not (use_usage or use_mismatch):
+        return 0.0
+    # One no-grad pass over 2B rows: ablated (placeholder rows) and mismatched slots
+    # (each example gets the slots of the previous example of the global batch).
+    bsz = ids.shape[0]
+    with torch.no_grad():
+        mismatched = dist.local_slice(dist.gather(slots.detach()).roll(1, dims=0))
+        other = torch.cat([ablation_slots(model, bsz), mismatched.to(slots.dtype)])
+        both: AnswerNLL = model.answer_nll(
+            ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2, 1), other
+        )
+        abl = dist.global_mean(both.total[:bsz].sum(), both.tokens[:bsz].sum())
+        mis = dist.global_mean(both.total[bsz:].sum(), both.tokens[bsz:].sum())
+    parts.update({"nll_ablated": float(abl), "nll_mismatched": float(mis)})
+    extra: torch.Tensor | float = 0.0
+    if use_usage:
+        extra = extra + b.usage_weight * usage_penalty(inj, abl, b.usage_margin)
+    if use_mismatch:
+        extra = extra + b.mismatch_weight * F.relu(inj - mis + b.mismatch_margin)
+    return extra
+
+
 def _step_loss(
     model: LLINK,
     b: StageBConfig,
@@ -347,24 +422,16 @@ def _step_loss(
         )
         loss = loss + b.bow_weight * bow
         parts["bow"] = float(bow.detach())
-    use_usage = b.usage_weight > 0 and step % max(b.usage_every, 1) == 0
-    use_mismatch = b.mismatch_weight > 0 and global_batch > 1
-    if use_usage or use_mismatch:
-        # One no-grad pass over 2B rows: ablated (placeholder rows) and mismatched slots
-        # (each example gets the slots of the previous example of the global batch).
-        bsz = ids.shape[0]
-        with torch.no_grad():
-            mismatched = dist.local_slice(dist.gather(slots.detach()).roll(1, dims=0))
-            other = torch.cat([ablation_slots(model, bsz), mismatched.to(slots.dtype)])
-            both: AnswerNLL = model.answer_nll(
-                ids.repeat(2, 1), mask.repeat(2, 1), labels.repeat(2, 1), other
-            )
-            abl = dist.global_mean(both.total[:bsz].sum(), both.tokens[:bsz].sum())
-            mis = dist.global_mean(both.total[bsz:].sum(), both.tokens[bsz:].sum())
-        parts.update({"nll_ablated": float(abl), "nll_mismatched": float(mis)})
-        if use_usage:
-            loss = loss + b.usage_weight * usage_penalty(inj, abl, b.usage_margin)
-        if use_mismatch:
-            loss = loss + b.mismatch_weight * F.relu(inj - mis + b.mismatch_margin)
+    if b.contrast == "detached":
+        loss = loss + _detached_contrast(model, b, ids, mask, labels, slots, inj, step, parts)
+    elif b.contrast == "mismatch" and b.mismatch_weight > 0 and global_batch > 1:
+        # Another example's slots (the previous one of the global batch), with gradient:
+        # the hinge lowers the loss with the own slots and raises it with the wrong ones
+        # until they differ by the margin; past that it is zero, so it cannot blow up.
+        mismatched = dist.local_slice(dist.gather_with_grad(slots).roll(1, dims=0))
+        mis_nll = model.answer_nll(ids, mask, labels, mismatched)
+        mis = dist.global_mean(mis_nll.total.sum(), mis_nll.tokens.sum())
+        parts["nll_mismatched"] = float(mis.detach())
+        loss = loss + b.mismatch_weight * F.relu(inj - mis + b.mismatch_margin)
     parts["loss"] = float(loss.detach())
     return loss, parts

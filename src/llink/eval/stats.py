@@ -1,0 +1,16 @@
+"""Small statistics shared by the evaluations."""
+
+from __future__ import annotations
+
+import math
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
+    """Wilson score interval of a proportion k/n (95% for z = 1.96)."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [max(0.0, centre - half), min(1.0, centre + half)]
