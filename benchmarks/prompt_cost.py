@@ -184,9 +184,9 @@ def step_times(model: LLINK, text: str, raw: bool, repeats: int) -> dict[str, fl
         t["encoder pass"] = median_seconds(
             lambda: mean_pool(enc.model(**batch).last_hidden_state, batch["attention_mask"]),
             repeats)
-        vec = model.encode([text])
-        t["projector + bridge"] = median_seconds(lambda: model.slots(vec), repeats)
-        slots = model.slots(vec)
+        vec, toks = model.encode([text]), model.encode_tokens([text])
+        t["projector + bridge"] = median_seconds(lambda: model.slots(vec, tokens=toks), repeats)
+        slots = model.slots(vec, tokens=toks)
     t["embedding + slot injection"] = median_seconds(lambda: model.embed(ids, slots), repeats)
     emb = model.embed(ids, slots)
     mask = torch.ones_like(ids)

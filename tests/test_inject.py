@@ -39,7 +39,8 @@ def test_inject_slots_writes_exactly_the_slot_positions(side, k):
     emb = torch.randn(ids.shape[0], ids.shape[1], 6)
     slots = torch.randn(3, k, 6, requires_grad=True)
     out = inject_slots(emb, ids, slot_ids, slots)
-    pos = slot_positions(ids, slot_ids)
+    pos, present = slot_positions(ids, slot_ids)
+    assert bool(present.all())
     for b in range(3):
         for j in range(k):
             p = int(pos[b, j])
@@ -53,10 +54,32 @@ def test_inject_slots_writes_exactly_the_slot_positions(side, k):
 
 def test_inject_rejects_missing_or_repeated_slots():
     ids = torch.tensor([[1, 100, 2], [100, 100, 101]])
-    with pytest.raises(ValueError, match="exactly once"):
+    with pytest.raises(ValueError, match="2 times.*exactly once"):
         slot_positions(ids, [100, 101])
+    with pytest.raises(ValueError, match="skips a slot"):
+        slot_positions(torch.tensor([[1, 101, 2]]), [100, 101])
+    with pytest.raises(ValueError, match="no slot placeholder"):
+        slot_positions(torch.tensor([[1, 2, 3]]), [100, 101])
     with pytest.raises(ValueError, match="do not fit"):
         inject_slots(torch.zeros(2, 3, 4), ids, [100], torch.zeros(2, 2, 4))
+
+
+def test_rows_with_fewer_slots_take_their_first_slots_only():
+    slot_ids = [100, 101, 102, 103]
+    ids, _ = pad_batch([[1, 100, 101, 102, 103, 2], [1, 100, 2], [5, 100, 101, 6]], 0, "left")
+    emb = torch.randn(*ids.shape, 5)
+    slots = torch.randn(3, 4, 5, requires_grad=True)
+    out = inject_slots(emb, ids, slot_ids, slots)
+    pos, present = slot_positions(ids, slot_ids)
+    assert present.sum(1).tolist() == [4, 1, 2]
+    for b in range(3):
+        written = pos[b][present[b]].tolist()
+        for j, p in enumerate(written):
+            assert torch.equal(out[b, p], slots[b, j].detach())
+        others = [t for t in range(ids.shape[1]) if t not in written]
+        assert torch.equal(out[b, others], emb[b, others])
+    out.sum().backward()
+    assert torch.equal(slots.grad, present.float().unsqueeze(-1).expand_as(slots))
 
 
 def test_prompt_format_and_labels_on_tiny_decoder(tiny_decoder_dir):
@@ -74,7 +97,7 @@ def test_prompt_format_and_labels_on_tiny_decoder(tiny_decoder_dir):
         assert answer.strip() == "I love my family."
         assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
         assert ex.input_ids[-1] == tok.eos_token_id
-        pos = slot_positions(torch.tensor([ex.input_ids]), reserved.slots)
+        pos, _ = slot_positions(torch.tensor([ex.input_ids]), reserved.slots)
         assert pos[0].tolist() == sorted(pos[0].tolist())  # slots in order, once each
     chat = PromptFormat(True).prompt(tok, "hi")
     assert chat.startswith("<|im_start|>user") and chat.endswith("<|im_start|>assistant\n")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from llink.bridge import Projector, SlotBridge
+from llink.bridge import Projector, SlotBridge, build_token_reader
 from llink.checkpoints import (
     CheckpointError,
     check_folder,
@@ -101,6 +101,8 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
     """
     tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
     tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    if model.reader is not None:
+        tensors.update({f"reader.{k}": v for k, v in model.reader.state_dict().items()})
     tensors.update(model.targets.tensors())
     tensors["reserved_rows"] = model.decoder.reserved_rows()
     full_meta = {
@@ -113,6 +115,9 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "system_prompt": model.fmt.system_prompt,
         "targets": model.targets.kind,
         "has_lora": model.has_lora,
+        "slot_source": model.slot_source,
+        "token_layer": model.token_layer,
+        "resampler_layers": len(getattr(model.reader, "blocks", ())),
     }
 
     def write_lora(tmp: Path) -> None:
@@ -161,9 +166,14 @@ def load_llink(
     proj.load_state_dict(_prefixed(tensors, "projector."))
     bridge = SlotBridge(meta["d_dec"], meta["num_slots"], target_norm=1.0)
     bridge.load_state_dict(_prefixed(tensors, "bridge."))
+    reader = build_token_reader(meta.get("slot_source", "pooled"), meta["d_enc"], meta["d_dec"],
+                                meta["num_slots"], layers=meta.get("resampler_layers", 0))
+    if reader is not None:
+        reader.load_state_dict(_prefixed(tensors, "reader."))
     targets = TargetTransform.from_tensors(meta["targets"], tensors)
     model = LLINK(enc, dec, proj, targets, bridge,
-                  PromptFormat(meta["use_chat_template"], meta.get("system_prompt")))
+                  PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
+                  reader=reader, token_layer=meta.get("token_layer", -1))
     if meta.get("has_lora"):
         model.load_lora(str(folder / "lora"))
     return model.to(dec.device).eval()

@@ -117,6 +117,93 @@ class SlotBridge(nn.Module):
         return self.expander(self.adapter(self.scale(projected), boost=gate_boost))
 
 
+def pad_states(states: list[torch.Tensor], device: torch.device | str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length token states [T_i, d] → a right-padded [B, T, d] float32 tensor and
+    its mask [B, T] (1 = a real token)."""
+    width = max(1, *(len(x) for x in states)) if states else 1
+    d = states[0].shape[-1] if states else 1
+    out = torch.zeros(len(states), width, d)
+    mask = torch.zeros(len(states), width, dtype=torch.bool)
+    for i, x in enumerate(states):
+        out[i, : len(x)] = x.float()
+        mask[i, : len(x)] = True
+    return out.to(device), mask.to(device)
+
+
+class ResamplerBlock(nn.Module):
+    """Pre-norm cross-attention of the slots over the token states, then a feed-forward."""
+
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm_ff = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        q = q + self.attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        return q + self.ff(self.norm_ff(q))
+
+
+class TokenResampler(nn.Module):
+    """K slots that read the encoder's token states (``model.slot_source=tokens``).
+
+    Perceiver-resampler style: the queries are the K slots of the pooled path (Stage A's
+    vector through :class:`SlotBridge`) plus a learned offset per slot; they cross-attend
+    over the token states projected to the decoder's width. The result is added to the
+    pooled slots through a zero-initialised output layer, so training starts exactly
+    from the Stage A path and the tokens add what one pooled vector cannot carry (the
+    words). Padded token positions are masked: they never change the slots.
+    """
+
+    def __init__(
+        self, d_enc: int, d: int, num_slots: int, target_norm: float = 1.0, layers: int = 2,
+        heads: int = 8,
+    ) -> None:
+        super().__init__()
+        self.inp = nn.Sequential(nn.LayerNorm(d_enc), nn.Linear(d_enc, d), nn.LayerNorm(d))
+        self.queries = nn.Parameter(torch.randn(num_slots, d) * 0.02)
+        self.blocks = nn.ModuleList(ResamplerBlock(d, heads) for _ in range(layers))
+        self.out = nn.Linear(d, d)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.norm = nn.LayerNorm(d)
+        with torch.no_grad():
+            self.norm.weight.fill_(target_norm / math.sqrt(d))
+        # slots have the norm of a native token; queries enter attention at unit scale
+        self.register_buffer("query_scale", torch.tensor(math.sqrt(d) / target_norm))
+
+    def forward(
+        self, pooled_slots: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``pooled_slots`` [B, K, d], ``tokens`` [B, T, d_enc], ``mask`` [B, T] (1 = real)."""
+        kv = self.inp(tokens.to(self.queries.dtype))
+        q = pooled_slots * self.query_scale + self.queries
+        pad = ~mask.bool()
+        for block in self.blocks:
+            q = block(q, kv, pad)
+        return self.norm(pooled_slots + self.out(q))
+
+
+class TokenProjector(nn.Module):
+    """One slot per encoder token (``model.slot_source=all_tokens``, as LangBridge and
+    MindMerger feed the decoder): ``LN(W2 GELU(W1 LN(x)))`` per token state, with a
+    native token's norm. No compression: the reference for the K-slot designs."""
+
+    def __init__(self, d_enc: int, d: int, target_norm: float = 1.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d_enc), nn.Linear(d_enc, 2 * d), nn.GELU(),
+                                 nn.Linear(2 * d, d))
+        self.norm = nn.LayerNorm(d)
+        with torch.no_grad():
+            self.norm.weight.fill_(target_norm / math.sqrt(d))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_enc] token states → [B, T, d] slots, zero at padded positions."""
+        return self.norm(self.net(tokens)) * mask.unsqueeze(-1).to(tokens.dtype)
+
+
 class BagOfWordsHead(nn.Module):
     """Training-only head: predicts which content tokens the answer holds from the slot mean.
 
@@ -131,3 +218,28 @@ class BagOfWordsHead(nn.Module):
 
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
         return self.proj(slots.mean(dim=1))
+
+
+#: What ``model.slot_source`` names, and the module that reads the token states for it.
+SLOT_SOURCES = ("pooled", "tokens", "all_tokens")
+
+
+def build_token_reader(
+    slot_source: str, d_enc: int, d: int, num_slots: int, target_norm: float = 1.0,
+    layers: int = 2,
+) -> TokenResampler | TokenProjector | None:
+    """The module that reads the encoder's token states for a slot source (None: pooled)."""
+    if slot_source == "pooled":
+        return None
+    if slot_source == "tokens":
+        return TokenResampler(d_enc, d, num_slots, target_norm, layers)
+    if slot_source == "all_tokens":
+        return TokenProjector(d_enc, d, target_norm)
+    raise ValueError(f"unknown slot source {slot_source!r}; use one of {', '.join(SLOT_SOURCES)}")
+
+
+def slot_source_of(reader: nn.Module | None) -> str:
+    """Inverse of :func:`build_token_reader`."""
+    if reader is None:
+        return "pooled"
+    return "tokens" if isinstance(reader, TokenResampler) else "all_tokens"

@@ -43,9 +43,21 @@ def settings_hash(settings: dict[str, Any]) -> str:
 
 
 class FeatureStore:
-    """Vectors for texts under one set of settings, computed once and reused."""
+    """Vectors for texts under one set of settings, computed once and reused.
 
-    def __init__(self, root: str | Path, kind: str, settings: dict[str, Any]) -> None:
+    ``ragged=True`` stores a variable-length matrix per text (e.g. an encoder's token
+    states, [T_i, D]): a shard then holds the rows of all its texts one after the other,
+    their lengths, and ``dtype`` (default float16, half the disk of float32).
+    """
+
+    def __init__(
+        self, root: str | Path, kind: str, settings: dict[str, Any], ragged: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.ragged = ragged
+        self.dtype = dtype or (torch.float16 if ragged else torch.float32)
+        settings = {**settings, **({"ragged": True, "store_dtype": str(self.dtype)}
+                                   if ragged else {})}
         self.settings = {"kind": kind, **settings}
         self.dir = Path(root) / f"{kind}-{settings_hash(self.settings)}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +79,7 @@ class FeatureStore:
             data = load_file(path)
             keys, vectors = data["keys"], data["vectors"]
             s = len(self._shards)
-            self._shards.append(vectors)
+            self._shards.append(self._rows(vectors, data.get("lengths")))
             self._loaded.add(path.name)
             for row, key in enumerate(keys.numpy()):
                 self._index[key.tobytes()] = (s, row)
@@ -78,15 +90,27 @@ class FeatureStore:
     def __contains__(self, text: str) -> bool:
         return text_key(text) in self._index
 
-    def _add_shard(self, texts: Sequence[str], vectors: torch.Tensor) -> None:
+    def _rows(self, vectors: torch.Tensor, lengths: torch.Tensor | None) -> Any:
+        """A shard's rows: the [N, D] matrix, or (ragged) a list of [T_i, D] views."""
+        if lengths is None:
+            return vectors
+        return list(torch.split(vectors, lengths.tolist()))
+
+    def _add_shard(self, texts: Sequence[str], vectors: torch.Tensor | list[torch.Tensor]) -> None:
         raw = [text_key(t) for t in texts]
         keys = torch.tensor([list(k) for k in raw], dtype=torch.uint8)
-        vectors = vectors.detach().float().cpu().contiguous()
+        tensors = {"keys": keys}
+        if self.ragged:
+            parts = [v.detach().to("cpu", self.dtype) for v in vectors]
+            tensors["lengths"] = torch.tensor([p.shape[0] for p in parts], dtype=torch.int64)
+            tensors["vectors"] = torch.cat(parts).contiguous()
+        else:
+            tensors["vectors"] = vectors.detach().to("cpu", self.dtype).contiguous()
         name = f"shard-{hashlib.sha1(b''.join(raw)).hexdigest()[:16]}.safetensors"
         with atomic_path(self.dir / name) as tmp:
-            save_file({"keys": keys, "vectors": vectors}, str(tmp))
+            save_file(tensors, str(tmp))
         s = len(self._shards)
-        self._shards.append(vectors)
+        self._shards.append(self._rows(tensors["vectors"], tensors.get("lengths")))
         self._loaded.add(name)
         for row, t in enumerate(texts):
             self._index[text_key(t)] = (s, row)
@@ -98,8 +122,9 @@ class FeatureStore:
         chunk_size: int = 256,
         desc: str = "",
         progress: bool = True,
-    ) -> torch.Tensor:
-        """Vectors [len(texts), D] for ``texts``, computing only the missing ones.
+    ) -> Any:
+        """Vectors [len(texts), D] for ``texts``, computing only the missing ones (ragged:
+        a list of [T_i, D] tensors, and ``compute`` returns such a list).
 
         Missing texts are sorted by length (similar lengths batch well) and computed
         ``chunk_size`` at a time; each chunk is saved as a shard before the next.
@@ -131,7 +156,9 @@ class FeatureStore:
             if distributed:
                 dist.barrier()  # every rank's shards are on disk
                 self.refresh()
+        rows = [self._index[text_key(t)] for t in texts]
+        if self.ragged:
+            return [self._shards[s][r] for s, r in rows]
         if not texts:
             return torch.empty(0, 0)
-        rows = [self._index[text_key(t)] for t in texts]
         return torch.stack([self._shards[s][r] for s, r in rows])

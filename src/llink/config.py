@@ -28,6 +28,12 @@ class ModelConfig:
     encoder_prefix: str = "query: "  # e5 wants "query: "; xlm-roberta wants ""
     max_foreign_chars: int = 256
     num_slots: int = 8
+    # Where the slots come from: pooled (one encoder vector per text, the paper) | tokens
+    # (K queries also cross-attend over the encoder's token states: they carry the words)
+    # | all_tokens (one slot per encoder token, up to num_slots: no compression)
+    slot_source: str = "pooled"
+    token_layer: int = -1  # encoder layer whose token states the slots read (-1: last)
+    resampler_layers: int = 2  # cross-attention blocks of the token resampler
     cache_dir: str | None = None  # converted offline models; default ~/.cache/llink
     dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen models
 
@@ -94,6 +100,7 @@ class StageBConfig:
     lr_bridge: float = 1e-3  # adapter + expander
     lr_scale: float = 5e-4
     lr_bow: float = 1e-3
+    lr_reader: float = 3e-4  # what reads the encoder's token states (slot_source tokens|all_tokens)
     lr_projector: float = 0.0  # 0 keeps the Stage A projector frozen
     warmup_frac: float = 0.15
     weight_decay: float = 0.0
@@ -299,6 +306,7 @@ CHOICES = {
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("compute", "mixed_precision"): ("no", "bf16", "fp16"),
     ("stage_b", "contrast"): ("none", "detached", "mismatch"),
+    ("model", "slot_source"): ("pooled", "tokens", "all_tokens"),
 }
 
 

@@ -110,7 +110,7 @@ def lexeme_probe(
 ) -> dict[str, Any]:
     """Nearest vocabulary rows to the slot mean, candidate ranks, next-token logit shifts."""
     model.eval()
-    slots = model.slots(model.encode([text]))
+    slots = model.foreign_slots([text])
     mean = slots[0].mean(0)
     rows = model.lm.get_input_embeddings().weight.float()
     n_vocab = min(rows.shape[0], min(model.decoder.reserved.ids))  # skip reserved rows

@@ -15,6 +15,7 @@ import torch
 from llink.cache import FeatureStore
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder, clip_text
+from llink.models.fingerprint import code_digest
 from llink.models.offline import default_cache_dir
 
 
@@ -39,6 +40,25 @@ def encoder_vectors(
     return store.get(
         list(texts), lambda xs: encoder.encode(xs, batch_size), desc=desc, progress=progress
     )
+
+
+def encoder_token_states(
+    encoder: FrozenEncoder,
+    texts: Sequence[str],
+    root: Path,
+    layer: int = -1,
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "encoder tokens",
+) -> list[torch.Tensor]:
+    """Per-token encoder states of ``texts`` at ``layer``: a [T_i, d_enc] tensor per text,
+    stored in float16 (``slot_source=tokens``)."""
+    settings = {**encoder.cache_settings(), "pooling": "none (token states)", "layer": layer,
+                "code_tokens": code_digest(FrozenEncoder.text_token_span,
+                                           FrozenEncoder.encode_tokens)}
+    store = FeatureStore(root, "encoder-tokens", settings, ragged=True)
+    return store.get(list(texts), lambda xs: encoder.encode_tokens(xs, layer, batch_size),
+                     desc=desc, progress=progress)
 
 
 def teacher_vectors(

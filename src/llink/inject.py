@@ -39,7 +39,8 @@ class UnknownTaskError(ValueError):
 
 
 def slot_span(num_slots: int) -> str:
-    """``<foreign><f0>…<fK-1></foreign>``: what stands in for the foreign text."""
+    """``<foreign><f0>…<fK-1></foreign>``: what stands in for the foreign text (a text
+    may take fewer slots than the model reserves: one per encoder token, say)."""
     return FOREIGN_OPEN + "".join(slot_token(i) for i in range(num_slots)) + FOREIGN_CLOSE
 
 
@@ -149,18 +150,32 @@ def collate(
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def slot_positions(input_ids: torch.Tensor, slot_ids: Sequence[int]) -> torch.Tensor:
-    """Position of slot k in row b, [B, K]; raises unless each slot occurs exactly once per row."""
+def slot_positions(
+    input_ids: torch.Tensor, slot_ids: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where slot k sits in row b, [B, K], and whether row b has it, [B, K].
+
+    A row holds the first k_b placeholders ``<f0>…<f{k_b-1}>`` (k_b ≥ 1), each exactly
+    once: a fixed K for pooled and resampled slots, one per encoder token otherwise.
+    Anything else raises.
+    """
     ids = torch.as_tensor(list(slot_ids), device=input_ids.device)
     hits = input_ids.unsqueeze(-1) == ids  # [B, T, K]
     counts = hits.sum(1)
-    if not bool((counts == 1).all()):
-        bad = (counts != 1).nonzero()[0].tolist()
-        raise ValueError(
-            f"row {bad[0]} has slot token {slot_ids[bad[1]]} {int(counts[bad[0], bad[1]])} "
-            "times; every prompt needs each slot placeholder exactly once"
-        )
-    return hits.float().argmax(1)
+    present = counts == 1
+    problem = None
+    if bool((counts > 1).any()):
+        row, k = (counts > 1).nonzero()[0].tolist()
+        problem = f"row {row} has slot token {slot_ids[k]} {int(counts[row, k])} times"
+    elif bool((present[:, 1:] & ~present[:, :-1]).any()):
+        row = int((present[:, 1:] & ~present[:, :-1]).any(1).nonzero()[0])
+        problem = f"row {row} skips a slot placeholder"
+    elif not bool(present[:, 0].all()):
+        problem = f"row {int((~present[:, 0]).nonzero()[0])} has no slot placeholder"
+    if problem:
+        raise ValueError(f"{problem}; every prompt needs the placeholders <f0>…<f(k-1)> "
+                         "exactly once each")
+    return hits.float().argmax(1), present
 
 
 def inject_slots(
@@ -168,14 +183,19 @@ def inject_slots(
 ) -> torch.Tensor:
     """Return ``embeds`` [B, T, D] with row b's slot positions replaced by ``slots[b]`` [K, D].
 
-    Out of place, so gradients reach ``slots``; other positions keep their values.
+    A row with fewer placeholders than K takes its first slots only. Out of place, so
+    gradients reach ``slots``; other positions keep their values.
     """
     if slots.shape[:2] != (input_ids.shape[0], len(slot_ids)):
         raise ValueError(
             f"slots of shape {tuple(slots.shape)} do not fit {input_ids.shape[0]} rows "
             f"x {len(slot_ids)} slots"
         )
-    pos = slot_positions(input_ids, slot_ids)  # [B, K]
+    pos, present = slot_positions(input_ids, slot_ids)  # [B, K]
     index = pos.unsqueeze(-1).expand(-1, -1, embeds.shape[-1])
-    return embeds.scatter(1, index, slots.to(embeds.dtype))
-
+    if bool(present.all()):
+        return embeds.scatter(1, index, slots.to(embeds.dtype))
+    # absent slots point at position 0 and write back what is there
+    keep = embeds.gather(1, index)
+    src = torch.where(present.unsqueeze(-1), slots.to(embeds.dtype), keep)
+    return embeds.scatter(1, index, src)

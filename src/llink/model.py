@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from llink.bridge import BagOfWordsHead, Projector, SlotBridge
+from llink.bridge import (
+    BagOfWordsHead,
+    Projector,
+    SlotBridge,
+    TokenProjector,
+    TokenResampler,
+    pad_states,
+    slot_source_of,
+)
 from llink.inject import (
     IGNORE_INDEX,
     PromptFormat,
@@ -135,10 +143,11 @@ class PromptedDecoder(nn.Module):
     # --- generation ------------------------------------------------------------------
     def prompt_ids(
         self, task: str, strict: bool = False, question: str | None = None,
-        foreign_text: str | None = None,
+        foreign_text: str | None = None, num_slots: int | None = None,
     ) -> list[int]:
-        """Prompt ids with the slot span, or with ``foreign_text`` written out (base decoder)."""
-        span = slot_span(self.num_slots) if foreign_text is None else foreign_text
+        """Prompt ids with the slot span (``num_slots`` placeholders, default K), or with
+        ``foreign_text`` written out (base decoder)."""
+        span = slot_span(num_slots or self.num_slots) if foreign_text is None else foreign_text
         return self.fmt.prompt_ids(self.tokenizer, instruction_text(task, span, strict, question))
 
     @torch.no_grad()
@@ -203,6 +212,8 @@ class LLINK(PromptedDecoder):
         bridge: SlotBridge,
         fmt: PromptFormat | None = None,
         bow: BagOfWordsHead | None = None,
+        reader: TokenResampler | TokenProjector | None = None,
+        token_layer: int = -1,
     ) -> None:
         super().__init__(decoder, fmt)
         self.encoder = encoder
@@ -210,6 +221,9 @@ class LLINK(PromptedDecoder):
         self.targets = targets  # the Stage A target space (for Stage B's regularisers)
         self.bridge = bridge
         self.bow = bow
+        #: reads the encoder's token states at ``token_layer`` (None: pooled vectors only)
+        self.reader = reader
+        self.token_layer = token_layer
 
     def train(self, mode: bool = True) -> LLINK:
         """Train mode for what trains; a frozen projector stays in eval mode (no dropout),
@@ -232,13 +246,51 @@ class LLINK(PromptedDecoder):
         """Stage A projection of encoder vectors (into the Stage A target space)."""
         return self.projector(enc.to(self.device))
 
-    def slots(self, enc: torch.Tensor, gate_boost: float = 1.0) -> torch.Tensor:
-        """K slot vectors per encoder vector, [B, K, d_dec]."""
-        return self.bridge(self.project(enc), gate_boost=gate_boost)
+    @property
+    def slot_source(self) -> str:
+        """``pooled`` (one encoder vector per text, the paper), ``tokens`` (K slots that
+        also read the encoder's token states) or ``all_tokens`` (one slot per token)."""
+        return slot_source_of(self.reader)
+
+    def slot_counts(self, tokens: list[torch.Tensor] | None) -> list[int] | None:
+        """Slots each text takes: K, or (``all_tokens``) one per encoder token up to K.
+        None when every text takes K."""
+        if not isinstance(self.reader, TokenProjector) or tokens is None:
+            return None
+        return [max(1, min(len(t), self.num_slots)) for t in tokens]
+
+    def slots(
+        self, enc: torch.Tensor, gate_boost: float = 1.0,
+        tokens: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """K slot vectors per text, [B, K, d_dec], from the pooled encoder vectors ``enc``
+        and, unless ``slot_source=pooled``, the texts' encoder token states (``all_tokens``:
+        rows past a text's token count are zero and left out of its prompt)."""
+        if self.reader is not None and tokens is None:
+            raise ValueError("this model reads the encoder's token states: pass tokens=")
+        if isinstance(self.reader, TokenProjector):
+            states, mask = pad_states([t[: self.num_slots] for t in tokens], self.device)
+            out = self.reader(states, mask)
+            return F.pad(out, (0, 0, 0, self.num_slots - out.shape[1]))
+        slots = self.bridge(self.project(enc), gate_boost=gate_boost)
+        if self.reader is None:
+            return slots
+        states, mask = pad_states(tokens, self.device)
+        return self.reader(slots, states, mask)
 
     def encode(self, foreign: Sequence[str]) -> torch.Tensor:
         """Frozen-encoder vectors of foreign texts (clipped and prefixed as configured)."""
         return self.encoder.encode(list(foreign)).to(self.device)
+
+    def encode_tokens(self, foreign: Sequence[str]) -> list[torch.Tensor] | None:
+        """The encoder token states the slots read (None when ``slot_source=pooled``)."""
+        if self.reader is None:
+            return None
+        return self.encoder.encode_tokens(list(foreign), self.token_layer)
+
+    def foreign_slots(self, foreign: Sequence[str], gate_boost: float = 1.0) -> torch.Tensor:
+        """Foreign texts → their K slots, the whole path: encoder, projector, bridge."""
+        return self.slots(self.encode(foreign), gate_boost, self.encode_tokens(foreign))
 
     @torch.no_grad()
     def generate(
@@ -254,10 +306,12 @@ class LLINK(PromptedDecoder):
     ) -> list[str]:
         """English answers for foreign texts; ``ablate=True`` leaves the placeholder rows."""
         self.eval()
-        prompt = self.prompt_ids(task, strict, question)
-        slots = None if ablate else self.slots(self.encode(foreign), gate_boost)
-        return self.generate_from_ids([prompt] * len(foreign), slots,
-                                      max_new_tokens=max_new_tokens, **gen_kwargs)
+        enc, tokens = self.encode(foreign), self.encode_tokens(foreign)
+        counts = self.slot_counts(tokens) or [self.num_slots] * len(foreign)
+        prompts = [self.prompt_ids(task, strict, question, num_slots=k) for k in counts]
+        slots = None if ablate else self.slots(enc, gate_boost, tokens)
+        return self.generate_from_ids(prompts, slots, max_new_tokens=max_new_tokens,
+                                      **gen_kwargs)
 
     @torch.no_grad()
     def generate_base(

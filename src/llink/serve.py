@@ -421,7 +421,7 @@ class LLINKBackend:
 
         m, last = self.model, _LastIds()
         with torch.no_grad():
-            slots = m.slots(m.encode([j.foreign for j in jobs]), jobs[0].gate_boost)
+            slots = m.foreign_slots([j.foreign for j in jobs], jobs[0].gate_boost)
             texts = m.generate_from_ids(
                 [p.prompt for p in prepared],
                 slots,

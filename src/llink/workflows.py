@@ -17,7 +17,7 @@ import torch
 
 from llink import distributed as dist
 from llink.artifacts import StageAArtifact, load_baseline, load_llink, load_stage_a
-from llink.bridge import SlotBridge
+from llink.bridge import SlotBridge, build_token_reader
 from llink.checkpoints import check_folder, folder_digest, load_json
 from llink.config import Config, DataConfig
 from llink.data.pairs import Pair, read_pairs, source_group
@@ -48,6 +48,7 @@ from llink.eval.retrieval import (
 from llink.eval.tokens import token_budget
 from llink.features import (
     decoder_native_vectors,
+    encoder_token_states,
     encoder_vectors,
     features_root,
     teacher_vectors,
@@ -276,11 +277,16 @@ def _stage_b_data(
                           a.encoder_batch_size, session.progress, desc="encoder (stage B)")
     teacher = teacher_vectors(session.decoder, [it.en or it.answer for it in items], root,
                               a.teacher_batch_size, session.progress)
-    examples = tokenize_examples(model, items, b.max_answer_tokens)
+    tokens = None
+    if model.reader is not None:
+        tokens = encoder_token_states(session.encoder, [it.foreign for it in items], root,
+                                      model.token_layer, a.encoder_batch_size, session.progress)
+    examples = tokenize_examples(model, items, b.max_answer_tokens,
+                                 slot_counts=model.slot_counts(tokens))
     base = tokenize_examples(model, items, b.max_answer_tokens, raw_foreign=True) if with_base \
         else None
     return EncodedExamples(examples, enc, model.targets(teacher), base,
-                           groups=[source_group(it.source) for it in items])
+                           groups=[source_group(it.source) for it in items], tokens=tokens)
 
 
 def stage_b_items(session: Session, split: str) -> list[TaskExample]:
@@ -325,10 +331,13 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     rows = decoder.embedding_rows().detach()
     base_rows = rows[: min(decoder.reserved.ids)] if min(decoder.reserved.ids) > 0 else rows
     target_norm = float(base_rows.float().norm(dim=-1).median())
-    bridge = SlotBridge(decoder.hidden_size, cfg.model.num_slots, target_norm)
+    m = cfg.model
+    bridge = SlotBridge(decoder.hidden_size, m.num_slots, target_norm)
+    reader = build_token_reader(m.slot_source, session.encoder.dim, decoder.hidden_size,
+                                m.num_slots, target_norm, m.resampler_layers)
     fmt = PromptFormat(cfg.stage_b.use_chat_template, cfg.stage_b.system_prompt)
     return LLINK(session.encoder, decoder, stage_a.projector, stage_a.targets, bridge,
-                 fmt).to(session.device)
+                 fmt, reader=reader, token_layer=m.token_layer).to(session.device)
 
 
 def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:

@@ -102,6 +102,42 @@ class FrozenEncoder:
         """Clip each text to ``max_chars`` characters and add the encoder's prefix."""
         return [self.prefix + clip_text(t, self.max_chars) for t in texts]
 
+    def text_token_span(self, input_ids: Sequence[int]) -> slice:
+        """The positions of the text's own tokens: without special tokens and the prefix."""
+        specials = set(self.tokenizer.all_special_ids)
+        n_prefix = len(self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]) \
+            if self.prefix else 0
+        start = 1 if input_ids and input_ids[0] in specials else 0
+        stop = len(input_ids) - (1 if input_ids and input_ids[-1] in specials else 0)
+        start = min(start + n_prefix, stop)
+        return slice(start, stop)
+
+    @torch.inference_mode()
+    def encode_tokens(
+        self, texts: Sequence[str], layer: int = -1, batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[torch.Tensor]:
+        """Hidden states of each text's own tokens at ``layer`` (-1: the last), a
+        [T_i, dim] float32 tensor per text, in input order. Special tokens and the
+        prefix are left out (the pooled vector carries the sentence as a whole)."""
+        prepared = self.prepare(texts)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
+        batches = list(length_sorted_batches([len(t) for t in prepared], batch_size))
+        for idx in tqdm(batches, desc="encoder tokens", disable=not progress, unit="batch"):
+            enc = self.tokenizer(
+                [prepared[i] for i in idx], padding=True, truncation=True,
+                max_length=self.max_length, return_tensors="pt",
+            ).to(self.device)
+            res = self.model(**enc, output_hidden_states=layer != -1)
+            hidden = res.last_hidden_state if layer == -1 else res.hidden_states[layer]
+            for r, i in enumerate(idx):
+                ids = enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist()
+                span = self.text_token_span(ids)
+                keep = enc["attention_mask"][r].nonzero().flatten()
+                keep = keep[span] if span.stop > span.start else keep  # never empty
+                out[i] = hidden[r, keep].float().cpu()
+        return out
+
     @torch.inference_mode()
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False

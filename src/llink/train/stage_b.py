@@ -57,16 +57,28 @@ class EncodedExamples:
     teacher: torch.Tensor  # teacher states of the English references, in the Stage A target space
     base: list[Example] | None = None  # same answers, raw foreign text in the prompt
     groups: list[str] | None = None  # source group of each example, for per-source reports
+    tokens: list[torch.Tensor] | None = None  # encoder token states (slot_source=tokens)
+
+    def token_rows(self, rows: Any) -> list[torch.Tensor] | None:
+        """Token states of the given rows (a slice or index tensor), or None."""
+        if self.tokens is None:
+            return None
+        if isinstance(rows, slice):
+            return self.tokens[rows]
+        return [self.tokens[i] for i in rows.tolist()]
 
 
 def tokenize_examples(
-    model: LLINK, items: list[TaskExample], max_answer_tokens: int, raw_foreign: bool = False
+    model: LLINK, items: list[TaskExample], max_answer_tokens: int, raw_foreign: bool = False,
+    slot_counts: list[int] | None = None,
 ) -> list[Example]:
-    """Prompt with slots (or with the raw foreign text) + answer, for each item."""
+    """Prompt with slots (or with the raw foreign text) + answer, for each item; item i
+    takes ``slot_counts[i]`` slots (default: all K)."""
     tok, fmt = model.tokenizer, model.fmt
     out = []
-    for it in items:
-        span = it.foreign if raw_foreign else slot_span(model.num_slots)
+    for i, it in enumerate(items):
+        k = slot_counts[i] if slot_counts else model.num_slots
+        span = it.foreign if raw_foreign else slot_span(k)
         user = instruction_text(it.task, span, question=it.question)
         out.append(build_example(tok, fmt, user, it.answer, max_answer_tokens))
     return out
@@ -134,7 +146,7 @@ def evaluate_nll(
         rows = range(lo, min(lo + batch_size, len(data.examples)))
         sl = slice(rows.start, rows.stop)
         b = collate(data.examples[sl], pad)
-        slots = model.slots(data.enc[sl])
+        slots = model.slots(data.enc[sl], tokens=data.token_rows(sl))
         inj = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], slots)
         abl = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], None)
         base = None
@@ -180,6 +192,9 @@ def _param_groups(model: LLINK, b: StageBConfig) -> list[dict[str, Any]]:
             "params": [*model.bridge.adapter.parameters(), *model.bridge.expander.parameters()],
         },
     ]
+    if model.reader is not None:
+        groups.append({"name": "reader", "params": list(model.reader.parameters()),
+                       "lr": b.lr_reader})
     if model.bow is not None:
         groups.append({"name": "bow", "params": list(model.bow.parameters()), "lr": b.lr_bow})
     if model.has_lora:
@@ -252,6 +267,8 @@ def train_stage_b(
     if resume:
         start, parts = load_state(state_dir, "Stage B", fixed_settings(b, RESUMABLE_CHANGES), opt)
         model.bridge.load_state_dict(parts["bridge"])
+        if model.reader is not None:
+            model.reader.load_state_dict(parts["reader"])
         if model.bow is not None:
             model.bow.load_state_dict(parts["bow"])
         if model.has_lora:
@@ -267,6 +284,8 @@ def train_stage_b(
 
     def checkpoint(step: int) -> None:
         parts = {"bridge": model.bridge.state_dict()}
+        if model.reader is not None:
+            parts["reader"] = model.reader.state_dict()
         if model.bow is not None:
             parts["bow"] = model.bow.state_dict()
         if model.has_lora:
@@ -304,7 +323,8 @@ def train_stage_b(
             batch = collate([train.examples[i] for i in idx], pad)
             with runner.autocast():
                 loss, parts = _step_loss(
-                    model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step
+                    model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step,
+                    tokens=train.token_rows(idx),
                 )
             runner.backward(loss / b.grad_accum)
             for k, v in parts.items():
@@ -395,6 +415,7 @@ def _step_loss(
     content: torch.Tensor | None,
     vocab: int,
     step: int,
+    tokens: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The Stage B objective for one micro-batch, and its parts for the log.
 
@@ -402,7 +423,7 @@ def _step_loss(
     (all of it in a single process); batch-level terms are taken over the global batch.
     """
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    slots = model.slots(enc)
+    slots = model.slots(enc, tokens=tokens)
     global_batch = slots.shape[0] * dist.world_size()
     nll = model.answer_nll(ids, mask, labels, slots)
     inj = dist.global_mean(nll.total.sum(), nll.tokens.sum())  # per token of the global batch
