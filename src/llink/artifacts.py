@@ -116,6 +116,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "targets": model.targets.kind,
         "has_lora": model.has_lora,
         "slot_source": model.slot_source,
+        "literals": model.literals,
         "token_layer": model.token_layer,
         "resampler_layers": len(getattr(model.reader, "blocks", ())),
     }
@@ -173,7 +174,8 @@ def load_llink(
     targets = TargetTransform.from_tensors(meta["targets"], tensors)
     model = LLINK(enc, dec, proj, targets, bridge,
                   PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
-                  reader=reader, token_layer=meta.get("token_layer", -1))
+                  reader=reader, token_layer=meta.get("token_layer", -1),
+                  literals=meta.get("literals", False))
     if meta.get("has_lora"):
         model.load_lora(str(folder / "lora"))
     return model.to(dec.device).eval()
@@ -191,6 +193,7 @@ def save_baseline(folder: str | Path, model: PromptedDecoder, meta: dict[str, An
         "num_slots": model.num_slots,
         "d_dec": model.decoder.hidden_size,
         "use_chat_template": model.fmt.use_chat_template,
+        "system_prompt": model.fmt.system_prompt,
     }
 
     def write_lora(tmp: Path) -> None:
@@ -223,7 +226,8 @@ def load_baseline(
              "decoder_weights": dec.fingerprint}
     compare_expected(meta, found, f"baseline {folder} vs the loaded decoder",
                      "The decoder differs from the one the baseline was trained with.")
-    model = PromptedDecoder(dec, PromptFormat(meta["use_chat_template"]))
+    model = PromptedDecoder(dec, PromptFormat(meta["use_chat_template"],
+                                              meta.get("system_prompt")))
     model.load_lora(str(folder / "lora"))
     return model.to(dec.device).eval()
 

@@ -34,6 +34,7 @@ class ModelConfig:
     slot_source: str = "pooled"
     token_layer: int = -1  # encoder layer whose token states the slots read (-1: last)
     resampler_layers: int = 2  # cross-attention blocks of the token resampler
+    literals: bool = False  # copy the foreign text's numbers and Latin words into the prompt
     cache_dir: str | None = None  # converted offline models; default ~/.cache/llink
     dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen models
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from llink.literals import literal_line
 from llink.models.decoder import FOREIGN_CLOSE, FOREIGN_OPEN, slot_token
 
 #: The paper's task types and their instructions.
@@ -45,9 +46,11 @@ def slot_span(num_slots: int) -> str:
 
 
 def instruction_text(
-    task: str, foreign: str, strict: bool = False, question: str | None = None
+    task: str, foreign: str, strict: bool = False, question: str | None = None,
+    literals: list[str] | None = None,
 ) -> str:
-    """The user message: instruction, the foreign span (slots or raw text), answer language.
+    """The user message: instruction, the foreign span (slots or raw text), its literals
+    (numbers and Latin words copied as text, see :mod:`llink.literals`), answer language.
 
     ``task="ask"`` takes a free-form ``question`` about the foreign text.
     """
@@ -61,7 +64,8 @@ def instruction_text(
             head += f"\nQuestion: {question}"
     else:
         raise UnknownTaskError(task)
-    lines = [head, f"Foreign: {foreign}", "Answer in English only."]
+    lines = [head, f"Foreign: {foreign}", literal_line(literals or []), "Answer in English only."]
+    lines = [line for line in lines if line]
     if strict:
         lines.append(STRICT_SUFFIX)
     return "\n".join(lines)

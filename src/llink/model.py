@@ -35,6 +35,7 @@ from llink.inject import (
     pad_batch,
     slot_span,
 )
+from llink.literals import extract_literals
 from llink.models.decoder import FrozenDecoder
 from llink.models.encoder import FrozenEncoder
 from llink.targets import TargetTransform
@@ -144,11 +145,13 @@ class PromptedDecoder(nn.Module):
     def prompt_ids(
         self, task: str, strict: bool = False, question: str | None = None,
         foreign_text: str | None = None, num_slots: int | None = None,
+        literals: list[str] | None = None,
     ) -> list[int]:
-        """Prompt ids with the slot span (``num_slots`` placeholders, default K), or with
-        ``foreign_text`` written out (base decoder)."""
+        """Prompt ids with the slot span (``num_slots`` placeholders, default K) and the
+        foreign text's ``literals``, or with ``foreign_text`` written out (base decoder)."""
         span = slot_span(num_slots or self.num_slots) if foreign_text is None else foreign_text
-        return self.fmt.prompt_ids(self.tokenizer, instruction_text(task, span, strict, question))
+        user = instruction_text(task, span, strict, question, literals)
+        return self.fmt.prompt_ids(self.tokenizer, user)
 
     @torch.no_grad()
     def generate_from_ids(
@@ -214,9 +217,12 @@ class LLINK(PromptedDecoder):
         bow: BagOfWordsHead | None = None,
         reader: TokenResampler | TokenProjector | None = None,
         token_layer: int = -1,
+        literals: bool = False,
     ) -> None:
         super().__init__(decoder, fmt)
         self.encoder = encoder
+        #: copy the foreign text's numbers and Latin words into the prompt (llink.literals)
+        self.literals = literals
         self.projector = projector.requires_grad_(False).eval()
         self.targets = targets  # the Stage A target space (for Stage B's regularisers)
         self.bridge = bridge
@@ -251,6 +257,10 @@ class LLINK(PromptedDecoder):
         """``pooled`` (one encoder vector per text, the paper), ``tokens`` (K slots that
         also read the encoder's token states) or ``all_tokens`` (one slot per token)."""
         return slot_source_of(self.reader)
+
+    def literals_of(self, foreign: str) -> list[str] | None:
+        """What the prompt copies from ``foreign`` as text (None unless ``literals``)."""
+        return extract_literals(foreign) if self.literals else None
 
     def slot_counts(self, tokens: list[torch.Tensor] | None) -> list[int] | None:
         """Slots each text takes: K, or (``all_tokens``) one per encoder token up to K.
@@ -308,7 +318,9 @@ class LLINK(PromptedDecoder):
         self.eval()
         enc, tokens = self.encode(foreign), self.encode_tokens(foreign)
         counts = self.slot_counts(tokens) or [self.num_slots] * len(foreign)
-        prompts = [self.prompt_ids(task, strict, question, num_slots=k) for k in counts]
+        prompts = [self.prompt_ids(task, strict, question, num_slots=k,
+                                   literals=self.literals_of(text))
+                   for k, text in zip(counts, foreign, strict=True)]
         slots = None if ablate else self.slots(enc, gate_boost, tokens)
         return self.generate_from_ids(prompts, slots, max_new_tokens=max_new_tokens,
                                       **gen_kwargs)

@@ -337,7 +337,8 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
                                 m.num_slots, target_norm, m.resampler_layers)
     fmt = PromptFormat(cfg.stage_b.use_chat_template, cfg.stage_b.system_prompt)
     return LLINK(session.encoder, decoder, stage_a.projector, stage_a.targets, bridge,
-                 fmt, reader=reader, token_layer=m.token_layer).to(session.device)
+                 fmt, reader=reader, token_layer=m.token_layer,
+                 literals=m.literals).to(session.device)
 
 
 def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
@@ -405,7 +406,8 @@ def run_baseline(session: Session, resume: bool = False) -> dict[str, Any]:
     dist.on_main(write_run_info, cfg.run_dir, cfg.to_dict())
     with dist.main_first():  # its own copy of the decoder: LoRA wraps it in place
         decoder = load_decoder(cfg.model, session.device)
-    model = PromptedDecoder(decoder, PromptFormat(cfg.stage_b.use_chat_template))
+    model = PromptedDecoder(decoder, PromptFormat(cfg.stage_b.use_chat_template,
+                                                  cfg.stage_b.system_prompt))
     b = cfg.stage_b
     train_items = stage_b_items(session, "train")
     dev_items = stage_b_items(session, "dev")[: b.eval_pairs]

@@ -79,7 +79,8 @@ def tokenize_examples(
     for i, it in enumerate(items):
         k = slot_counts[i] if slot_counts else model.num_slots
         span = it.foreign if raw_foreign else slot_span(k)
-        user = instruction_text(it.task, span, question=it.question)
+        literals = None if raw_foreign else model.literals_of(it.foreign)
+        user = instruction_text(it.task, span, question=it.question, literals=literals)
         out.append(build_example(tok, fmt, user, it.answer, max_answer_tokens))
     return out
 

@@ -1,0 +1,163 @@
+"""Stage B training cost per step: prompt format, contrast term, precision, slot source.
+
+    python -m benchmarks.stage_b_cost [--micro-batch 8] [--repeats 5]
+
+One Stage B optimizer step (LoRA phase: bridge + LoRA train, the frozen decoder runs
+forward and backward) on the same 8 training examples, for each design below, timed
+side by side in one process: the designs take turns, and each figure is the median
+of ``--repeats`` steps after one warm-up step. The models are built around an
+untrained projector: the cost of a step does not depend on the weights. Results:
+benchmarks/results/stage_b_cost.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from benchmarks.common import machine_description, row, set_threads, write_results
+from llink.artifacts import StageAArtifact
+from llink.bridge import BagOfWordsHead, Projector
+from llink.config import Config, load_config
+from llink.inject import collate
+from llink.targets import TargetTransform
+from llink.train.loop import StepRunner
+from llink.train.stage_b import _step_loss, content_token_mask
+from llink.workflows import Session, _stage_b_data, build_llink, stage_b_items
+
+#: name → config overrides, relative to the first (today's default recipe)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default (chat template + system turn, detached contrast, fp32)": {},
+    "contrast none": {"stage_b.contrast": "none"},
+    "contrast mismatch (gradient through both passes)": {"stage_b.contrast": "mismatch"},
+    "empty system turn": {"stage_b.system_prompt": ""},
+    "bf16 autocast": {"compute.mixed_precision": "bf16"},
+    "empty system turn + contrast none + bf16": {
+        "stage_b.system_prompt": "", "stage_b.contrast": "none",
+        "compute.mixed_precision": "bf16"},
+    "slot_source tokens (resampler), empty system, none, bf16": {
+        "stage_b.system_prompt": "", "stage_b.contrast": "none",
+        "compute.mixed_precision": "bf16", "model.slot_source": "tokens"},
+    "slot_source all_tokens (K=64), empty system, none, bf16": {
+        "stage_b.system_prompt": "", "stage_b.contrast": "none",
+        "compute.mixed_precision": "bf16", "model.slot_source": "all_tokens",
+        "model.num_slots": 64},
+}
+
+
+class Trainer:
+    """One design: its model, its batch and one optimizer step."""
+
+    def __init__(self, session: Session, cfg: Config, micro_batch: int) -> None:
+        enc, dec = session.encoder, session.decoder
+        stage_a = StageAArtifact(Projector(enc.dim, dec.hidden_size).eval(),
+                                 TargetTransform("raw", torch.zeros(dec.hidden_size)),
+                                 dec.reserved_rows(), {})
+        session.cfg = cfg
+        self.cfg, self.b = cfg, cfg.stage_b
+        self.model = build_llink(session, stage_a)
+        b = self.b
+        self.model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
+        self.vocab = self.model.lm.get_output_embeddings().weight.shape[0]
+        self.model.bow = BagOfWordsHead(dec.hidden_size, self.vocab)
+        self.content = content_token_mask(self.model.tokenizer, self.vocab)
+        items = stage_b_items(session, "train")[:micro_batch]
+        self.data = _stage_b_data(session, self.model, items)
+        self.batch = collate(self.data.examples, int(self.model.tokenizer.pad_token_id))
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=1e-5)
+        self.params = params
+        self.runner = StepRunner(cfg.compute, self.model.device)
+        self.tokens = int(self.batch["attention_mask"].sum())
+        self.model.train()
+
+    def step(self) -> None:
+        idx = torch.arange(len(self.data.examples))
+        with self.runner.autocast():
+            loss, _ = _step_loss(self.model, self.b, self.batch, self.data.enc,
+                                 self.data.teacher, self.content, self.vocab, step=0,
+                                 tokens=self.data.token_rows(idx))
+        self.runner.backward(loss)
+        self.runner.step(self.opt, self.params, 1.0)
+
+
+def measure(micro_batch: int, repeats: int, variants: dict[str, dict[str, Any]]
+            ) -> dict[str, Any]:
+    base_cfg = load_config(None, [f"stage_b.micro_batch={micro_batch}"])
+    session = Session(base_cfg, progress=False)
+    trainers = {}
+    for name, over in variants.items():
+        cfg = load_config(None, [f"stage_b.micro_batch={micro_batch}",
+                                 *(f"{k}={v}" for k, v in over.items())])
+        cfg = replace(cfg, run_dir=base_cfg.run_dir)
+        trainers[name] = Trainer(session, cfg, micro_batch)
+    times: dict[str, list[float]] = {n: [] for n in trainers}
+    for t in trainers.values():
+        t.step()  # warm-up
+    for r in range(repeats):
+        order = list(trainers) if r % 2 == 0 else list(reversed(trainers))
+        for name in order:
+            t0 = time.perf_counter()
+            trainers[name].step()
+            times[name].append(time.perf_counter() - t0)
+    first = next(iter(trainers))
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {
+        "machine": machine_description(), "micro_batch": micro_batch, "repeats": repeats,
+        "variants": {n: {"median_s": med[n], "times_s": times[n],
+                         "tokens_in_batch": trainers[n].tokens,
+                         "speedup_vs_default": med[first] / med[n],
+                         "overrides": variants[n]} for n in trainers},
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [f"# Stage B step cost (micro-batch {res['micro_batch']}, median of "
+             f"{res['repeats']} steps, designs interleaved)", "",
+             "| design | tokens in batch | s / step | speed-up vs default |", "|---|---|---|---|"]
+    for name, v in res["variants"].items():
+        lines.append(f"| {name} | {v['tokens_in_batch']} | {v['median_s']:.2f} | "
+                     f"{v['speedup_vs_default']:.2f}x |")
+    lines += ["", f"Machine: {res['machine']}.",
+              "Command: `python -m benchmarks.stage_b_cost`."]
+    return "\n".join(lines) + "\n"
+
+
+def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
+    v = res["variants"]
+    names = list(v)
+    fast = "empty system turn + contrast none + bf16"
+    return [row("Stage B", "time per step (empty system turn, no contrast pass, bf16)",
+                f"{v[fast]['median_s']:.2f} s", f"{v[names[0]]['median_s']:.2f} s (default)",
+                v[fast]["speedup_vs_default"])]
+
+
+def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Measure, write results, return them (``quick``: two designs, two repeats)."""
+    variants = dict(list(VARIANTS.items())[:2]) if quick else VARIANTS
+    res = measure(overrides.get("micro_batch", 8), 2 if quick else overrides.get("repeats", 5),
+                  variants)
+    md = markdown(res)
+    write_results("stage_b_cost", res, md, quick)
+    print(md)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
+    args = ap.parse_args()
+    set_threads(args.threads)
+    run(quick=args.quick, micro_batch=args.micro_batch, repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()
