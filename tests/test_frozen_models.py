@@ -86,3 +86,20 @@ def test_fingerprint_is_the_same_in_float32_and_bfloat16(tiny_decoder_dir):
     with torch.no_grad():
         raw.model.layers[0].mlp.up_proj.weight.mul_(1.1)  # a small change to the weights
     assert module_fingerprint(raw) != a.fingerprint
+
+
+def test_teacher_states_at_a_layer_mean_pooled(tiny_decoder_dir):
+    from llink.models.decoder import FrozenDecoder
+
+    dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
+    texts = ["I love my family.", "Open the file menu now please."]
+    mean1 = dec.teacher_states(texts, batch_size=2, layer=1, pooling="mean")
+    # by hand: layer-1 states of the text alone, averaged over its tokens
+    for i, t in enumerate(texts):
+        ids = torch.tensor([dec.teacher_input_ids(t, "mean")])
+        assert dec.reserved.foreign_emb not in ids.tolist()[0]
+        hs = dec.model.get_decoder()(input_ids=ids, output_hidden_states=True).hidden_states[1]
+        torch.testing.assert_close(mean1[i], hs[0].mean(0), rtol=1e-4, atol=1e-5)
+    last = dec.teacher_states(texts, batch_size=1)
+    assert not torch.allclose(last, mean1)
+    assert dec.teacher_settings(1, "mean") != dec.teacher_settings()

@@ -111,3 +111,25 @@ def test_queue_state_round_trip():
     assert torch.equal(q2.vectors, q.vectors) and torch.equal(q2.ids, q.ids)
     with pytest.raises(ValueError):
         NegativeQueue(size=5, dim=3).load_state_dict(q.state_dict())
+
+
+def test_lexical_loss_is_low_when_a_slot_sits_on_each_answer_word():
+    from llink.losses import lexical_loss
+
+    torch.manual_seed(0)
+    rows = torch.randn(50, 16)
+    targets = torch.zeros(2, 50)
+    targets[0, [3, 7]] = 1
+    targets[1, [11]] = 1
+    on_words = torch.stack([rows[[3, 7, 20]], rows[[11, 30, 40]]])  # [2, 3, 16]
+    elsewhere = torch.randn(2, 3, 16)
+    good = lexical_loss(on_words, None, rows, targets, scale=20.0)
+    bad = lexical_loss(elsewhere, None, rows, targets, scale=20.0)
+    assert good < 1.5 < bad
+    # a masked-out slot does not count, even when it sits on the word
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    assert lexical_loss(on_words, mask, rows, targets, 20.0) > good
+    # rows without content words are ignored; the loss has gradients
+    slots = elsewhere.clone().requires_grad_(True)
+    lexical_loss(slots, None, rows, torch.zeros(2, 50), 20.0).backward()
+    assert slots.grad is not None and float(slots.grad.abs().sum()) == 0.0

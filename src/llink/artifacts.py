@@ -85,7 +85,7 @@ def load_stage_a(folder: str | Path, expect: dict[str, Any] | None = None) -> St
     proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
     proj.load_state_dict(_prefixed(tensors, "projector."))
     proj.eval()
-    targets = TargetTransform.from_tensors(meta["targets"], tensors)
+    targets = TargetTransform.from_tensors(meta["targets"], tensors, meta)
     return StageAArtifact(proj, targets, tensors["reserved_rows"], meta)
 
 
@@ -114,6 +114,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "use_chat_template": model.fmt.use_chat_template,
         "system_prompt": model.fmt.system_prompt,
         "targets": model.targets.kind,
+        **model.targets.spec(),
         "has_lora": model.has_lora,
         "slot_source": model.slot_source,
         "literals": model.literals,
@@ -171,7 +172,7 @@ def load_llink(
                                 meta["num_slots"], layers=meta.get("resampler_layers", 0))
     if reader is not None:
         reader.load_state_dict(_prefixed(tensors, "reader."))
-    targets = TargetTransform.from_tensors(meta["targets"], tensors)
+    targets = TargetTransform.from_tensors(meta["targets"], tensors, meta)
     model = LLINK(enc, dec, proj, targets, bridge,
                   PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
                   reader=reader, token_layer=meta.get("token_layer", -1),

@@ -77,6 +77,11 @@ class StageAConfig:
     dropout: float = 0.1
     hidden_mult: int = 4
     targets: str = "whitened"  # raw (the paper) | centred | whitened teacher states
+    # Which decoder states are the targets: after teacher_layer blocks (-1: the last, the
+    # paper), read at <foreign_emb> after the English (foreign_emb, the paper) or mean-pooled
+    # over the English tokens (mean)
+    teacher_layer: int = -1
+    teacher_pooling: str = "foreign_emb"
     whiten_eps: float = 1e-3  # eigenvalue floor, relative to the largest, for whitening
     eval_every: int = 500
     save_every: int = 1000
@@ -113,6 +118,13 @@ class StageBConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
     bow_weight: float = 0.1
+    # Lexical alignment (llink.losses.lexical_loss): each answer word should be the nearest
+    # decoder embedding row of some slot. A weight in every step, and a warm-up of
+    # lexical_steps cheap steps (no decoder pass) before the decoder steps.
+    lexical_weight: float = 0.0
+    lexical_steps: int = 0
+    lexical_batch: int = 32
+    lexical_scale: float = 20.0
     direction_weight: float = 0.05
     nce_weight: float = 0.001
     nce_tau: float = 0.07
@@ -308,6 +320,7 @@ CHOICES = {
     ("compute", "mixed_precision"): ("no", "bf16", "fp16"),
     ("stage_b", "contrast"): ("none", "detached", "mismatch"),
     ("model", "slot_source"): ("pooled", "tokens", "all_tokens"),
+    ("stage_a", "teacher_pooling"): ("foreign_emb", "mean"),
 }
 
 

@@ -67,12 +67,15 @@ def teacher_vectors(
     root: Path,
     batch_size: int = 32,
     progress: bool = True,
+    layer: int = -1,
+    pooling: str = "foreign_emb",
 ) -> torch.Tensor:
-    """Teacher states of English sentences [N, d_dec] (METHOD.md: ``<foreign_emb>`` state)."""
-    store = FeatureStore(root, "teacher", decoder.teacher_settings())
+    """Teacher states of English sentences [N, d_dec]: at ``<foreign_emb>`` (METHOD.md) or
+    mean-pooled over the sentence's tokens, after ``layer`` decoder blocks."""
+    store = FeatureStore(root, "teacher", decoder.teacher_settings(layer, pooling))
     return store.get(
         list(english),
-        lambda xs: decoder.teacher_states(xs, batch_size),
+        lambda xs: decoder.teacher_states(xs, batch_size, layer=layer, pooling=pooling),
         desc="teacher",
         progress=progress,
     )
@@ -85,14 +88,17 @@ def decoder_native_vectors(
     max_chars: int = 256,
     batch_size: int = 16,
     progress: bool = True,
+    layer: int = -1,
+    pooling: str = "foreign_emb",
 ) -> torch.Tensor:
-    """The baseline: raw foreign text (clipped) + ``<foreign_emb>`` through the decoder."""
-    settings = {**decoder.teacher_settings(), "clip_chars": max_chars, "input": "raw-foreign"}
+    """The baseline: raw foreign text (clipped) through the decoder, read like the teacher."""
+    settings = {**decoder.teacher_settings(layer, pooling), "clip_chars": max_chars,
+                "input": "raw-foreign"}
     store = FeatureStore(root, "decoder-native", settings)
     clipped = [clip_text(t, max_chars) for t in foreign]
     return store.get(
         clipped,
-        lambda xs: decoder.teacher_states(xs, batch_size),
+        lambda xs: decoder.teacher_states(xs, batch_size, layer=layer, pooling=pooling),
         desc="decoder-native",
         progress=progress,
     )

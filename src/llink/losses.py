@@ -50,6 +50,36 @@ def usage_penalty(
     return F.relu(loss_injected - loss_ablated.detach() + margin)
 
 
+def lexical_loss(
+    slots: torch.Tensor,
+    slot_mask: torch.Tensor | None,
+    vocab_rows: torch.Tensor,
+    targets: torch.Tensor,
+    scale: torch.Tensor | float,
+) -> torch.Tensor:
+    """Do the slots lie near the input embeddings of the answer's content words?
+
+    Each slot k gives a distribution over the vocabulary, ``softmax(scale · cos(slot_k,
+    E_v))`` against the decoder's own embedding rows ``vocab_rows`` [V, d]; a text's
+    distribution is the mixture over its slots. The loss is the mean negative log
+    probability of the content tokens in ``targets`` [B, V] (multi-hot): every word of
+    the answer should be the nearest token of some slot. ``slot_mask`` [B, K] marks the
+    slots a text has (None: all). No decoder pass is needed.
+    """
+    logits = F.normalize(slots.float(), dim=-1) @ F.normalize(vocab_rows.float(), dim=-1).T
+    logp = (logits * scale).log_softmax(-1)  # [B, K, V]
+    if slot_mask is None:
+        slot_mask = torch.ones(slots.shape[:2], dtype=torch.bool, device=slots.device)
+    logp = logp.masked_fill(~slot_mask.unsqueeze(-1), float("-inf"))
+    mix = torch.logsumexp(logp, 1) - slot_mask.sum(1, keepdim=True).float().log()  # [B, V]
+    counts = targets.sum(1)
+    rows = counts > 0
+    if not bool(rows.any()):
+        return slots.sum() * 0.0
+    per_row = -(mix * targets).sum(1)[rows] / counts[rows]
+    return per_row.mean()
+
+
 def linear_tau(step: int, total_steps: int, start: float, end: float) -> float:
     """Temperature going linearly from ``start`` at step 0 to ``end`` at the last step."""
     if total_steps <= 1:

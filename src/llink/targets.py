@@ -29,24 +29,34 @@ class TargetTransform:
     kind: str
     mean: torch.Tensor  # [d]
     whitener: torch.Tensor | None = None  # [d, d], symmetric
+    #: which teacher states: after ``layer`` decoder blocks (-1: the last), read at
+    #: ``<foreign_emb>`` (the paper) or mean-pooled over the English tokens
+    layer: int = -1
+    pooling: str = "foreign_emb"
 
     @classmethod
-    def fit(cls, kind: str, states: torch.Tensor, eps: float = 1e-3) -> TargetTransform:
+    def fit(cls, kind: str, states: torch.Tensor, eps: float = 1e-3, layer: int = -1,
+            pooling: str = "foreign_emb") -> TargetTransform:
         """Estimate the transform from training-set teacher states [N, d]."""
         if kind not in KINDS:
             raise ValueError(f"unknown target space {kind!r}; use one of {', '.join(KINDS)}")
         states = states.double()
+        spec = {"layer": layer, "pooling": pooling}
         if kind == "raw":
-            return cls(kind, torch.zeros(states.shape[1]))
+            return cls(kind, torch.zeros(states.shape[1]), **spec)
         mean = states.mean(0)
         if kind == "centred":
-            return cls(kind, mean.float())
+            return cls(kind, mean.float(), **spec)
         x = states - mean
         cov = x.T @ x / max(len(x) - 1, 1)
         evals, evecs = torch.linalg.eigh(cov)
         floor = eps * float(evals.max())
         w = evecs @ torch.diag((evals.clamp_min(0) + floor).rsqrt()) @ evecs.T
-        return cls(kind, mean.float(), w.float())
+        return cls(kind, mean.float(), w.float(), **spec)
+
+    def spec(self) -> dict[str, object]:
+        """The teacher states this space is built on (kept in artifact metadata)."""
+        return {"teacher_layer": self.layer, "teacher_pooling": self.pooling}
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         out = h.float() - self.mean.to(h.device)
@@ -62,5 +72,9 @@ class TargetTransform:
         return out
 
     @classmethod
-    def from_tensors(cls, kind: str, tensors: dict[str, torch.Tensor]) -> TargetTransform:
-        return cls(kind, tensors["target_mean"], tensors.get("target_whitener"))
+    def from_tensors(cls, kind: str, tensors: dict[str, torch.Tensor],
+                     meta: dict | None = None) -> TargetTransform:
+        """Rebuild from saved tensors and the artifact metadata (its teacher spec)."""
+        meta = meta or {}
+        return cls(kind, tensors["target_mean"], tensors.get("target_whitener"),
+                   meta.get("teacher_layer", -1), meta.get("teacher_pooling", "foreign_emb"))

@@ -187,14 +187,16 @@ def evaluate_retrieval(
     enc, dec = session.encoder, session.decoder
     dec.load_reserved_rows(art.reserved_rows)
     a = cfg.stage_a
-    teacher = teacher_vectors(dec, english, root, a.teacher_batch_size, session.progress)
+    spec = {"layer": art.targets.layer, "pooling": art.targets.pooling}
+    teacher = teacher_vectors(dec, english, root, a.teacher_batch_size, session.progress, **spec)
     enc_f = encoder_vectors(enc, foreign, root, a.encoder_batch_size, session.progress,
                             desc="encoder (pool)")
     ranks = {f"LLINK Stage A ({art.targets.kind} targets)": retrieval_ranks(
         art.project(enc_f), art.targets(teacher))}
     if baselines:
         native = decoder_native_vectors(dec, foreign, root, cfg.model.max_foreign_chars,
-                                        max(1, a.teacher_batch_size // 2), session.progress)
+                                        max(1, a.teacher_batch_size // 2), session.progress,
+                                        **spec)
         enc_e = encoder_vectors(enc, english, root, a.encoder_batch_size, session.progress,
                                 desc="encoder (English)")
         ranks[f"decoder-native (raw foreign, {art.targets.kind} targets)"] = retrieval_ranks(
@@ -276,7 +278,8 @@ def _stage_b_data(
     enc = encoder_vectors(session.encoder, [it.foreign for it in items], root,
                           a.encoder_batch_size, session.progress, desc="encoder (stage B)")
     teacher = teacher_vectors(session.decoder, [it.en or it.answer for it in items], root,
-                              a.teacher_batch_size, session.progress)
+                              a.teacher_batch_size, session.progress, model.targets.layer,
+                              model.targets.pooling)
     tokens = None
     if model.reader is not None:
         tokens = encoder_token_states(session.encoder, [it.foreign for it in items], root,
@@ -360,6 +363,7 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
         "hidden_mult": stage_a.meta["hidden_mult"],
         "dropout": stage_a.meta["dropout"],
         "targets": stage_a.meta["targets"],
+        **stage_a.targets.spec(),
         "stage_a_dev": stage_a.meta.get("dev_metrics"),
     }
     summary = train_stage_b(cfg, model, train, dev, meta, resume=resume,

@@ -16,6 +16,7 @@ from transformers import (
 )
 
 from llink.batching import length_sorted_batches
+from llink.models.encoder import mean_pool
 from llink.models.fingerprint import (
     code_digest,
     module_fingerprint,
@@ -27,6 +28,9 @@ from llink.models.offline import resolve_model
 FOREIGN_OPEN = "<foreign>"
 FOREIGN_CLOSE = "</foreign>"
 FOREIGN_EMB = "<foreign_emb>"
+#: Where a teacher state is read: at ``<foreign_emb>`` after the text (the paper), or the
+#: mean over the text's tokens.
+TEACHER_POOLINGS = ("foreign_emb", "mean")
 
 
 def slot_token(i: int) -> str:
@@ -151,36 +155,44 @@ class FrozenDecoder:
             w = self.embedding_rows()
             w[ids] = rows.to(w.dtype).to(w.device)
 
-    def teacher_settings(self) -> dict[str, Any]:
+    def teacher_settings(self, layer: int = -1, pooling: str = "foreign_emb") -> dict[str, Any]:
         """Everything that determines a teacher state for a given English text."""
         emb_row = self.embedding_rows()[self.reserved.foreign_emb]
         return {
             "model": self.name,
             "weights": self.fingerprint,
             "tokenizer": self.tokenizer_fingerprint,
-            "code": code_digest(FrozenDecoder.teacher_input_ids, FrozenDecoder.last_token_states,
-                                FrozenDecoder.teacher_states),
-            "foreign_emb_row": tensor_digest(emb_row),
-            "suffix": FOREIGN_EMB,
+            "code": code_digest(FrozenDecoder.teacher_input_ids, FrozenDecoder.hidden_states,
+                                FrozenDecoder.teacher_states, mean_pool),
+            "foreign_emb_row": tensor_digest(emb_row) if pooling == "foreign_emb" else None,
+            "suffix": FOREIGN_EMB if pooling == "foreign_emb" else None,
             "special_tokens": True,
-            "layer": "last",
+            "layer": "last" if layer == -1 else layer,
+            "pooling": pooling,
             "dtype": str(self.embedding_rows().dtype),
         }
 
-    def teacher_input_ids(self, text: str) -> list[int]:
-        """Token ids of ``text`` followed by ``<foreign_emb>`` (no chat template)."""
-        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-        return list(ids) + [self.reserved.foreign_emb]
+    def teacher_input_ids(self, text: str, pooling: str = "foreign_emb") -> list[int]:
+        """Token ids of ``text`` (no chat template), followed by ``<foreign_emb>`` when the
+        teacher state is read there."""
+        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        return ids + [self.reserved.foreign_emb] if pooling == "foreign_emb" else ids
 
     @torch.inference_mode()
-    def last_token_states(
+    def hidden_states(
         self,
         ids_list: Sequence[list[int]],
         batch_size: int = 32,
         progress: bool = False,
         desc: str = "decoder",
+        layer: int = -1,
+        pooling: str = "last",
     ) -> torch.Tensor:
-        """Last-layer hidden state at the last token of each id sequence, [N, hidden] float32."""
+        """Hidden state after ``layer`` blocks (-1: the final, normalised one) of each id
+        sequence, at its last token (``last``) or averaged over its tokens (``mean``),
+        [N, hidden] float32."""
+        if pooling not in TEACHER_POOLINGS and pooling != "last":
+            raise ValueError(f"unknown pooling {pooling!r}")
         out = torch.empty(len(ids_list), self.hidden_size, dtype=torch.float32)
         pad = int(self.tokenizer.pad_token_id)
         base = self.model.get_decoder()
@@ -193,16 +205,23 @@ class FrozenDecoder:
             for r, s in enumerate(seqs):
                 input_ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
-            hidden = base(
-                input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)
-            ).last_hidden_state
-            last = mask.sum(1) - 1
-            out[idx] = hidden[torch.arange(len(seqs)), last.to(self.device)].float().cpu()
+            res = base(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                       output_hidden_states=layer != -1)
+            hidden = res.last_hidden_state if layer == -1 else res.hidden_states[layer]
+            if pooling == "mean":
+                out[idx] = mean_pool(hidden, mask.to(self.device)).float().cpu()
+            else:
+                last = mask.sum(1) - 1
+                out[idx] = hidden[torch.arange(len(seqs)), last.to(self.device)].float().cpu()
         return out
 
     def teacher_states(
-        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False,
+        layer: int = -1, pooling: str = "foreign_emb",
     ) -> torch.Tensor:
-        """Teacher targets: the state at ``<foreign_emb>`` appended to each English text."""
-        ids = [self.teacher_input_ids(t) for t in texts]
-        return self.last_token_states(ids, batch_size, progress, desc="teacher")
+        """Teacher targets of texts: the state at ``<foreign_emb>`` appended to each (the
+        paper), or its states mean-pooled over its tokens; after ``layer`` blocks."""
+        ids = [self.teacher_input_ids(t, pooling) for t in texts]
+        how = "mean" if pooling == "mean" else "last"
+        return self.hidden_states(ids, batch_size, progress, desc="teacher", layer=layer,
+                                  pooling=how)

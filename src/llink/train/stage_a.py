@@ -78,9 +78,8 @@ def compute_features(
         for s in ("train", "dev")
     }
     tgt = {
-        s: teacher_vectors(
-            decoder, [p.en for p in getattr(splits, s)], root, a.teacher_batch_size, progress
-        )
+        s: teacher_vectors(decoder, [p.en for p in getattr(splits, s)], root,
+                           a.teacher_batch_size, progress, a.teacher_layer, a.teacher_pooling)
         for s in ("train", "dev")
     }
     return StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"])
@@ -110,7 +109,8 @@ def train_stage_a(
     progress = progress and main
     torch.manual_seed(cfg.seed)
 
-    targets = TargetTransform.fit(a.targets, feats.train_h, a.whiten_eps)
+    targets = TargetTransform.fit(a.targets, feats.train_h, a.whiten_eps, a.teacher_layer,
+                                  a.teacher_pooling)
     train_x, train_h = feats.train_x.to(device), targets(feats.train_h).to(device)
     dev_x, dev_h = feats.dev_x.to(device), targets(feats.dev_h)
     n = train_x.shape[0]
@@ -225,6 +225,7 @@ def train_stage_a(
         "hidden_mult": a.hidden_mult,
         "dropout": a.dropout,
         "targets": a.targets,
+        **targets.spec(),
         "steps": a.steps,
         "train_pairs": n,
         "train_seconds": round(time.time() - t0, 1),

@@ -31,7 +31,7 @@ from llink.bridge import BagOfWordsHead
 from llink.config import Config, StageBConfig
 from llink.data.tasks import TaskExample
 from llink.inject import Example, build_example, collate, instruction_text, slot_span
-from llink.losses import direction_mse, info_nce, usage_penalty
+from llink.losses import direction_mse, info_nce, lexical_loss, usage_penalty
 from llink.model import LLINK, AnswerNLL
 from llink.runlog import MetricsLog
 from llink.train.loop import StepRunner, apply_decoder_options
@@ -235,6 +235,11 @@ def _set_lora_trainable(model: LLINK, on: bool) -> None:
             p.requires_grad_(on)
 
 
+def _flat_dev(m: dict[str, Any]) -> dict[str, float]:
+    """Dev figures for the log: overall only (per-source figures go to the summary)."""
+    return {f"dev_{k}": v for k, v in m.items() if not isinstance(v, dict)}
+
+
 def train_stage_b(
     cfg: Config,
     model: LLINK,
@@ -256,7 +261,8 @@ def train_stage_b(
     vocab = model.lm.get_output_embeddings().weight.shape[0]
     if b.bow_weight > 0 and model.bow is None:
         model.bow = BagOfWordsHead(model.decoder.hidden_size, vocab).to(device)
-    content = content_token_mask(model.tokenizer, vocab) if b.bow_weight > 0 else None
+    needs_content = b.bow_weight > 0 or b.lexical_weight > 0 or b.lexical_steps > 0
+    content = content_token_mask(model.tokenizer, vocab) if needs_content else None
     if not model.has_lora and b.lora_r > 0:
         model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
     apply_decoder_options(model, cfg.compute)  # gradient checkpointing, FSDP
@@ -300,9 +306,16 @@ def train_stage_b(
     best = {"nll_injected": float("inf")}
     base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 else {}
     if base_dev and main:
-        log.log({"step": 0, **{f"dev_{k}": v for k, v in base_dev.items()}}, prefix="stage B | ")
-    model.train()
+        log.log({"step": 0, **_flat_dev(base_dev)}, prefix="stage B | ")
     t0 = time.time()
+    if start == 0 and b.lexical_steps > 0 and content is not None:
+        model.train()
+        lexical_warmup(model, b, train, content, vocab, cfg.seed, log if main else None,
+                       progress)
+        after = evaluate_nll(model, dev, b.micro_batch)
+        if main:
+            log.log({"step": 0, "phase": "lexical", **_flat_dev(after)}, prefix="stage B | ")
+    model.train()
     bar = tqdm(
         range(start, b.steps),
         desc="stage B",
@@ -345,7 +358,7 @@ def train_stage_b(
         is_eval = done % b.eval_every == 0 or done == b.steps
         if is_eval:
             dev_m = evaluate_nll(model, dev, b.micro_batch)
-            record.update({f"dev_{k}": v for k, v in dev_m.items()})
+            record.update(_flat_dev(dev_m))
             if dev_m["nll_injected"] < best["nll_injected"]:
                 best = {**dev_m, "step": done}
                 dist.on_main(save_llink, run_dir / "stage_b-best", model,
@@ -373,6 +386,52 @@ def train_stage_b(
         {**meta, "step": b.steps, "dev": final_dev, "stage_b_config": dataclasses.asdict(b)},
     )
     return summary
+
+
+def _lexical_term(
+    model: LLINK, b: StageBConfig, slots: torch.Tensor, labels: torch.Tensor,
+    content: torch.Tensor, vocab: int, tokens: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """:func:`~llink.losses.lexical_loss` of the slots against the decoder's own rows."""
+    n_base = min(model.decoder.reserved.ids)  # rows of the original vocabulary
+    rows = model.lm.get_input_embeddings().weight[:n_base].detach()
+    targets = bow_targets(labels, content, vocab)[:, :n_base].to(slots.device)
+    counts = model.slot_counts(tokens)
+    mask = None
+    if counts is not None:
+        mask = torch.arange(slots.shape[1], device=slots.device) < torch.tensor(
+            counts, device=slots.device).unsqueeze(1)
+    return lexical_loss(slots, mask, rows, targets, b.lexical_scale)
+
+
+def lexical_warmup(
+    model: LLINK, b: StageBConfig, train: EncodedExamples, content: torch.Tensor, vocab: int,
+    seed: int, log: MetricsLog | None, progress: bool,
+) -> None:
+    """``b.lexical_steps`` steps on the lexical loss alone: the slots learn to lie near the
+    embeddings of the answer's words before any decoder pass (a step costs a fraction of a
+    decoder step, so this sees many more examples)."""
+    params = [*model.bridge.parameters(), *(model.reader.parameters() if model.reader else [])]
+    params = [p for p in params if p.requires_grad]
+    base_lr = b.lr_reader if model.reader is not None else b.lr_bridge
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=b.weight_decay)
+    n, pad = len(train.examples), int(model.tokenizer.pad_token_id)
+    warm = max(1, int(b.warmup_frac * b.lexical_steps))
+    for step in tqdm(range(b.lexical_steps), desc="stage B (lexical)", disable=not progress,
+                     unit="step"):
+        for g in opt.param_groups:
+            g["lr"] = warmup_linear(step, warm, b.lexical_steps, base_lr)
+        idx = batch_indices(n, b.lexical_batch, seed, step, 7)
+        labels = collate([train.examples[i] for i in idx.tolist()], pad)["labels"]
+        slots = model.slots(train.enc[idx], tokens=train.token_rows(idx))
+        loss = _lexical_term(model, b, slots, labels, content, vocab, train.token_rows(idx))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, b.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if log is not None and ((step + 1) % 50 == 0 or step + 1 == b.lexical_steps):
+            log.log({"lexical_step": step + 1, "phase": "lexical", "lexical": float(loss)},
+                    prefix="stage B | ", echo=False)
 
 
 def _detached_contrast(
@@ -438,6 +497,10 @@ def _step_loss(
     if b.nce_weight > 0 and global_batch > 1:
         nce = info_nce(dist.gather_with_grad(slot_mean), dist.gather(t), b.nce_tau)
         loss = loss + b.nce_weight * nce
+    if b.lexical_weight > 0 and content is not None:
+        lex = _lexical_term(model, b, slots, labels, content, vocab, tokens)
+        loss = loss + b.lexical_weight * lex
+        parts["lexical"] = float(lex.detach())
     if b.bow_weight > 0 and model.bow is not None and content is not None:
         bow = F.binary_cross_entropy_with_logits(
             model.bow(slots), bow_targets(labels, content, vocab).to(slots.device)
