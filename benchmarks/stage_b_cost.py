@@ -25,6 +25,7 @@ from llink.artifacts import StageAArtifact
 from llink.bridge import BagOfWordsHead, Projector
 from llink.config import Config, load_config
 from llink.inject import collate
+from llink.models.loading import load_decoder
 from llink.targets import TargetTransform
 from llink.train.loop import StepRunner
 from llink.train.stage_b import _step_loss, content_token_mask
@@ -33,20 +34,17 @@ from llink.workflows import Session, _stage_b_data, build_llink, stage_b_items
 #: name → config overrides, relative to the first (today's default recipe)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default (chat template + system turn, detached contrast, fp32)": {},
-    "contrast none": {"stage_b.contrast": "none"},
+    "contrast omitted": {"stage_b.contrast": "omit"},
     "contrast mismatch (gradient through both passes)": {"stage_b.contrast": "mismatch"},
     "empty system turn": {"stage_b.system_prompt": ""},
     "bf16 autocast": {"compute.mixed_precision": "bf16"},
-    "empty system turn + contrast none + bf16": {
-        "stage_b.system_prompt": "", "stage_b.contrast": "none",
-        "compute.mixed_precision": "bf16"},
-    "slot_source tokens (resampler), empty system, none, bf16": {
-        "stage_b.system_prompt": "", "stage_b.contrast": "none",
-        "compute.mixed_precision": "bf16", "model.slot_source": "tokens"},
-    "slot_source all_tokens (K=64), empty system, none, bf16": {
-        "stage_b.system_prompt": "", "stage_b.contrast": "none",
-        "compute.mixed_precision": "bf16", "model.slot_source": "all_tokens",
-        "model.num_slots": 64},
+    "empty system turn + contrast omitted": {
+        "stage_b.system_prompt": "", "stage_b.contrast": "omit"},
+    "slot_source tokens (resampler), empty system turn, contrast omitted": {
+        "stage_b.system_prompt": "", "stage_b.contrast": "omit", "model.slot_source": "tokens"},
+    "slot_source all_tokens (up to 64), empty system turn, contrast omitted": {
+        "stage_b.system_prompt": "", "stage_b.contrast": "omit",
+        "model.slot_source": "all_tokens", "model.num_slots": 64},
 }
 
 
@@ -54,17 +52,19 @@ class Trainer:
     """One design: its model, its batch and one optimizer step."""
 
     def __init__(self, session: Session, cfg: Config, micro_batch: int) -> None:
-        enc, dec = session.encoder, session.decoder
+        enc = session.encoder
+        dec = load_decoder(cfg.model, session.device)  # reserved rows for this design's K
         stage_a = StageAArtifact(Projector(enc.dim, dec.hidden_size).eval(),
                                  TargetTransform("raw", torch.zeros(dec.hidden_size)),
                                  dec.reserved_rows(), {})
+        del dec
         session.cfg = cfg
         self.cfg, self.b = cfg, cfg.stage_b
         self.model = build_llink(session, stage_a)
         b = self.b
         self.model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
         self.vocab = self.model.lm.get_output_embeddings().weight.shape[0]
-        self.model.bow = BagOfWordsHead(dec.hidden_size, self.vocab)
+        self.model.bow = BagOfWordsHead(self.model.decoder.hidden_size, self.vocab)
         self.content = content_token_mask(self.model.tokenizer, self.vocab)
         items = stage_b_items(session, "train")[:micro_batch]
         self.data = _stage_b_data(session, self.model, items)
@@ -96,6 +96,7 @@ def measure(micro_batch: int, repeats: int, variants: dict[str, dict[str, Any]]
                                  *(f"{k}={v}" for k, v in over.items())])
         cfg = replace(cfg, run_dir=base_cfg.run_dir)
         trainers[name] = Trainer(session, cfg, micro_batch)
+        print(f"built: {name} ({trainers[name].tokens} tokens in the batch)", flush=True)
     times: dict[str, list[float]] = {n: [] for n in trainers}
     for t in trainers.values():
         t.step()  # warm-up
@@ -105,6 +106,7 @@ def measure(micro_batch: int, repeats: int, variants: dict[str, dict[str, Any]]
             t0 = time.perf_counter()
             trainers[name].step()
             times[name].append(time.perf_counter() - t0)
+            print(f"  {name}: {times[name][-1]:.2f} s", flush=True)
     first = next(iter(trainers))
     med = {n: statistics.median(v) for n, v in times.items()}
     return {
@@ -131,8 +133,8 @@ def markdown(res: dict[str, Any]) -> str:
 def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
     v = res["variants"]
     names = list(v)
-    fast = "empty system turn + contrast none + bf16"
-    return [row("Stage B", "time per step (empty system turn, no contrast pass, bf16)",
+    fast = "empty system turn + contrast omitted"
+    return [row("Stage B", "time per step (empty system turn, no contrast pass)",
                 f"{v[fast]['median_s']:.2f} s", f"{v[names[0]]['median_s']:.2f} s (default)",
                 v[fast]["speedup_vs_default"])]
 
@@ -140,6 +142,9 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure, write results, return them (``quick``: two designs, two repeats)."""
     variants = dict(list(VARIANTS.items())[:2]) if quick else VARIANTS
+    if overrides.get("only"):
+        keep = {int(i) for i in str(overrides["only"]).split(",")}
+        variants = {k: v for i, (k, v) in enumerate(VARIANTS.items()) if i in keep}
     res = measure(overrides.get("micro_batch", 8), 2 if quick else overrides.get("repeats", 5),
                   variants)
     md = markdown(res)
@@ -152,11 +157,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", help="comma-separated indices of the designs to run (0 = default)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run")
     args = ap.parse_args()
     set_threads(args.threads)
-    run(quick=args.quick, micro_batch=args.micro_batch, repeats=args.repeats)
+    run(quick=args.quick, micro_batch=args.micro_batch, repeats=args.repeats, only=args.only)
 
 
 if __name__ == "__main__":

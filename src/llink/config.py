@@ -129,7 +129,7 @@ class StageBConfig:
     nce_weight: float = 0.001
     nce_tau: float = 0.07
     # How Stage B makes the decoder depend on the slots (see llink.train.stage_b):
-    # none | detached (the paper: usage hinge against the ablated loss, gradient of the
+    # omit (no contrast term) | detached (the paper: usage hinge against the ablated loss, gradient of the
     # injected pass only) | mismatch (hinge against another example's slots, with the
     # gradient through both passes, bounded by the margin).
     contrast: str = "detached"
@@ -318,7 +318,7 @@ CHOICES = {
     ("stage_a", "targets"): ("raw", "centred", "whitened"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("compute", "mixed_precision"): ("no", "bf16", "fp16"),
-    ("stage_b", "contrast"): ("none", "detached", "mismatch"),
+    ("stage_b", "contrast"): ("omit", "detached", "mismatch"),
     ("model", "slot_source"): ("pooled", "tokens", "all_tokens"),
     ("stage_a", "teacher_pooling"): ("foreign_emb", "mean"),
 }
