@@ -114,3 +114,13 @@ def test_generation_items_are_a_sample_spread_over_the_split(run):
 
     keys = [unit_hash(it.reference, cfg.data.split_salt + "/order") for it in gen_items(session)]
     assert keys == sorted(keys)  # hash order, not file order
+
+
+def test_gen_on_a_separate_pair_file_writes_its_own_results(run, tiny_pairs_file):
+    cfg, session, root = run
+    res = evaluate_generation(session, ["llink"], max_new_tokens=2, batch_size=4,
+                              pairs_file=str(tiny_pairs_file))
+    ev = root / "run" / "eval"
+    assert res["n"] == 8 and res["settings"]["split"] == str(tiny_pairs_file)
+    assert (ev / "gen-pairs.json").exists() and (ev / "gen-pairs" / "llink.jsonl").exists()
+    assert list(res["by_source"]) == ["test"]  # the tiny file's source field

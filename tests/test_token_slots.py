@@ -104,3 +104,36 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
     assert len(outs) == 2
     with pytest.raises(ValueError, match="token states"):
         model.slots(model.encode(foreign))
+
+
+def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_encoder_dir,
+                                                                tiny_decoder_dir):
+    from llink.artifacts import load_stage_a
+    from llink.train.stage_b import _lexical_term, content_token_mask, lexical_warmup
+    from llink.workflows import _stage_b_data, build_llink, stage_b_items
+
+    cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(tmp_path),
+                 **{"model.slot_source": "tokens", "model.resampler_layers": 1,
+                    "stage_b.lexical_steps": 40, "stage_b.lexical_batch": 16,
+                    "stage_b.lr_reader": 3e-3})
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    model = build_llink(session, load_stage_a(tmp_path / "run" / "stage_a"))
+    data = _stage_b_data(session, model, stage_b_items(session, "train"))
+    vocab = model.lm.get_output_embeddings().weight.shape[0]
+    content = content_token_mask(model.tokenizer, vocab)
+    from llink.inject import collate
+
+    labels = collate(data.examples, 0)["labels"]
+    idx = torch.arange(len(data.examples))
+
+    def loss() -> float:
+        with torch.no_grad():
+            slots = model.slots(data.enc, tokens=data.token_rows(idx))
+            return float(_lexical_term(model, cfg.stage_b, slots, labels, content, vocab,
+                                       data.token_rows(idx)))
+
+    before = loss()
+    model.train()
+    lexical_warmup(model, cfg.stage_b, data, content, vocab, seed=0, log=None, progress=False)
+    assert loss() < 0.9 * before

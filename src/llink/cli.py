@@ -107,7 +107,7 @@ def cmd_eval_gen(args: argparse.Namespace) -> None:
     evaluate_generation(session, systems, n=args.n if args.n is not None else e.gen_n,
                         max_new_tokens=args.max_new_tokens or e.max_new_tokens,
                         batch_size=args.batch_size or e.batch_size, model_dir=args.model,
-                        baseline_dir=args.baseline)
+                        baseline_dir=args.baseline, pairs_file=args.pairs)
 
 
 def cmd_eval_judge(args: argparse.Namespace) -> None:
@@ -134,7 +134,9 @@ def cmd_eval_numbers(args: argparse.Namespace) -> None:
 def cmd_eval_nll(args: argparse.Namespace) -> None:
     from llink.workflows import evaluate_nll_on_test
 
-    evaluate_nll_on_test(_session(args), model_dir=args.model, limit=args.limit)
+    session = _session(args)
+    limit = args.limit if args.limit is not None else session.cfg.eval.nll_n
+    evaluate_nll_on_test(session, model_dir=args.model, limit=limit)
 
 
 def cmd_data_tasks(args: argparse.Namespace) -> None:
@@ -410,14 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(ev_sub, "nll", cmd_eval_nll,
             "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
-    p.add_argument("--limit", type=int, default=200, help="test pairs to use (default 200)")
+    p.add_argument("--limit", type=int,
+                   help="test pairs to use, a hash sample spread over the split "
+                   "(default: eval.nll_n, 256)")
     p = add(ev_sub, "gen", cmd_eval_gen,
             "generate on the test split per system, chrF/BLEU with bootstrap CIs and paired "
             "tests -> RUN_DIR/eval/gen.json (resumable)")
     p.add_argument("--systems",
                    help="comma-separated: llink, base (raw text, no LoRA), baseline (direct "
                    "fine-tune), ablated (slots ablated); default: eval.gen_systems (llink,base)")
-    p.add_argument("--n", type=int, help="first N test items (default: eval.gen_n, 200)")
+    p.add_argument("--n", type=int, help="test items, a hash sample spread over the split "
+                   "(default: eval.gen_n, 500)")
     p.add_argument("--max-new-tokens", type=int,
                    help="answer length cap (default: eval.max_new_tokens, 48)")
     p.add_argument("--batch-size", type=int,
@@ -425,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--baseline", metavar="DIR",
                    help="baseline folder (default: RUN_DIR/baseline)")
+    p.add_argument("--pairs", metavar="FILE",
+                   help="translate every pair of this file instead of the test split (e.g. "
+                   "the out-of-domain set src/llink/corpora/eval/udhr-en-km.jsonl) -> "
+                   "RUN_DIR/eval/gen-NAME.json")
     p = add(ev_sub, "judge", cmd_eval_judge,
             "LLM judge: pairwise preference of two systems' saved generations, both orders "
             "-> RUN_DIR/eval/judge.json")

@@ -153,7 +153,8 @@ class EvalConfig:
     """What ``llink run`` evaluates after training, and the ``llink eval gen`` defaults."""
 
     gen_systems: list[str] = field(default_factory=lambda: ["llink", "base"])
-    gen_n: int | None = 200  # first N test items for generation (None: all; 0: skip)
+    gen_n: int | None = 500  # test items for generation, a hash sample (None: all; 0: skip)
+    nll_n: int | None = 256  # test items for the answer NLL, a hash sample (None: all)
     max_new_tokens: int = 48
     batch_size: int = 32  # prompts per generate call
     baseline: bool = False  # also train the direct fine-tuning baseline and generate with it

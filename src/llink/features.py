@@ -54,8 +54,7 @@ def encoder_token_states(
     """Per-token encoder states of ``texts`` at ``layer``: a [T_i, d_enc] tensor per text,
     stored in float16 (``slot_source=tokens``)."""
     settings = {**encoder.cache_settings(), "pooling": "none (token states)", "layer": layer,
-                "code_tokens": code_digest(FrozenEncoder.text_token_span,
-                                           FrozenEncoder.encode_tokens)}
+                "code_tokens": code_digest(FrozenEncoder.text_token_span)}
     store = FeatureStore(root, "encoder-tokens", settings, ragged=True)
     return store.get(list(texts), lambda xs: encoder.encode_tokens(xs, layer, batch_size),
                      desc=desc, progress=progress)

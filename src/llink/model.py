@@ -298,9 +298,16 @@ class LLINK(PromptedDecoder):
             return None
         return self.encoder.encode_tokens(list(foreign), self.token_layer)
 
+    def read(self, foreign: Sequence[str]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """One encoder pass: pooled vectors, and the token states the slots read (or None)."""
+        layer = None if self.reader is None else self.token_layer
+        pooled, tokens = self.encoder.encode_both(list(foreign), layer)
+        return pooled.to(self.device), tokens
+
     def foreign_slots(self, foreign: Sequence[str], gate_boost: float = 1.0) -> torch.Tensor:
         """Foreign texts → their K slots, the whole path: encoder, projector, bridge."""
-        return self.slots(self.encode(foreign), gate_boost, self.encode_tokens(foreign))
+        enc, tokens = self.read(foreign)
+        return self.slots(enc, gate_boost, tokens)
 
     @torch.no_grad()
     def generate(
@@ -316,7 +323,7 @@ class LLINK(PromptedDecoder):
     ) -> list[str]:
         """English answers for foreign texts; ``ablate=True`` leaves the placeholder rows."""
         self.eval()
-        enc, tokens = self.encode(foreign), self.encode_tokens(foreign)
+        enc, tokens = self.read(foreign)
         counts = self.slot_counts(tokens) or [self.num_slots] * len(foreign)
         prompts = [self.prompt_ids(task, strict, question, num_slots=k,
                                    literals=self.literals_of(text))

@@ -235,7 +235,7 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     run_stage_a(session, resume=resume)
     rows = evaluate_retrieval(session)
     stage_b = run_stage_b(session, resume=resume)
-    nll = evaluate_nll_on_test(session, limit=cfg.stage_b.eval_pairs * 2)
+    nll = evaluate_nll_on_test(session, limit=cfg.eval.nll_n)
     result: dict[str, Any] = {"retrieval": rows, "stage_b": stage_b, "test_nll": nll}
     e = cfg.eval
     if e.baseline:
@@ -465,11 +465,14 @@ def evaluate_generation(
     batch_size: int = 32,
     model_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
+    pairs_file: str | None = None,
 ) -> dict[str, Any]:
     """Generate on the test items for each system (resumable), score chrF/BLEU, write gen.json.
 
     Systems: ``llink`` (slots), ``base`` (the base decoder reading the raw text),
     ``baseline`` (direct fine-tune), ``ablated`` (LLINK with the slots ablated).
+    ``pairs_file`` evaluates on every pair of that file instead (e.g. the out-of-domain
+    UDHR set), written to ``eval/gen-<name>.json`` and ``eval/gen-<name>/``.
     """
     cfg = session.cfg
     unknown = [s for s in systems if s not in GEN_SYSTEMS]
@@ -478,7 +481,15 @@ def evaluate_generation(
     run_dir = Path(cfg.run_dir)
     model_dir = Path(model_dir or run_dir / "stage_b")
     baseline_dir = Path(baseline_dir or run_dir / "baseline")
-    items = gen_items(session, n)
+    if pairs_file:
+        pairs = evaluation_pairs(session, pairs_file)[: n or None]
+        items = [GenItem(i, p.foreign, p.en, source_group(p.source)) for i, p in enumerate(pairs)]
+        tag = "-" + Path(pairs_file).name.split(".")[0]
+        described = f"all {len(items)} pairs of {pairs_file}"
+    else:
+        items, tag = gen_items(session, n), ""
+        described = (f"{len(items)} translation test items, a deterministic sample spread "
+                     "over the split (the first N in the order of a hash of the English)")
     loaded: dict[str, Any] = {}
 
     def llink() -> LLINK:
@@ -503,7 +514,7 @@ def evaluate_generation(
         "ablated": (model_dir, lambda xs: llink().generate(xs, task, ablate=True,
                                                            max_new_tokens=max_new_tokens)),
     }
-    gen_dir = run_dir / "eval" / "gen"
+    gen_dir = run_dir / "eval" / f"gen{tag}"
     outputs: dict[str, list[str]] = {}
     for name in systems:
         folder, fn = makers[name]
@@ -518,18 +529,17 @@ def evaluate_generation(
     by_source = score_by_group(outputs, refs, [it.group for it in items])
     result = {
         "n": len(items),
-        "settings": {"split": "test",
-                     "items": f"{len(items)} translation test items, a deterministic sample "
-                     "spread over the split (the first N in the order of a hash of the English)",
+        "settings": {"split": pairs_file or "test", "items": described,
                      "task": task, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                      "llink_model": str(model_dir), "baseline_model": str(baseline_dir),
                      **scores.pop("scoring")},
         **scores,
         "by_source": by_source,
     }
-    write_json_atomic(run_dir / "eval" / "gen.json", result)
+    out = run_dir / "eval" / f"gen{tag}.json"
+    write_json_atomic(out, result)
     print(format_gen_table(result))
-    print(f"written: {run_dir / 'eval' / 'gen.json'} and {gen_dir}/<system>.jsonl")
+    print(f"written: {out} and {gen_dir}/<system>.jsonl")
     return result
 
 

@@ -90,7 +90,8 @@ class FrozenEncoder:
             "model": self.name,
             "weights": self.fingerprint,
             "tokenizer": self.tokenizer_fingerprint,
-            "code": code_digest(mean_pool, clip_text, FrozenEncoder.prepare, FrozenEncoder.encode),
+            "code": code_digest(mean_pool, clip_text, FrozenEncoder.prepare,
+                                FrozenEncoder.encode_both),
             "prefix": self.prefix,
             "max_chars": self.max_chars,
             "max_length": self.max_length,
@@ -113,47 +114,45 @@ class FrozenEncoder:
         return slice(start, stop)
 
     @torch.inference_mode()
-    def encode_tokens(
-        self, texts: Sequence[str], layer: int = -1, batch_size: int = 64,
+    def encode_both(
+        self, texts: Sequence[str], layer: int | None = -1, batch_size: int = 64,
         progress: bool = False,
-    ) -> list[torch.Tensor]:
-        """Hidden states of each text's own tokens at ``layer`` (-1: the last), a
-        [T_i, dim] float32 tensor per text, in input order. Special tokens and the
-        prefix are left out (the pooled vector carries the sentence as a whole)."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """One encoder pass for both readings of each text: the mean-pooled vector
+        [N, dim] (float32, CPU) and, unless ``layer`` is None, the hidden states of the
+        text's own tokens at ``layer`` (-1: the last) as a [T_i, dim] tensor per text.
+        Special tokens and the prefix are left out of the token states (the pooled vector
+        carries the sentence as a whole)."""
         prepared = self.prepare(texts)
-        out: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
+        pooled = torch.empty(len(prepared), self.dim, dtype=torch.float32)
+        tokens: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
         batches = list(length_sorted_batches([len(t) for t in prepared], batch_size))
-        for idx in tqdm(batches, desc="encoder tokens", disable=not progress, unit="batch"):
+        for idx in tqdm(batches, desc="encoder", disable=not progress, unit="batch"):
             enc = self.tokenizer(
                 [prepared[i] for i in idx], padding=True, truncation=True,
                 max_length=self.max_length, return_tensors="pt",
             ).to(self.device)
-            res = self.model(**enc, output_hidden_states=layer != -1)
+            res = self.model(**enc, output_hidden_states=layer not in (None, -1))
+            pooled[idx] = mean_pool(res.last_hidden_state, enc["attention_mask"]).float().cpu()
+            if layer is None:
+                continue
             hidden = res.last_hidden_state if layer == -1 else res.hidden_states[layer]
             for r, i in enumerate(idx):
-                ids = enc["input_ids"][r][enc["attention_mask"][r].bool()].tolist()
-                span = self.text_token_span(ids)
-                keep = enc["attention_mask"][r].nonzero().flatten()
-                keep = keep[span] if span.stop > span.start else keep  # never empty
-                out[i] = hidden[r, keep].float().cpu()
-        return out
+                real = enc["attention_mask"][r].nonzero().flatten()
+                span = self.text_token_span(enc["input_ids"][r][real].tolist())
+                keep = real[span] if span.stop > span.start else real  # never empty
+                tokens[i] = hidden[r, keep].float().cpu()
+        return pooled, (None if layer is None else tokens)
 
-    @torch.inference_mode()
+    def encode_tokens(
+        self, texts: Sequence[str], layer: int = -1, batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[torch.Tensor]:
+        """Hidden states of each text's own tokens at ``layer`` (see :meth:`encode_both`)."""
+        return self.encode_both(texts, layer, batch_size, progress)[1]
+
     def encode(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
     ) -> torch.Tensor:
         """Return mean-pooled vectors [N, dim] (float32, on the CPU), in input order."""
-        prepared = self.prepare(texts)
-        out = torch.empty(len(prepared), self.dim, dtype=torch.float32)
-        batches = list(length_sorted_batches([len(t) for t in prepared], batch_size))
-        for idx in tqdm(batches, desc="encoder", disable=not progress, unit="batch"):
-            enc = self.tokenizer(
-                [prepared[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**enc).last_hidden_state
-            out[idx] = mean_pool(hidden, enc["attention_mask"]).float().cpu()
-        return out
+        return self.encode_both(texts, None, batch_size, progress)[0]

@@ -430,7 +430,7 @@ def lexical_warmup(
         opt.step()
         opt.zero_grad(set_to_none=True)
         if log is not None and ((step + 1) % 50 == 0 or step + 1 == b.lexical_steps):
-            log.log({"lexical_step": step + 1, "phase": "lexical", "lexical": float(loss)},
+            log.log({"lexical_step": step + 1, "phase": "lexical", "lexical": float(loss.detach())},
                     prefix="stage B | ", echo=False)
 
 
