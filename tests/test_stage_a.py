@@ -127,3 +127,31 @@ def test_artifact_mismatch_is_reported(tmp_path, tiny_encoder_dir, tiny_decoder_
     assert "num_slots" in msg and "encoder" in msg and "xlm-roberta-base" in msg
     with pytest.raises(CheckpointError, match="llink train stage-a"):
         load_stage_a(tmp_path / "missing")
+
+
+def test_leave_one_source_out_retrieval(tmp_path, tiny_encoder_dir, tiny_decoder_dir):
+    from llink.workflows import evaluate_holdout
+
+    pairs = []
+    for i in range(80):
+        en, km = KHMER_ENGLISH[i % len(KHMER_ENGLISH)]
+        pairs.append(Pair(f"{en} Item {i}.", f"{km} {i}", "km",
+                          "gettext:app" if i % 2 else "libreoffice-help"))
+    path = tmp_path / "pairs.jsonl"
+    write_pairs(path, pairs)
+    cfg = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, path)
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    res = evaluate_holdout(session, min_pairs=2)
+    got = res["sources"]
+    assert set(got) == {"gettext", "libreoffice-help"}
+    for g, r in got.items():
+        assert r["pool_size"] == sum(1 for p in session.splits.test
+                                     if (p.source.split(":")[0]) == g)
+        assert r["train_pairs"] < len(session.splits.train)  # the source was left out
+        for k in ("trained_without", "trained_with", "encoder"):
+            assert 0.0 <= r[k]["R@1"] <= 1.0
+    held = Session(_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, path,
+                        **{"data.exclude_sources": "gettext"}), progress=False)
+    assert all(not p.source.startswith("gettext") for p in held.splits.train + held.splits.dev)
+    assert any(p.source.startswith("gettext") for p in held.splits.test)

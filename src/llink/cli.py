@@ -259,6 +259,13 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> None:
                        baselines=not args.no_baselines)
 
 
+def cmd_eval_holdout(args: argparse.Namespace) -> None:
+    from llink.workflows import evaluate_holdout
+
+    sources = [x.strip() for x in args.sources.split(",") if x.strip()] if args.sources else None
+    evaluate_holdout(_session(args), sources, min_pairs=args.min_pairs)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from llink.reporting.report import write_report
 
@@ -409,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-a", metavar="DIR", help="Stage A artifact (default: RUN_DIR/stage_a)")
     p.add_argument("--pairs", metavar="FILE", help="evaluate on this pair file instead of test")
     p.add_argument("--no-baselines", action="store_true", help="only the trained projector")
+    p = add(ev_sub, "holdout", cmd_eval_holdout,
+            "leave-one-source-out retrieval: Stage A trained without a source, tested on it, "
+            "beside Stage A trained with it and the encoder's own -> RUN_DIR/eval/holdout.json")
+    p.add_argument("--sources", help="comma-separated source groups (default: every source "
+                   "with at least --min-pairs test pairs)")
+    p.add_argument("--min-pairs", type=int, default=100,
+                   help="smallest test pool a source needs (default 100)")
     p = add(ev_sub, "nll", cmd_eval_nll,
             "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")

@@ -53,6 +53,9 @@ class DataConfig:
     max_dev_pairs: int = 500
     max_test_pairs: int | None = None
     max_chars: int = 2000  # pairs with a longer side are dropped when read
+    # Source groups (the part of a pair's `source` before ":", e.g. gettext) left out of
+    # train and dev: a leave-one-source-out run (`llink eval holdout`); test keeps them.
+    exclude_sources: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -163,26 +163,18 @@ def evaluation_pairs(session: Session, pairs_file: str | None) -> list[Pair]:
     return session.splits.test
 
 
-def evaluate_retrieval(
-    session: Session,
-    stage_a_dir: str | Path | None = None,
-    pairs_file: str | None = None,
-    baselines: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Retrieval table on the test pool: projector, decoder-native, Latin floor, encoder.
+def pool_ranks(
+    session: Session, art: StageAArtifact, pairs: list[Pair], baselines: bool = True
+) -> dict[str, torch.Tensor]:
+    """Rank of each pair's English among the pool's, per system: the projector, the
+    encoder's own and, with ``baselines``, decoder-native states and the Latin-token floor.
 
-    Every query is ranked against the whole pool; the figures are given overall and for
-    the queries of each source. The decoder-native row maps its states through the same
-    target transform as LLINK's row (fitted on training teacher states, never on the pool).
-    """
+    The decoder-native row maps its states through the same target transform as LLINK's
+    row (fitted on training teacher states, never on the pool)."""
     cfg = session.cfg
-    stage_a_dir = Path(stage_a_dir or Path(cfg.run_dir) / "stage_a")
-    art = load_stage_a(stage_a_dir, expect=session.model_meta())
-    pairs = evaluation_pairs(session, pairs_file)
     if len(pairs) < 2:
         raise ValueError("the retrieval pool needs at least 2 pairs")
     foreign, english = [p.foreign for p in pairs], [p.en for p in pairs]
-    groups = [source_group(p.source) for p in pairs]
     root = features_root(cfg.features_cache)
     enc, dec = session.encoder, session.decoder
     dec.load_reserved_rows(art.reserved_rows)
@@ -197,27 +189,104 @@ def evaluate_retrieval(
         native = decoder_native_vectors(dec, foreign, root, cfg.model.max_foreign_chars,
                                         max(1, a.teacher_batch_size // 2), session.progress,
                                         **spec)
-        enc_e = encoder_vectors(enc, english, root, a.encoder_batch_size, session.progress,
-                                desc="encoder (English)")
         ranks[f"decoder-native (raw foreign, {art.targets.kind} targets)"] = retrieval_ranks(
             art.targets(native), art.targets(teacher))
         ranks["Latin-token overlap floor"] = latin_overlap_ranks(foreign, english)
-        ranks["encoder cross-lingual (reference)"] = retrieval_ranks(enc_f, enc_e)
+    enc_e = encoder_vectors(enc, english, root, a.encoder_batch_size, session.progress,
+                            desc="encoder (English)")
+    ranks["encoder cross-lingual (reference)"] = retrieval_ranks(enc_f, enc_e)
+    return ranks
+
+
+def evaluate_retrieval(
+    session: Session,
+    stage_a_dir: str | Path | None = None,
+    pairs_file: str | None = None,
+    baselines: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Retrieval table on the test pool (or every pair of ``pairs_file``): projector,
+    decoder-native, Latin floor, encoder. Every query is ranked against the whole pool;
+    the figures are given overall and for the queries of each source. Written to
+    ``eval/retrieval.json`` (``eval/retrieval-<name>.json`` for a pair file)."""
+    cfg = session.cfg
+    stage_a_dir = Path(stage_a_dir or Path(cfg.run_dir) / "stage_a")
+    art = load_stage_a(stage_a_dir, expect=session.model_meta())
+    pairs = evaluation_pairs(session, pairs_file)
+    ranks = pool_ranks(session, art, pairs, baselines)
+    groups = [source_group(p.source) for p in pairs]
     rows = {name: metrics_from_ranks(r) for name, r in ranks.items()}
     per_row = {name: metrics_by_group(r, groups) for name, r in ranks.items()}
     by_source = {g: {name: per_row[name][g] for name in ranks} for g in per_row[next(iter(ranks))]}
-    out_dir = Path(cfg.run_dir) / "eval"
+    tag = "-" + Path(pairs_file).name.split(".")[0] if pairs_file else ""
+    out = Path(cfg.run_dir) / "eval" / f"retrieval{tag}.json"
     if dist.is_main():
-        write_json_atomic(out_dir / "retrieval.json", {
-            "pool_size": len(pairs), "rows": rows, "by_source": by_source,
-            "stage_a": str(stage_a_dir), "stage_a_digest": folder_digest(stage_a_dir)})
+        write_json_atomic(out, {
+            "pool_size": len(pairs), "pool": pairs_file or "test split", "rows": rows,
+            "by_source": by_source, "stage_a": str(stage_a_dir),
+            "stage_a_digest": folder_digest(stage_a_dir)})
         print(format_table(rows, title=f"Retrieval on {len(pairs)} held-out pairs (pool = all)"))
-        if len(by_source) > 1:
+        if len(by_source) > 1 and not pairs_file:
             print(format_group_table(by_source, "R@1", title="R@1 per source (queries of the "
                                      "source, ranked against the whole pool)"))
-        print(f"written: {out_dir / 'retrieval.json'}")
+        print(f"written: {out}")
     dist.barrier()
     return rows
+
+
+def evaluate_holdout(
+    session: Session, sources: Sequence[str] | None = None, min_pairs: int = 100,
+) -> dict[str, Any]:
+    """Leave-one-source-out retrieval: for each source group with at least ``min_pairs``
+    test pairs, train Stage A without that source (``run_dir/holdout-<source>``, reused
+    if complete) and rank the source's test pairs among themselves, beside the Stage A
+    trained on every source (``run_dir/stage_a``) and the encoder's own retrieval on the
+    same pool. Written to ``eval/holdout.json``."""
+    from dataclasses import replace
+
+    cfg = session.cfg
+    test = session.splits.test
+    counts: dict[str, int] = {}
+    for p in test:
+        counts[source_group(p.source)] = counts.get(source_group(p.source), 0) + 1
+    names = list(sources) if sources else [g for g, n in sorted(counts.items(),
+                                                                key=lambda kv: -kv[1])
+                                            if n >= min_pairs]
+    unknown = [g for g in names if g not in counts]
+    if unknown:
+        raise EvalError(f"no test pairs from source(s) {unknown}; sources: {sorted(counts)}")
+    in_domain = load_stage_a(Path(cfg.run_dir) / "stage_a", expect=session.model_meta())
+    table: dict[str, Any] = {}
+    for g in names:
+        sub_cfg = replace(cfg, run_dir=str(Path(cfg.run_dir) / f"holdout-{g}"),
+                          data=replace(cfg.data, exclude_sources=[*cfg.data.exclude_sources, g]))
+        sub = Session(sub_cfg, progress=session.progress, _encoder=session.encoder,
+                      _decoder=session.decoder)
+        folder = Path(sub_cfg.run_dir) / "stage_a"
+        if not (folder / "COMPLETE").exists():
+            print(f"holdout {g}: training Stage A without {g} -> {folder}")
+            run_stage_a(sub)
+        held = load_stage_a(folder, expect=session.model_meta())
+        pool = [p for p in test if source_group(p.source) == g]
+        out = pool_ranks(session, held, pool, baselines=False)
+        own = pool_ranks(session, in_domain, pool, baselines=False)
+        enc_key = "encoder cross-lingual (reference)"
+        table[g] = {
+            "pool_size": len(pool),
+            "trained_without": metrics_from_ranks(next(iter(out.values()))),
+            "trained_with": metrics_from_ranks(next(iter(own.values()))),
+            "encoder": metrics_from_ranks(out[enc_key]),
+            "train_pairs": held.meta.get("train_pairs"),
+        }
+    res = {"sources": table, "stage_a": str(Path(cfg.run_dir) / "stage_a")}
+    write_json_atomic(Path(cfg.run_dir) / "eval" / "holdout.json", res)
+    print("Leave-one-source-out retrieval (R@1 / MRR; each pool ranked among itself)")
+    print(f"{'held-out source':<18} {'pool':>5} {'without it':>14} {'with it':>14} {'encoder':>14}")
+    for g, r in table.items():
+        cells = [f"{r[k]['R@1']:.3f} / {r[k]['MRR']:.3f}"
+                 for k in ("trained_without", "trained_with", "encoder")]
+        print(f"{g:<18} {r['pool_size']:>5} " + " ".join(f"{c:>14}" for c in cells))
+    print(f"written: {Path(cfg.run_dir) / 'eval' / 'holdout.json'}")
+    return res
 
 
 def run_main(session: Session, resume: bool = False) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llink.config import DataConfig
 from llink.data.harvest.clean import is_sentence_like
-from llink.data.pairs import Pair, ReadReport, read_pairs
+from llink.data.pairs import Pair, ReadReport, read_pairs, source_group
 
 _NON_WORD = re.compile(r"\W+")
 SPLITS = ("train", "dev", "test")
@@ -143,5 +143,12 @@ def load_splits(cfg: DataConfig) -> Splits:
     chosen: dict[str, list[Pair]] = {}
     filtered: dict[str, dict[str, int]] = {}
     for s in SPLITS:
-        chosen[s], filtered[s] = _select(raw[s], cfg.sentence_like_only, limits[s], cfg.split_salt)
+        pool = raw[s]
+        excluded = 0
+        if cfg.exclude_sources and s != "test":
+            pool = [p for p in pool if source_group(p.source) not in cfg.exclude_sources]
+            excluded = len(raw[s]) - len(pool)
+        chosen[s], filtered[s] = _select(pool, cfg.sentence_like_only, limits[s], cfg.split_salt)
+        if excluded:
+            filtered[s] = {"excluded_source": excluded, **filtered[s]}
     return Splits(chosen["train"], chosen["dev"], chosen["test"], report, filtered)
