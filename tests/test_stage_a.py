@@ -155,3 +155,26 @@ def test_leave_one_source_out_retrieval(tmp_path, tiny_encoder_dir, tiny_decoder
                         **{"data.exclude_sources": "gettext"}), progress=False)
     assert all(not p.source.startswith("gettext") for p in held.splits.train + held.splits.dev)
     assert any(p.source.startswith("gettext") for p in held.splits.test)
+
+
+def test_stage_a_mixes_english_read_through_the_encoder(tmp_path, tiny_encoder_dir,
+                                                       tiny_decoder_dir, pair_file):
+    import gzip
+
+    from llink.data.english import read_english
+
+    english = tmp_path / "en.txt.gz"
+    lines = [f"The cat number {i} sleeps on the warm mat." for i in range(30)]
+    base = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file)
+    session = Session(base, progress=False)
+    held = session.splits.test[0].en
+    with gzip.open(english, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join([*lines, held, lines[0]]) + "\n")
+    cfg = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file,
+               **{"data.english": str(english), "data.max_english": 20,
+                  "stage_a.english_fraction": 0.25})
+    got = read_english(cfg.data, [*session.splits.dev, *session.splits.test])
+    assert len(got) == 20 and held not in got and len(set(got)) == 20  # capped, no leaks
+    art = run_stage_a(Session(cfg, progress=False))
+    assert art.meta["english_sentences"] == 20 and art.meta["train_pairs"] == len(
+        session.splits.train)

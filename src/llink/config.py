@@ -56,6 +56,10 @@ class DataConfig:
     # Source groups (the part of a pair's `source` before ":", e.g. gettext) left out of
     # train and dev: a leave-one-source-out run (`llink eval holdout`); test keeps them.
     exclude_sources: list[str] = field(default_factory=list)
+    # Monolingual English read through the encoder (llink.data.english): builtin:en-wordnet
+    # or a .txt(.gz) file, one sentence per line; used where stage_a.english_fraction > 0
+    english: str | None = "builtin:en-wordnet"
+    max_english: int | None = 8000
 
 
 @dataclass
@@ -85,6 +89,9 @@ class StageAConfig:
     # over the English tokens (mean)
     teacher_layer: int = -1
     teacher_pooling: str = "foreign_emb"
+    # share of each batch drawn from English sentences read through the encoder
+    # (data.english): teaches the map outside the training domain
+    english_fraction: float = 0.0
     whiten_eps: float = 1e-3  # eigenvalue floor, relative to the largest, for whitening
     eval_every: int = 500
     save_every: int = 1000

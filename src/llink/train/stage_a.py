@@ -24,6 +24,7 @@ from llink import distributed as dist
 from llink.artifacts import StageAArtifact, save_stage_a
 from llink.bridge import Projector
 from llink.config import Config
+from llink.data.english import read_english
 from llink.data.splits import Splits
 from llink.eval.retrieval import retrieval_metrics
 from llink.features import encoder_vectors, features_root, teacher_vectors
@@ -54,6 +55,8 @@ class StageAFeatures:
     train_h: torch.Tensor
     dev_x: torch.Tensor
     dev_h: torch.Tensor
+    english_x: torch.Tensor | None = None  # English sentences read through the encoder
+    english_h: torch.Tensor | None = None  # and their teacher states
 
 
 def compute_features(
@@ -82,7 +85,17 @@ def compute_features(
                            a.teacher_batch_size, progress, a.teacher_layer, a.teacher_pooling)
         for s in ("train", "dev")
     }
-    return StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"])
+    feats = StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"])
+    if a.english_fraction > 0:
+        english = read_english(cfg.data, [*splits.dev, *splits.test])
+        if not english:
+            raise ValueError("stage_a.english_fraction > 0 needs English sentences: set "
+                             "data.english (e.g. builtin:en-wordnet)")
+        feats.english_x = encoder_vectors(encoder, english, root, a.encoder_batch_size,
+                                          progress, desc="encoder (English)")
+        feats.english_h = teacher_vectors(decoder, english, root, a.teacher_batch_size,
+                                          progress, a.teacher_layer, a.teacher_pooling)
+    return feats
 
 
 def train_stage_a(
@@ -109,11 +122,16 @@ def train_stage_a(
     progress = progress and main
     torch.manual_seed(cfg.seed)
 
-    targets = TargetTransform.fit(a.targets, feats.train_h, a.whiten_eps, a.teacher_layer,
+    n_en = 0 if feats.english_x is None else feats.english_x.shape[0]
+    all_h = feats.train_h if not n_en else torch.cat([feats.train_h, feats.english_h])
+    targets = TargetTransform.fit(a.targets, all_h, a.whiten_eps, a.teacher_layer,
                                   a.teacher_pooling)
-    train_x, train_h = feats.train_x.to(device), targets(feats.train_h).to(device)
+    # rows [0, n) are the foreign pairs, [n, n + n_en) the English sentences
+    train_x = feats.train_x if not n_en else torch.cat([feats.train_x, feats.english_x])
+    train_x, train_h = train_x.to(device), targets(all_h).to(device)
     dev_x, dev_h = feats.dev_x.to(device), targets(feats.dev_h)
-    n = train_x.shape[0]
+    n = feats.train_x.shape[0]
+    n_english_rows = round(a.english_fraction * a.batch_size) if n_en else 0
     if n < 2:
         raise ValueError("Stage A needs at least 2 training pairs")
 
@@ -176,7 +194,11 @@ def train_stage_a(
         torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         total = {"loss": 0.0, "nce": 0.0}
         for micro in range(a.grad_accum):
-            idx = batch_indices(n, a.batch_size, cfg.seed, step, micro).to(device)
+            idx = batch_indices(n, a.batch_size - n_english_rows, cfg.seed, step, micro)
+            if n_english_rows:
+                idx = torch.cat([idx, n + batch_indices(n_en, n_english_rows, cfg.seed + 1,
+                                                        step, micro)])
+            idx = idx.to(device)
             with runner.autocast():
                 # this rank projects its slice; the loss sees the whole global batch
                 p = dist.gather_with_grad(projector(train_x[dist.local_slice(idx)]))
@@ -228,6 +250,7 @@ def train_stage_a(
         **targets.spec(),
         "steps": a.steps,
         "train_pairs": n,
+        "english_sentences": n_en,
         "train_seconds": round(time.time() - t0, 1),
         "dev_metrics": last_dev or evaluate(a.steps),
         "stage_a_config": dataclasses.asdict(a),
