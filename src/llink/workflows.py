@@ -404,6 +404,9 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     base_rows = rows[: min(decoder.reserved.ids)] if min(decoder.reserved.ids) > 0 else rows
     target_norm = float(base_rows.float().norm(dim=-1).median())
     m = cfg.model
+    # torch seeds its global generator at random in each process: seed it, so the bridge
+    # and reader start from the same weights in every run with this seed
+    torch.manual_seed(cfg.seed)
     bridge = SlotBridge(decoder.hidden_size, m.num_slots, target_norm)
     reader = build_token_reader(m.slot_source, session.encoder.dim, decoder.hidden_size,
                                 m.num_slots, target_norm, m.resampler_layers)
