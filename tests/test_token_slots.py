@@ -80,7 +80,7 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
                                                         tiny_decoder_dir, source):
     slots = 4 if source == "tokens" else 12
     cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(tmp_path),
-                 **{"model.slot_source": source, "model.num_slots": slots,
+                 **{"model.slot_source": source, "model.num_slots": slots, "model.token_layer": 1,
                     "model.resampler_layers": 1, "stage_b.steps": 4,
                     "stage_b.bridge_warmup_steps": 2, "stage_b.eval_every": 4})
     session = Session(cfg, progress=False)
@@ -113,7 +113,7 @@ def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_
     from llink.workflows import _stage_b_data, build_llink, stage_b_items
 
     cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(tmp_path),
-                 **{"model.slot_source": "tokens", "model.resampler_layers": 1,
+                 **{"model.slot_source": "tokens", "model.resampler_layers": 1, "model.token_layer": 1,
                     "stage_b.lexical_steps": 40, "stage_b.lexical_batch": 16,
                     "stage_b.lr_reader": 3e-3})
     session = Session(cfg, progress=False)

@@ -32,7 +32,9 @@ class ModelConfig:
     # (K queries also cross-attend over the encoder's token states: they carry the words)
     # | all_tokens (one slot per encoder token, up to num_slots: no compression)
     slot_source: str = "pooled"
-    token_layer: int = -1  # encoder layer whose token states the slots read (-1: last)
+    # encoder layer whose token states the slots read (-1: last). Layer 8 of e5-small carries
+    # the words better than the last (lexical recall@20 0.56 vs 0.42 after 400 probe steps)
+    token_layer: int = 8
     resampler_layers: int = 2  # cross-attention blocks of the token resampler
     literals: bool = False  # copy the foreign text's numbers and Latin words into the prompt
     cache_dir: str | None = None  # converted offline models; default ~/.cache/llink

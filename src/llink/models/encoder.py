@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llink.batching import length_sorted_batches
+from llink.config import ConfigError
 from llink.models.fingerprint import code_digest, module_fingerprint, tokenizer_digest
 from llink.models.offline import resolve_model
 
@@ -123,6 +124,10 @@ class FrozenEncoder:
         text's own tokens at ``layer`` (-1: the last) as a [T_i, dim] tensor per text.
         Special tokens and the prefix are left out of the token states (the pooled vector
         carries the sentence as a whole)."""
+        layers = int(getattr(self.model.config, "num_hidden_layers", 0) or 0)
+        if layer is not None and layers and not -1 <= layer <= layers:
+            raise ConfigError(f"model.token_layer={layer}, but the encoder {self.name or ''} has "
+                             f"{layers} layers: use 1..{layers}, or -1 for the last")
         prepared = self.prepare(texts)
         pooled = torch.empty(len(prepared), self.dim, dtype=torch.float32)
         tokens: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
