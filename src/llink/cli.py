@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from llink.checkpoints import CheckpointError
-from llink.config import Config, ConfigError, load_config
+from llink.config import MAX_GATE_BOOST, Config, ConfigError, load_config
 from llink.data.harvest import SOURCES as HARVEST_SOURCES
 from llink.data.pairs import PairFileError
 
@@ -25,6 +27,56 @@ dotted keys into the config sections (model, data, stage_a, stage_b, eval, compu
 top-level keys (run_dir, device, seed, features_cache). `llink config show` prints them all.
 Example: llink train stage-a --config configs/offline.yaml stage_a.steps=2000
 """
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lo`` (a bad value exits 2 with a usage line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use an integer >= {lo}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_count = _int_at_least(0)
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a port in [0, 65535]")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: use a finite number > 0")
+    return value
+
+
+def _gate_boost(text: str) -> float:
+    """``--gate-boost``: the bounds the server applies to ``llink.gate_boost``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_GATE_BOOST:
+        raise argparse.ArgumentTypeError(
+            f"{text} is out of range: use a number in [0, {MAX_GATE_BOOST:g}] (1 = as trained)"
+        )
+    return value
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -178,9 +230,27 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
         if args.file == "-":
             lines = sys.stdin.read().splitlines()
         else:
-            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+            lines = _read_text_file(args.file).splitlines()
         texts += [line for line in lines if line.strip()]
     return texts
+
+
+def _read_text_file(name: str) -> str:
+    """A ``--file`` argument's text, or an :class:`InputError` saying what is wrong."""
+    from llink.diagnostics import InputError
+
+    path = Path(name)
+    if path.is_dir():
+        raise InputError(f"--file {name}: is a folder; give a UTF-8 text file, one text per line")
+    if not path.exists():
+        raise InputError(f"--file {name}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"--file {name}: not UTF-8 text (byte {exc.start} cannot be decoded); "
+                         "give a UTF-8 text file, one text per line") from None
+    except OSError as exc:
+        raise InputError(f"--file {name}: cannot read it ({exc.strerror})") from None
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
@@ -354,10 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="task types (default: all but translate_to_english)")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"])
-    p.add_argument("--limit", type=int, help="use at most N pairs of the split")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts per teacher call")
-    p.add_argument("--max-new-tokens", type=int, default=192, help="reply length cap (tokens)")
-    p.add_argument("--timeout", type=float, default=60.0, help="endpoint timeout per request (s)")
+    p.add_argument("--limit", type=_positive_int, help="use at most N pairs of the split")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per teacher call")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=192,
+                   help="reply length cap (tokens)")
+    p.add_argument("--timeout", type=_positive_float, default=60.0,
+                   help="endpoint timeout per request (s)")
 
     models = sub.add_parser("models", help="frozen encoder and decoder")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -395,16 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one of: " + ", ".join(_task_names()))
     p.add_argument("--question", help="a free-form question about the text (task 'ask')")
     p.add_argument("--strict", action="store_true", help="ask for the translation only")
-    p.add_argument("--gate-boost", type=float, default=1.0,
-                   help="scale the gated adapter's contribution (1 = as trained)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--gate-boost", type=_gate_boost, default=1.0,
+                   help="scale the gated adapter's contribution: a number in "
+                   f"[0, {MAX_GATE_BOOST:g}] (1 = as trained, 0 = adapter off)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64,
+                   help="answer length cap in tokens, >= 1 (default 64)")
     p.add_argument("--compare", action="store_true",
                    help="also show the output with slots ablated and the base decoder's")
     p = add(sub, "probe", cmd_probe,
             "what the slots encode: nearest vocabulary rows, next-token shifts", config=False)
     model_args(p, many=False)
     p.add_argument("--candidates", help="comma-separated English words to rank")
-    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--top", type=_positive_int, default=30)
     p = add(sub, "batch", cmd_batch,
             "pairwise cosine and norms of projected vectors (collapse check)", config=False)
     model_args(p, many=True)
@@ -426,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(ev_sub, "nll", cmd_eval_nll,
             "answer NLL per token on test pairs: slots injected, ablated, base decoder on raw text")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
-    p.add_argument("--limit", type=int,
+    p.add_argument("--limit", type=_positive_int,
                    help="test pairs to use, a hash sample spread over the split "
                    "(default: eval.nll_n, 256)")
     p = add(ev_sub, "gen", cmd_eval_gen,
@@ -435,11 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--systems",
                    help="comma-separated: llink, base (raw text, no LoRA), baseline (direct "
                    "fine-tune), ablated (slots ablated); default: eval.gen_systems (llink,base)")
-    p.add_argument("--n", type=int, help="test items, a hash sample spread over the split "
-                   "(default: eval.gen_n, 500)")
-    p.add_argument("--max-new-tokens", type=int,
+    p.add_argument("--n", type=_positive_int, help="test items, a hash sample spread over the "
+                   "split (default: eval.gen_n, 500)")
+    p.add_argument("--max-new-tokens", type=_positive_int,
                    help="answer length cap (default: eval.max_new_tokens, 48)")
-    p.add_argument("--batch-size", type=int,
+    p.add_argument("--batch-size", type=_positive_int,
                    help="prompts per generate call (default: eval.batch_size, 32)")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--baseline", metavar="DIR",
@@ -459,11 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-url", metavar="URL", help="OpenAI-compatible chat endpoint instead")
     p.add_argument("--judge-model", metavar="NAME", help="model name sent to --judge-url")
     p.add_argument("--api-key-env", metavar="VAR", help="env variable holding the endpoint key")
-    p.add_argument("--n", type=int, default=100, help="first N items (default 100)")
-    p.add_argument("--batch-size", type=int, default=8, help="judge prompts per call")
+    p.add_argument("--n", type=_positive_int, default=100, help="first N items (default 100)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="judge prompts per call")
     p = add(ev_sub, "tokens", cmd_eval_tokens,
             "decoder tokens of the test foreign texts vs English references vs the K+2 slots")
-    p.add_argument("--n", type=int, help="first N test items (default: all)")
+    p.add_argument("--n", type=_positive_int, help="first N test items (default: all)")
     p = add(ev_sub, "numbers", cmd_eval_numbers,
             "numeric fidelity of the saved generations: references with numbers whose numbers "
             "all appear in the output")
@@ -475,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="output file (default RUN_DIR/report.html|md)")
     p.add_argument("--format", choices=["html", "md"], default="html",
                    help="html: one file with embedded plots; md: Markdown + PNG files")
-    p.add_argument("--examples", type=int, default=12, help="example generations to show")
+    p.add_argument("--examples", type=_count, default=12, help="example generations to show")
     p = add(sub, "logs", cmd_logs, "summarise the JSONL training logs of one or many runs "
             "into CSV files and comparison plots", config=False)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
@@ -489,16 +563,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve a plain causal LM instead: hub id, folder or offline:NAME")
     p.add_argument("--served-name", metavar="NAME", help="model name reported to clients")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--max-batch", type=int, default=8, help="requests per generate call")
+    p.add_argument("--max-batch", type=_positive_int, default=8,
+                   help="requests per generate call")
     p.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="how long a batch waits for more requests (default 10)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit")
-    p.add_argument("--max-foreign-chars", type=int, default=4000, help="foreign text limit")
-    p.add_argument("--max-tokens-limit", type=int, default=512,
+    p.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
+                   help="request body limit")
+    p.add_argument("--max-foreign-chars", type=_positive_int, default=4000,
+                   help="foreign text limit")
+    p.add_argument("--max-tokens-limit", type=_positive_int, default=512,
                    help="the largest max_tokens a request may ask for")
-    p.add_argument("--default-max-tokens", type=int, default=128,
+    p.add_argument("--default-max-tokens", type=_positive_int, default=128,
                    help="max_tokens of requests that give none")
     p.add_argument("--api-key-env", metavar="VAR",
                    help="require 'Authorization: Bearer KEY', KEY read from env variable VAR")
@@ -518,11 +595,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.eval import EvalError
     from llink.fileio import JsonFileError
     from llink.inject import UnknownTaskError
-    from llink.models.offline import OfflineModelUnavailable
+    from llink.models.offline import ModelUnavailable, OfflineModelUnavailable
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
-            OfflineModelUnavailable, HarvestError, UnknownTaskError, SynthError, InputError,
-            JsonFileError, EvalError)
+            OfflineModelUnavailable, ModelUnavailable, HarvestError, UnknownTaskError,
+            SynthError, InputError, JsonFileError, EvalError)
 
 
 def _quiet_transformers() -> None:
@@ -530,6 +607,18 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+#: Libraries whose deprecation notices are for llink's developers, not its users (e.g.
+#: peft reads transformers' deprecated ``is_gradient_checkpointing`` on every LoRA load).
+_QUIET_LIBRARIES = r"(transformers|peft|accelerate|huggingface_hub|safetensors|tokenizers)(\.|$)"
+
+
+def _quiet_library_deprecations() -> None:
+    """No library FutureWarning/DeprecationWarning on a user-facing command; llink's own
+    warnings and every other warning still show."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=_QUIET_LIBRARIES)
 
 
 def _leave_process_group() -> None:
@@ -541,6 +630,7 @@ def _leave_process_group() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``llink`` console script."""
     args = build_parser().parse_args(argv)
+    _quiet_library_deprecations()
     _quiet_transformers()
     try:
         args.func(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -211,21 +212,46 @@ class ConfigError(ValueError):
     """A config file or override is not valid."""
 
 
+#: The largest gate boost inference accepts (``llink infer --gate-boost``, the server's
+#: ``llink.gate_boost``): it scales the gated adapter's contribution, 1 = as trained.
+MAX_GATE_BOOST = 10.0
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".toml":
-        data = tomllib.loads(text)
-    elif path.suffix == ".json":
-        data = json.loads(text)
-    else:
+    if path.suffix not in (".yaml", ".yml", ".toml", ".json"):
         raise ConfigError(f"config file {path}: use .yaml, .toml or .json")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({_yaml_problem(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: top level must be a mapping")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A one-line account of a YAML error: what is wrong and where (line, column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -303,10 +329,19 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. stage_a.steps=2000")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r}: the key is empty; expected key=value, e.g. "
+                          "stage_a.steps=2000")
     if raw.strip().lower() in ("none", "null", "~"):
         value = None
     else:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {text!r}: the value is not valid YAML ({_yaml_problem(exc)}); "
+                "close lists and quotes, e.g. stage_a.betas=[0.9,0.98]"
+            ) from None
     out: dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
@@ -337,12 +372,167 @@ CHOICES = {
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric setting (``None`` is always allowed where the type is
+    optional); non-finite numbers are never allowed."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself excluded
+    hi_open: bool = False  # hi itself excluded
+    integer: bool = False
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        lo, hi = _num(self.lo), _num(self.hi)
+        if self.lo is not None and self.hi is not None:
+            return (f"{kind} in {'(' if self.lo_open else '['}{lo}, {hi}"
+                    f"{')' if self.hi_open else ']'}")
+        if self.lo is not None:
+            return f"{kind} {'>' if self.lo_open else '>='} {lo}"
+        if self.hi is not None:
+            return f"{kind} {'<' if self.hi_open else '<='} {hi}"
+        return f"a finite {kind.split()[-1]}"
+
+
+def _num(x: float | None) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _count(lo: int = 1) -> Range:
+    return Range(lo, integer=True)
+
+
+_POSITIVE = Range(0.0, lo_open=True)  # a rate, scale or temperature
+_NON_NEGATIVE = Range(0.0)  # a weight, decay or margin (0 turns it off)
+_FRACTION = Range(0.0, 1.0, hi_open=True)  # a share or a dropout probability
+
+#: Numeric settings and their allowed values, checked by :func:`validate`. Settings
+#: absent here (e.g. layer indices, where negatives count from the end) take any value.
+RANGES: dict[tuple[str, str], Range] = {
+    ("model", "max_foreign_chars"): _count(0),  # 0: no clipping
+    ("model", "num_slots"): _count(1),
+    ("model", "resampler_layers"): _count(0),
+    ("data", "dev_fraction"): _FRACTION,
+    ("data", "test_fraction"): _FRACTION,
+    ("data", "max_train_pairs"): _count(1),
+    ("data", "max_dev_pairs"): _count(1),
+    ("data", "max_test_pairs"): _count(1),
+    ("data", "max_chars"): _count(1),
+    ("data", "max_english"): _count(0),
+    ("stage_a", "steps"): _count(1),
+    ("stage_a", "batch_size"): _count(1),
+    ("stage_a", "grad_accum"): _count(1),
+    ("stage_a", "lr"): _POSITIVE,
+    ("stage_a", "min_lr"): _NON_NEGATIVE,
+    ("stage_a", "warmup_steps"): _count(0),
+    ("stage_a", "weight_decay"): _NON_NEGATIVE,
+    ("stage_a", "grad_clip"): _POSITIVE,
+    ("stage_a", "tau_start"): _POSITIVE,
+    ("stage_a", "tau_end"): _POSITIVE,
+    ("stage_a", "queue_size"): _count(0),
+    ("stage_a", "queue_topk"): _count(0),
+    ("stage_a", "mse_weight"): _NON_NEGATIVE,
+    ("stage_a", "lognorm_weight"): _NON_NEGATIVE,
+    ("stage_a", "dropout"): _FRACTION,
+    ("stage_a", "hidden_mult"): _count(1),
+    ("stage_a", "english_fraction"): _FRACTION,
+    ("stage_a", "whiten_eps"): Range(0.0, 1.0, lo_open=True),
+    ("stage_a", "eval_every"): _count(1),
+    ("stage_a", "save_every"): _count(1),
+    ("stage_a", "encoder_batch_size"): _count(1),
+    ("stage_a", "teacher_batch_size"): _count(1),
+    ("stage_b", "steps"): _count(1),
+    ("stage_b", "micro_batch"): _count(1),
+    ("stage_b", "grad_accum"): _count(1),
+    ("stage_b", "bridge_warmup_steps"): _count(0),
+    ("stage_b", "lr_lora"): _NON_NEGATIVE,
+    ("stage_b", "lr_bridge"): _NON_NEGATIVE,
+    ("stage_b", "lr_scale"): _NON_NEGATIVE,
+    ("stage_b", "lr_bow"): _NON_NEGATIVE,
+    ("stage_b", "lr_reader"): _NON_NEGATIVE,
+    ("stage_b", "lr_projector"): _NON_NEGATIVE,  # 0 keeps the projector frozen
+    ("stage_b", "warmup_frac"): _FRACTION,
+    ("stage_b", "weight_decay"): _NON_NEGATIVE,
+    ("stage_b", "grad_clip"): _POSITIVE,
+    ("stage_b", "lora_r"): _count(0),  # 0: no LoRA
+    ("stage_b", "lora_alpha"): _count(1),
+    ("stage_b", "lora_dropout"): _FRACTION,
+    ("stage_b", "bow_weight"): _NON_NEGATIVE,
+    ("stage_b", "lexical_weight"): _NON_NEGATIVE,
+    ("stage_b", "lexical_steps"): _count(0),
+    ("stage_b", "lexical_batch"): _count(1),
+    ("stage_b", "lexical_scale"): _POSITIVE,
+    ("stage_b", "direction_weight"): _NON_NEGATIVE,
+    ("stage_b", "nce_weight"): _NON_NEGATIVE,
+    ("stage_b", "nce_tau"): _POSITIVE,
+    ("stage_b", "usage_weight"): _NON_NEGATIVE,
+    ("stage_b", "usage_margin"): _NON_NEGATIVE,
+    ("stage_b", "usage_every"): _count(1),
+    ("stage_b", "mismatch_weight"): _NON_NEGATIVE,
+    ("stage_b", "mismatch_margin"): _NON_NEGATIVE,
+    ("stage_b", "max_answer_tokens"): _count(1),
+    ("stage_b", "eval_every"): _count(1),
+    ("stage_b", "eval_pairs"): _count(1),
+    ("stage_b", "save_every"): _count(1),
+    ("eval", "gen_n"): _count(0),  # 0: skip generation
+    ("eval", "nll_n"): _count(1),
+    ("eval", "max_new_tokens"): _count(1),
+    ("eval", "batch_size"): _count(1),
+    ("eval", "judge_n"): _count(1),
+    ("", "seed"): Range(0, 2**32 - 1, integer=True),
+}
+
+
+def _setting(cfg: Config, section: str, key: str) -> tuple[bool, Any]:
+    """(exists, value) of a setting; a missing one is skipped, not an error."""
+    owner = getattr(cfg, section, None) if section else cfg
+    if owner is None or not hasattr(owner, key):
+        return False, None
+    return True, getattr(owner, key)
+
+
 def validate(cfg: Config) -> None:
-    """Reject values outside their allowed choices, naming the choices."""
+    """Reject values outside their allowed choices or ranges, naming the key and what is
+    allowed."""
     for (section, key), allowed in CHOICES.items():
-        value = getattr(getattr(cfg, section), key)
-        if value not in allowed:
+        exists, value = _setting(cfg, section, key)
+        if exists and value not in allowed:
             raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    for (section, key), rng in RANGES.items():
+        exists, value = _setting(cfg, section, key)
+        if exists and value is not None and not rng.ok(value):
+            name = f"{section}.{key}" if section else key
+            raise ConfigError(f"{name}={value!r} is out of range: use {rng.describe()}")
+    d, a, b = cfg.data, cfg.stage_a, cfg.stage_b
+    if d.dev_fraction + d.test_fraction >= 1:
+        raise ConfigError(
+            f"data.dev_fraction + data.test_fraction = {d.dev_fraction + d.test_fraction:g}: "
+            "their sum must be below 1 (the rest is the training split)"
+        )
+    for i, beta in enumerate(a.betas):
+        if not _FRACTION.ok(beta):
+            raise ConfigError(f"stage_a.betas[{i}]={beta!r} is out of range: use "
+                              f"{_FRACTION.describe()}")
+    if a.min_lr > a.lr:
+        raise ConfigError(f"stage_a.min_lr={a.min_lr:g} exceeds stage_a.lr={a.lr:g}: the "
+                          "schedule decays from lr down to min_lr")
+    if b.lora_r > 0 and not b.lora_targets:
+        raise ConfigError("stage_b.lora_targets is empty while stage_b.lora_r > 0: name the "
+                          "modules to adapt (e.g. q_proj,v_proj), or set stage_b.lora_r=0")
+    if not b.tasks:
+        raise ConfigError("stage_b.tasks is empty: name at least one task, e.g. "
+                          "stage_b.tasks=translate_to_english")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

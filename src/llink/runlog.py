@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llink.fileio import write_json_atomic
+from llink.fileio import JsonFileError, write_json_atomic, write_text_atomic
 
 _PACKAGES = ("llink", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers")
 
@@ -67,15 +67,37 @@ class MetricsLog:
             tqdm.write(prefix + format_record(record))
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop records past the checkpoint's step (they will be redone)."""
+        """On resume, drop records past the checkpoint's step (they will be redone).
+
+        A torn last line (what a kill during a write leaves) is dropped with a note; a
+        malformed line elsewhere raises :class:`~llink.fileio.JsonFileError` naming it.
+        """
         if not self.path.exists():
             return
-        keep = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        keep = []
+        for no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                if no == len(lines):
+                    print(f"{self.path}:{no}: dropped a torn last line (left by an "
+                          "interrupted write)")
+                    continue
+                raise JsonFileError(
+                    f"{self.path}:{no}: not valid JSON ({e.msg}); delete that line, or start "
+                    "without --resume"
+                ) from None
+            if not isinstance(rec, dict):
+                raise JsonFileError(f"{self.path}:{no}: expected a JSON object per line; delete "
+                                    "that line, or start without --resume")
+            if rec.get("step", 0) <= step:
+                keep.append(line)
+        write_text_atomic(self.path, "".join(k + "\n" for k in keep))
 
 
 def format_record(record: dict[str, Any]) -> str:

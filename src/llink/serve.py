@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from llink.config import ConfigError
+from llink.config import MAX_GATE_BOOST, ConfigError
 from llink.inject import TASKS, instruction_text
 
 log = logging.getLogger("llink.serve")
@@ -49,7 +49,6 @@ VALID_TASKS = (*TASKS, "ask")
 FOREIGN_SPAN = re.compile(r"<foreign>(.*?)</foreign>", re.DOTALL)
 LLINK_FIELDS = frozenset({"foreign", "task", "strict", "gate_boost", "question"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-MAX_GATE_BOOST = 10.0
 _DRAIN_LIMIT = 8 << 20  # unread request bodies up to this size are read before replying
 
 
@@ -474,7 +473,8 @@ class HFBackend:
         dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+            model = model.to(dev)
         except OSError as exc:
             raise ServeError(f"cannot load the model {name!r}: {exc}") from exc
         default = Path(name).name if Path(name).is_dir() else name

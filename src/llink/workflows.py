@@ -159,6 +159,9 @@ def evaluation_pairs(session: Session, pairs_file: str | None) -> list[Pair]:
     if pairs_file:
         pairs, report = read_pairs(pairs_file, max_chars=session.cfg.data.max_chars)
         print(report.summary())
+        if len(pairs) < 2:
+            raise EvalError(f"--pairs {pairs_file}: {len(pairs)} usable pair(s); an evaluation "
+                            "pool needs at least 2 (see the counts above for what was dropped)")
         return pairs
     return session.splits.test
 
@@ -173,7 +176,7 @@ def pool_ranks(
     row (fitted on training teacher states, never on the pool)."""
     cfg = session.cfg
     if len(pairs) < 2:
-        raise ValueError("the retrieval pool needs at least 2 pairs")
+        raise EvalError(f"the retrieval pool has {len(pairs)} pair(s); it needs at least 2")
     foreign, english = [p.foreign for p in pairs], [p.en for p in pairs]
     root = features_root(cfg.features_cache)
     enc, dec = session.encoder, session.decoder

@@ -218,7 +218,8 @@ class HFTeacher:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         dtype = torch.float32 if dev.type == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(dev).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True).to(dev).eval()  # never unpickle
         self.max_new_tokens = max_new_tokens
         self.name = f"hf:{model}"
 

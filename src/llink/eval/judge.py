@@ -123,7 +123,8 @@ class HFJudge:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolve_dtype(dtype)).to(self.device).eval()
+            path, dtype=resolve_dtype(dtype), use_safetensors=True  # never unpickle
+        ).to(self.device).eval()
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         firsts = {lab: self._first_tokens(lab) for lab in LABELS}
         # a first token that starts more than one label (e.g. a lone space) tells nothing

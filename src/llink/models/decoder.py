@@ -23,7 +23,7 @@ from llink.models.fingerprint import (
     tensor_digest,
     tokenizer_digest,
 )
-from llink.models.offline import resolve_model
+from llink.models.offline import explain_load_errors, resolve_model
 
 FOREIGN_OPEN = "<foreign>"
 FOREIGN_CLOSE = "</foreign>"
@@ -123,8 +123,10 @@ class FrozenDecoder:
     ) -> FrozenDecoder:
         """Load any Hugging Face causal LM id or folder, or an ``offline:`` default."""
         path = resolve_model(name, cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        with explain_load_errors(name, "model.decoder"):  # weights from safetensors only
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model = model.to(device)
         return cls(model, tokenizer, num_slots=num_slots, name=name)
 
     @property

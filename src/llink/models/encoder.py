@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from llink.batching import length_sorted_batches
 from llink.config import ConfigError
 from llink.models.fingerprint import code_digest, module_fingerprint, tokenizer_digest
-from llink.models.offline import resolve_model
+from llink.models.offline import explain_load_errors, resolve_model
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,8 +64,10 @@ class FrozenEncoder:
     ) -> FrozenEncoder:
         """Load any Hugging Face encoder id or folder, or an ``offline:`` default."""
         path = resolve_model(name, cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=dtype).to(device)
+        with explain_load_errors(name, "model.encoder"):  # weights from safetensors only
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, dtype=dtype, use_safetensors=True)
+        model = model.to(device)
         return cls(model, tokenizer, name=name, prefix=prefix, max_chars=max_chars)
 
     @property

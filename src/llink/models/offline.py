@@ -58,6 +58,38 @@ class OfflineModelUnavailable(RuntimeError):
     """An offline model's source package is not installed."""
 
 
+class ModelUnavailable(RuntimeError):
+    """A model name that is neither an ``offline:`` name, a local folder with a model, nor
+    loadable from the Hugging Face hub."""
+
+
+@contextlib.contextmanager
+def explain_load_errors(name: str, setting: str) -> Iterator[None]:
+    """Turn the ``OSError`` of a ``from_pretrained`` call (hub unreachable, unknown repo,
+    folder without a model) into a :class:`ModelUnavailable` naming the model, the setting
+    that chose it (e.g. ``model.decoder``) and how to fix it."""
+    try:
+        yield
+    except OSError as exc:
+        raise ModelUnavailable(unavailable_message(name, setting, exc)) from None
+
+
+def unavailable_message(name: str, setting: str, exc: BaseException) -> str:
+    """One line: what ``name`` is not, why it failed, and what to give instead."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return (f"{setting} {name}: the folder holds no loadable model ({reason}); it needs "
+                "config.json, the tokenizer files and the weights as .safetensors")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name:
+        return f"{setting} {name}: no such folder"
+    offline = ", ".join((E5_NAME, SMOLLM2_NAME))
+    return (f"{setting} {name!r} is not available offline: it is not an offline: name "
+            f"({offline}), not a local folder, and could not be loaded from the Hugging Face "
+            f"hub ({reason}). Set {setting} to a local folder holding config.json and "
+            "model.safetensors, or connect to the hub once so that it is cached.")
+
+
 # --------------------------------------------------------------------------- cache dir
 def default_cache_dir() -> Path:
     """``$LLINK_CACHE`` if set, else the platform's user cache dir + ``llink``

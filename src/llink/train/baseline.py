@@ -33,7 +33,14 @@ from llink.runlog import MetricsLog
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.stage_b import RESUMABLE_CHANGES
-from llink.train.state import batch_indices, fixed_settings, load_state, save_state
+from llink.train.state import (
+    batch_indices,
+    clean_stale_states,
+    fixed_settings,
+    load_state,
+    save_state,
+    saved_progress,
+)
 
 STAGE = "baseline"
 
@@ -148,9 +155,12 @@ def train_baseline(
     opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
     runner = StepRunner(cfg.compute, model.device)
     settings = fixed_settings(b, RESUMABLE_CHANGES)
-    start = 0
+    start, earlier = 0, {}  # earlier: progress of the run before a resume (best, time)
+    if main:  # half-written folders of interrupted checkpoint writes
+        clean_stale_states(state_dir, run_dir / f"{STAGE}-best", run_dir / STAGE)
     if resume:
         start, parts = load_state(state_dir, "baseline", settings, opt)
+        earlier = saved_progress(state_dir)
         set_peft_model_state_dict(model.lm, parts["lora"])
         if main:
             log.truncate_after(start)
@@ -161,12 +171,18 @@ def train_baseline(
 
     def checkpoint(step: int) -> None:
         lora = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
-        dist.on_main(save_state, state_dir, {"lora": lora}, opt, step, settings)
+        progress = {"dev_best": best if "step" in best else None, "dev_start": dev_start,
+                    "train_seconds": seconds()}
+        dist.on_main(save_state, state_dir, {"lora": lora}, opt, step, settings,
+                     progress=progress)
+
+    def seconds() -> float:  # training time of the whole run, over resumes
+        return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
 
     n = len(train)
     warmup = int(b.warmup_frac * b.steps)
-    best: dict[str, Any] = {"nll": float("inf")}
-    dev_start: dict[str, float] = {}
+    best: dict[str, Any] = earlier.get("dev_best") or {"nll": float("inf")}
+    dev_start: dict[str, float] = earlier.get("dev_start", {})
     if start == 0:
         dev_start = {"nll": evaluate_raw_nll(model, dev, b.micro_batch),
                      "nll_base_raw": evaluate_raw_nll(model, dev, b.micro_batch, base=True)}
@@ -214,9 +230,9 @@ def train_baseline(
              "nll_base_raw": evaluate_raw_nll(model, dev, b.micro_batch, base=True)}
     summary = {
         "dev_final": final,
-        "dev_best": best,
+        "dev_best": best if "step" in best else None,  # None: no dev evaluation ran
         "dev_start": dev_start,
-        "train_seconds": round(time.time() - t0, 1),
+        "train_seconds": seconds(),
         "steps": b.steps,
         "train_examples": n,
         "dev_examples": len(dev),

@@ -35,7 +35,14 @@ from llink.runlog import MetricsLog
 from llink.targets import TargetTransform
 from llink.train.loop import StepRunner
 from llink.train.schedules import warmup_cosine
-from llink.train.state import batch_indices, fixed_settings, load_state, save_state
+from llink.train.state import (
+    batch_indices,
+    clean_stale_states,
+    fixed_settings,
+    load_state,
+    save_state,
+    saved_progress,
+)
 
 #: Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = {
@@ -148,9 +155,12 @@ def train_stage_a(
         if a.queue_size > 0
         else None
     )
-    start = 0
+    start, earlier = 0, {}  # earlier: progress of the run before a resume (time)
+    if main:  # half-written folders of interrupted checkpoint writes
+        clean_stale_states(state_dir, run_dir / "stage_a")
     if resume:
         start, parts = load_state(state_dir, "Stage A", fixed_settings(a, RESUMABLE_CHANGES), opt)
+        earlier = saved_progress(state_dir)
         projector.load_state_dict(parts["projector"])
         if queue is not None:
             queue.load_state_dict(parts["queue"])
@@ -165,7 +175,11 @@ def train_stage_a(
         parts = {"projector": projector.state_dict()}
         if queue is not None:
             parts["queue"] = queue.state_dict()
-        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(a, RESUMABLE_CHANGES))
+        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(a, RESUMABLE_CHANGES),
+                     progress={"train_seconds": seconds()})
+
+    def seconds() -> float:  # training time of the whole run, over resumes
+        return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
 
     def evaluate(step: int) -> dict[str, float]:
         projector.eval()
@@ -251,7 +265,7 @@ def train_stage_a(
         "steps": a.steps,
         "train_pairs": n,
         "english_sentences": n_en,
-        "train_seconds": round(time.time() - t0, 1),
+        "train_seconds": seconds(),
         "dev_metrics": last_dev or evaluate(a.steps),
         "stage_a_config": dataclasses.asdict(a),
     }

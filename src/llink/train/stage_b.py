@@ -36,7 +36,14 @@ from llink.model import LLINK, AnswerNLL
 from llink.runlog import MetricsLog
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
-from llink.train.state import batch_indices, fixed_settings, load_state, save_state
+from llink.train.state import (
+    batch_indices,
+    clean_stale_states,
+    fixed_settings,
+    load_state,
+    save_state,
+    saved_progress,
+)
 
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs"}
 STOP_WORDS = frozenset(
@@ -270,9 +277,12 @@ def train_stage_b(
     dist.broadcast_(p for g in groups for p in g["params"])  # identical start on every rank
     opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
     runner = StepRunner(cfg.compute, device)
-    start = 0
+    start, earlier = 0, {}  # earlier: progress of the run before a resume (best, time)
+    if main:  # half-written folders of interrupted checkpoint writes
+        clean_stale_states(state_dir, run_dir / "stage_b-best", run_dir / "stage_b")
     if resume:
         start, parts = load_state(state_dir, "Stage B", fixed_settings(b, RESUMABLE_CHANGES), opt)
+        earlier = saved_progress(state_dir)
         model.bridge.load_state_dict(parts["bridge"])
         if model.reader is not None:
             model.reader.load_state_dict(parts["reader"])
@@ -299,13 +309,20 @@ def train_stage_b(
             parts["lora"] = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
         if b.lr_projector > 0:
             parts["projector"] = model.projector.state_dict()
-        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(b, RESUMABLE_CHANGES))
+        progress = {"dev_best": best if "step" in best else None, "dev_start": base_dev,
+                    "train_seconds": seconds()}
+        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(b, RESUMABLE_CHANGES),
+                     progress=progress)
+
+    def seconds() -> float:  # training time of the whole run, over resumes
+        return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
 
     pad = int(model.tokenizer.pad_token_id)
     n = len(train.examples)
-    best = {"nll_injected": float("inf")}
-    base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 else {}
-    if base_dev and main:
+    best = earlier.get("dev_best") or {"nll_injected": float("inf")}
+    base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 \
+        else earlier.get("dev_start", {})
+    if start == 0 and main:
         log.log({"step": 0, **_flat_dev(base_dev)}, prefix="stage B | ")
     t0 = time.time()
     if start == 0 and b.lexical_steps > 0 and content is not None:
@@ -374,9 +391,9 @@ def train_stage_b(
     final_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True)
     summary = {
         "dev_final": final_dev,
-        "dev_best": best,
+        "dev_best": best if "step" in best else None,  # None: no dev evaluation ran
         "dev_start": base_dev,
-        "train_seconds": round(time.time() - t0, 1),
+        "train_seconds": seconds(),
         "steps": b.steps,
     }
     dist.on_main(

@@ -1,28 +1,42 @@
 """Resumable training state shared by the stages: sampling, saving and restoring.
 
 A state folder holds every trainable tensor and the optimizer state as
-safetensors, plus the step and the settings that must not change on resume.
+safetensors, plus the step, the settings that must not change on resume and the
+run's progress so far (best dev figures, training time), so that a resumed run
+reports on the whole run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llink.checkpoints import (
+    CheckpointError,
     check_folder,
     load_json,
     load_tensors,
     optimizer_state_tensors,
+    remove_stale_temporaries,
     restore_optimizer,
     save_folder,
+    verify_weights,
 )
 
 RESUME_FIX = "Start without --resume, or point run_dir to the interrupted run."
+DAMAGED_STATE_FIX = (
+    "The training state cannot be used: start again without --resume (training restarts "
+    "from step 0), or restore the folder from a copy."
+)
+
+
+class ResumeMismatch(CheckpointError, ValueError):
+    """A resumed run's fixed settings differ from those its training state was saved with."""
 
 
 def batch_indices(n: int, batch: int, seed: int, step: int, micro: int = 0) -> torch.Tensor:
@@ -37,18 +51,46 @@ def fixed_settings(stage_cfg: Any, may_change: set[str]) -> dict[str, Any]:
     return json.loads(json.dumps(items))
 
 
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (inf, nan) replaced by None: valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def clean_stale_states(*folders: Path) -> list[Path]:
+    """Remove the temporary folders that interrupted checkpoint writes of ``folders`` left
+    behind (``.stage_b-state.xxxxxxxx`` ...); call it at the start of the run owning them."""
+    removed = [p for folder in folders for p in remove_stale_temporaries(folder)]
+    if removed:
+        print(f"removed {len(removed)} temporary folder(s) left by an interrupted checkpoint "
+              f"write: {', '.join(p.name for p in removed)}")
+    return removed
+
+
 def save_state(
     state_dir: Path,
     parts: dict[str, dict[str, torch.Tensor]],
     opt: torch.optim.Optimizer,
     step: int,
     settings: dict[str, Any],
+    progress: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``parts`` (name → state dict), the optimizer and the step, atomically."""
+    """Write ``parts`` (name → state dict), the optimizer and the step, atomically.
+
+    ``progress`` (JSON) is what a resumed run needs to report on the whole run, e.g. the
+    best dev figures so far and the training seconds spent; :func:`saved_progress` reads it.
+    """
     tensors = {f"{name}.{k}": v for name, sd in parts.items() for k, v in sd.items()}
     opt_tensors, opt_meta = optimizer_state_tensors(opt)
     tensors.update({f"opt.{k}": v for k, v in opt_tensors.items()})
     meta = {"step": step, "optimizer": opt_meta, "config": settings}
+    if progress is not None:
+        meta["progress"] = finite_or_none(progress)
     save_folder(state_dir, {"state": tensors}, {"state": meta})
 
 
@@ -57,19 +99,39 @@ def load_state(
 ) -> tuple[int, dict[str, dict[str, torch.Tensor]]]:
     """Restore the optimizer; return the step and the saved parts (name → state dict).
 
-    Raises if the folder is missing or incomplete, or if a fixed setting changed.
+    Raises :class:`CheckpointError` if the folder is missing, incomplete or damaged (a
+    weight file that does not match its recorded SHA-256 is named), or if a fixed setting
+    changed. Temporary folders of interrupted saves beside it are removed first.
     """
+    clean_stale_states(state_dir)
     check_folder(state_dir, f"{stage} training state", RESUME_FIX)
     meta = load_json(state_dir, "state")
-    saved = meta["config"]
+    saved = meta.get("config", {})
     diffs = [
         f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in settings.items() if saved.get(k) != v
     ]
     if diffs:
-        raise ValueError(f"cannot resume: {stage} settings changed:\n  " + "\n  ".join(diffs))
+        raise ResumeMismatch(
+            f"cannot resume from {state_dir}: {stage} settings changed since it was saved:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse the interrupted run's settings, or start without --resume."
+        )
+    verify_weights(state_dir, meta, "state.json", DAMAGED_STATE_FIX)
     parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in load_tensors(state_dir, "state").items():
+    for key, value in load_tensors(state_dir, "state", DAMAGED_STATE_FIX).items():
         name, rest = key.split(".", 1)
         parts.setdefault(name, {})[rest] = value
-    restore_optimizer(opt, parts.pop("opt", {}), meta["optimizer"])
+    try:
+        restore_optimizer(opt, parts.pop("opt", {}), meta["optimizer"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{state_dir / 'state.json'}: the optimizer state does not fit this run ({exc}). "
+            + DAMAGED_STATE_FIX
+        ) from None
     return int(meta["step"]), parts
+
+
+def saved_progress(state_dir: Path) -> dict[str, Any]:
+    """The ``progress`` saved with the state in ``state_dir`` ({} for older states)."""
+    progress = load_json(state_dir, "state").get("progress")
+    return progress if isinstance(progress, dict) else {}
