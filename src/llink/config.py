@@ -156,6 +156,9 @@ class StageBConfig:
     system_prompt: str | None = None  # None: the chat template's own system turn (if any)
     tasks: list[str] = field(default_factory=lambda: ["translate_to_english"])
     synthetic: str | None = None  # extra instruction examples (JSONL from `llink data synth`)
+    # English sentences of data.english added as examples read through the encoder and
+    # answered by themselves (LangBridge trains its bridge on English alone)
+    english_examples: int = 0
     eval_every: int = 40
     eval_pairs: int = 64
     save_every: int = 40

@@ -20,9 +20,10 @@ from llink.artifacts import StageAArtifact, load_baseline, load_llink, load_stag
 from llink.bridge import SlotBridge, build_token_reader
 from llink.checkpoints import check_folder, folder_digest, load_json
 from llink.config import Config, DataConfig
+from llink.data.english import read_english
 from llink.data.pairs import Pair, read_pairs, source_group
 from llink.data.splits import Splits, is_held_out, load_splits
-from llink.data.tasks import TaskExample, read_task_file, translation_examples
+from llink.data.tasks import TaskExample, foreign_length_ok, read_task_file, translation_examples
 from llink.eval import EvalError
 from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
 from llink.eval.generation import (
@@ -378,6 +379,13 @@ def stage_b_items(session: Session, split: str) -> list[TaskExample]:
             print(f"Stage B: refused {refused} of {len(extra)} synthetic rows of "
                   f"{b.synthetic} whose English or foreign text belongs to the dev/test split")
         items += kept
+    if b.english_examples and split == "train":
+        s = session.splits
+        english = read_english(session.cfg.data, [*s.dev, *s.test])[: b.english_examples]
+        # English read through the encoder, answered by itself: the decoder learns to read
+        # slots of any domain English covers; the foreign languages ride on the encoder
+        items += [TaskExample("translate_to_english", t, t, en=t, source="english")
+                  for t in english if foreign_length_ok(t)]
     if not items:
         raise ValueError(f"no Stage B examples for split {split!r} with tasks {b.tasks}")
     return items
