@@ -66,6 +66,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: use a finite number >= 0")
+    return value
+
+
 def _gate_boost(text: str) -> float:
     """``--gate-boost``: the bounds the server applies to ``llink.gate_boost``."""
     try:
@@ -362,7 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
         max_body_bytes=args.max_body_bytes, max_foreign_chars=args.max_foreign_chars,
         max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
-        api_key=serve.api_key_from_env(args.api_key_env))
+        api_key=serve.api_key_from_env(args.api_key_env), read_timeout_s=args.read_timeout)
     backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name)
     serve.run_server(serve.make_server(backend, settings, args.host, args.port))
 
@@ -567,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--max-batch", type=_positive_int, default=8,
                    help="requests per generate call")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+    p.add_argument("--batch-wait-ms", type=_non_negative_float, default=10.0,
                    help="how long a batch waits for more requests (default 10)")
     p.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
                    help="request body limit")
@@ -579,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max_tokens of requests that give none")
     p.add_argument("--api-key-env", metavar="VAR",
                    help="require 'Authorization: Bearer KEY', KEY read from env variable VAR")
+    p.add_argument("--read-timeout", type=_positive_float, default=30.0, metavar="S",
+                   help="seconds a client may take to send its request; a shorter body than "
+                   "its Content-Length gets a 408 after that (default 30)")
     return parser
 
 

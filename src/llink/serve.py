@@ -49,7 +49,9 @@ VALID_TASKS = (*TASKS, "ask")
 FOREIGN_SPAN = re.compile(r"<foreign>(.*?)</foreign>", re.DOTALL)
 LLINK_FIELDS = frozenset({"foreign", "task", "strict", "gate_boost", "question"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-_DRAIN_LIMIT = 8 << 20  # unread request bodies up to this size are read before replying
+_SMALL_BODY = 1 << 16  # unread bodies up to this size are read before replying (keep-alive)
+_DRAIN_LIMIT = 1 << 30  # larger ones are read and discarded after the reply, up to this size
+JSON_TYPE = "application/json"
 
 
 class ServeError(ConfigError):
@@ -93,6 +95,8 @@ class ServeSettings:
     api_key: str | None = None
     request_timeout_s: float = 300.0
     max_pending: int = 256
+    read_timeout_s: float = 30.0  # how long a client may take to send its request
+    listen_backlog: int = 1024  # connections the kernel queues before the server accepts them
 
     def __post_init__(self) -> None:
         positive = (
@@ -103,6 +107,8 @@ class ServeSettings:
             "default_max_tokens",
             "request_timeout_s",
             "max_pending",
+            "read_timeout_s",
+            "listen_backlog",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -689,6 +695,10 @@ class LLINKServer(ThreadingHTTPServer):
     daemon_threads = False
 
     def __init__(self, address: tuple[str, int], backend: Backend, settings: ServeSettings) -> None:
+        # socketserver's default backlog of 5 makes the kernel drop connections when many
+        # clients connect at once (resets under ~50 concurrent requests): the listen queue
+        # must hold at least as many connections as the batcher queues requests
+        self.request_queue_size = max(settings.listen_backlog, settings.max_pending)
         super().__init__(address, _Handler)
         self.backend = backend
         self.settings = settings
@@ -715,7 +725,11 @@ class LLINKServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: LLINKServer
     server_version = "llink-serve"
-    timeout = 30  # seconds a client may take to send its request
+    timeout = 30  # seconds a client may take to send its request (ServeSettings.read_timeout_s)
+
+    def setup(self) -> None:
+        self.timeout = self.server.settings.read_timeout_s
+        super().setup()
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -812,6 +826,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat(self) -> None:
         server = self.server
+        self._require_json()
         job = parse_chat_request(self._read_json(), server.settings, server.backend.needs_foreign)
         future = server.batcher.submit(job)
         try:
@@ -833,6 +848,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise _bad(f"invalid Content-Length {raw!r}", "invalid_content_length")
         return n
 
+    def _require_json(self) -> None:
+        """Only ``Content-Type: application/json``: a web page cannot send that to another
+        origin without a CORS preflight, which this server never grants (no CSRF)."""
+        raw = self.headers.get("Content-Type")
+        media = (raw or "").split(";", 1)[0].strip().lower()
+        if media != JSON_TYPE:
+            got = f"Content-Type {raw!r}" if raw else "no Content-Type"
+            raise ApiError(
+                415,
+                f"the request has {got}; send the JSON body with 'Content-Type: {JSON_TYPE}'",
+                "unsupported_media_type",
+            )
+
     def _read_json(self) -> Any:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise _bad(
@@ -845,15 +873,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _bad("a Content-Length header is required", "length_required", status=411)
         limit = self.server.settings.max_body_bytes
         if n > limit:
-            raise _bad(
-                f"the request body has {n} bytes; the limit is {limit}",
-                "body_too_large",
-                status=413,
-            )
-        data = self.rfile.read(n)
-        self._body_read = True
-        if len(data) < n:
-            raise _bad("the request body ended early", "incomplete_body")
+            raise _too_large(n, limit)
+        data = self._read_body(n)
         try:
             return json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -861,41 +882,106 @@ class _Handler(BaseHTTPRequestHandler):
         except RecursionError:
             raise _bad("the body is nested too deeply", "invalid_json") from None
 
-    def _drain(self) -> None:
-        """Read an unread request body, so closing the socket does not reset the reply."""
-        if self._body_read or self.command in ("GET", "HEAD"):
-            return
+    def _read_body(self, n: int) -> bytes:
+        """Exactly ``n`` body bytes, within ``read_timeout_s`` in all; a client that declares
+        more than it sends gets a 408 (after the timeout) or a 400 (when it closes)."""
         self._body_read = True
+        timeout = self.server.settings.read_timeout_s
+        deadline = time.monotonic() + timeout
+        data = bytearray()
         try:
-            n = self._content_length() or 0
-        except ApiError:
-            n = 0
-        if n > _DRAIN_LIMIT:
+            while len(data) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(n - len(data), 1 << 16))
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
             self.close_connection = True
-            return
-        while n > 0:
-            chunk = self.rfile.read(min(n, 1 << 16))
-            if not chunk:
-                break
-            n -= len(chunk)
+            log.warning("%s %s %s: request body incomplete after %gs (%d of %d bytes); "
+                        "answered 408", self.address_string(), self.command, self.path,
+                        timeout, len(data), n)
+            raise ApiError(
+                408,
+                f"the request body ended early: Content-Length is {n} bytes, {len(data)} "
+                f"arrived within {timeout:g} s",
+                "request_timeout",
+                headers={"Connection": "close"},
+            ) from None
+        finally:
+            self.connection.settimeout(timeout)
+        if len(data) < n:
+            self.close_connection = True
+            raise _bad(
+                f"the request body ended early: Content-Length is {n} bytes, the client sent "
+                f"{len(data)}",
+                "incomplete_body",
+            )
+        return bytes(data)
+
+    def _unread_body(self) -> int:
+        """Bytes of a request body nobody has read (0 once read or drained)."""
+        if self._body_read or self.command in ("GET", "HEAD"):
+            return 0
+        try:
+            return self._content_length() or 0
+        except ApiError:
+            return 0
+
+    def _discard(self, n: int) -> bool:
+        """Read and drop ``n`` body bytes (at most ``_DRAIN_LIMIT``, within the read timeout);
+        True when all of them were read, so that closing the socket does not reset the
+        reply the client has not read yet."""
+        self._body_read = True
+        if n > _DRAIN_LIMIT:
+            return False
+        deadline = time.monotonic() + self.server.settings.read_timeout_s
+        try:
+            while n > 0 and time.monotonic() < deadline:
+                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = self.rfile.read1(min(n, 1 << 16))
+                if not chunk:
+                    return False
+                n -= len(chunk)
+        except OSError:
+            return False
+        return n == 0
 
     def _reply(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = dict(headers or {})
+        unread = self._unread_body()
         try:
-            self._drain()
+            if 0 < unread <= _SMALL_BODY and not self._discard(unread):
+                self.close_connection = True
+            large = unread > _SMALL_BODY
+            if large:  # answer first, then read and drop the body, then close
+                self.close_connection = True
+                headers["Connection"] = "close"
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
+            for k, v in headers.items():
                 self.send_header(k, v)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+            if large:
+                self.wfile.flush()
+                self._discard(unread)
         except OSError as exc:  # the client went away
             log.info("could not answer %s %s: %s", self.command, self.path, exc)
             self.close_connection = True
+
+
+def _too_large(n: int, limit: int) -> ApiError:
+    return _bad(f"the request body has {n} bytes; the limit is {limit}", "body_too_large",
+                status=413)
 
 
 # --------------------------------------------------------------------------- running

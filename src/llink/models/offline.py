@@ -65,12 +65,12 @@ class ModelUnavailable(RuntimeError):
 
 @contextlib.contextmanager
 def explain_load_errors(name: str, setting: str) -> Iterator[None]:
-    """Turn the ``OSError`` of a ``from_pretrained`` call (hub unreachable, unknown repo,
-    folder without a model) into a :class:`ModelUnavailable` naming the model, the setting
-    that chose it (e.g. ``model.decoder``) and how to fix it."""
+    """Turn the ``OSError``/``ValueError`` of a ``from_pretrained`` call (hub unreachable,
+    unknown repo, folder without a model) into a :class:`ModelUnavailable` naming the model,
+    the setting that chose it (e.g. ``model.decoder``) and how to fix it."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: e.g. a folder without tokenizer files
         raise ModelUnavailable(unavailable_message(name, setting, exc)) from None
 
 

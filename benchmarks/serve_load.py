@@ -1,0 +1,234 @@
+"""Load test of ``llink serve``: many simultaneous chat requests on 127.0.0.1.
+
+    python -m benchmarks.serve_load [--model DIR] [--concurrency 100] [--rounds 3] [--quick]
+
+Each round opens ``concurrency`` connections at once (threads released by one barrier),
+each posting one chat-completions request, and counts connection resets, other errors and
+answers that differ from the same request sent alone; latency is from connect to the last
+byte of the answer. Without ``--model`` the server runs a stand-in backend (a fixed cost
+per batched generate call plus a little per request, answers derived from the foreign
+text), so the figures are the server's own: listen queue, threads, batching. With
+``--model DIR`` it serves that trained LLINK folder. Results:
+benchmarks/results/serve_load.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.common import machine_description, pct, row, write_results
+from llink.serve import (
+    ChatJob,
+    Completion,
+    LLINKBackend,
+    LLINKServer,
+    Prepared,
+    ServeSettings,
+    make_server,
+)
+
+QUICK = {"concurrency": 50, "rounds": 1, "max_tokens": 4}
+DEFAULT = {"concurrency": 100, "rounds": 3, "max_tokens": 8}
+TEXTS = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "រក្សាទុកឯកសារមុនពេលបិទ។",
+         "តារាងមានជួរឈរបី។", "ចុចប៊ូតុង OK ។", "បញ្ចូលស្លាយថ្មី។", "បោះពុម្ពទំព័របច្ចុប្បន្ន។"]
+RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
+                http.client.RemoteDisconnected)
+
+
+class StandInBackend:
+    """A model stand-in: ``batch_ms`` per generate call plus ``item_ms`` per request;
+    the answer is a function of the foreign text and ``max_tokens`` only."""
+
+    kind = "stand-in"
+    needs_foreign = True
+
+    def __init__(self, batch_ms: float = 20.0, item_ms: float = 2.0,
+                 name: str = "stand-in") -> None:
+        self.batch_s, self.item_s, self.name = batch_ms / 1000, item_ms / 1000, name
+
+    def describe(self) -> dict[str, Any]:
+        return {"batch_ms": self.batch_s * 1000, "item_ms": self.item_s * 1000}
+
+    def prepare(self, job: ChatJob) -> Prepared:
+        return Prepared(list(job.foreign.encode("utf-8")) if job.foreign else [0])
+
+    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]) -> list[Completion]:
+        time.sleep(self.batch_s + self.item_s * len(jobs))
+        return [Completion(f"{j.task}: {j.foreign[::-1][: j.max_tokens]}", len(p.prompt),
+                           min(j.max_tokens, len(j.foreign or "")), "length")
+                for j, p in zip(jobs, prepared, strict=True)]
+
+
+def chat_body(text: str, max_tokens: int) -> bytes:
+    return json.dumps({"messages": [{"role": "user", "content": f"<foreign>{text}</foreign>"}],
+                       "max_tokens": max_tokens}).encode("utf-8")
+
+
+def post(host: str, port: int, body: bytes, timeout: float = 120.0) -> dict[str, Any]:
+    """One request on a fresh connection: status, answer, seconds, or what went wrong."""
+    t = time.perf_counter()
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("POST", "/v1/chat/completions", body,
+                     {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        out: dict[str, Any] = {"status": resp.status, "seconds": time.perf_counter() - t}
+        if resp.status == 200:
+            out["answer"] = json.loads(data)["choices"][0]["message"]["content"]
+        else:
+            out["error"] = data.decode("utf-8", "replace")[:200]
+        return out
+    except RESET_ERRORS as exc:
+        return {"reset": type(exc).__name__, "seconds": time.perf_counter() - t}
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return {"failure": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t}
+    finally:
+        conn.close()
+
+
+def burst(host: str, port: int, bodies: list[bytes]) -> tuple[list[dict[str, Any]], float]:
+    """All ``bodies`` at once, one connection each; results in order and the wall time."""
+    start = threading.Barrier(len(bodies) + 1)
+    results: list[dict[str, Any]] = [{} for _ in bodies]
+
+    def one(i: int) -> None:
+        start.wait()
+        results[i] = post(host, port, bodies[i])
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(bodies))]
+    for th in threads:
+        th.start()
+    start.wait()
+    t = time.perf_counter()
+    for th in threads:
+        th.join(300)
+    return results, time.perf_counter() - t
+
+
+def load_test(server: LLINKServer, concurrency: int, rounds: int, max_tokens: int
+              ) -> dict[str, Any]:
+    """``rounds`` bursts of ``concurrency`` requests against a running server."""
+    host, port = server.server_address[:2]
+    bodies = [chat_body(TEXTS[i % len(TEXTS)], max_tokens) for i in range(concurrency)]
+    expected = {b: post(host, port, b).get("answer") for b in dict.fromkeys(bodies)}
+    calls0 = server.generate_calls
+    latencies: list[float] = []
+    counts = {"requests": 0, "ok": 0, "resets": 0, "errors": 0, "different_answers": 0}
+    walls, examples = [], []
+    for _ in range(rounds):
+        results, wall = burst(host, port, bodies)
+        walls.append(wall)
+        for body, r in zip(bodies, results, strict=True):
+            counts["requests"] += 1
+            if "reset" in r:
+                counts["resets"] += 1
+            elif r.get("status") != 200:
+                counts["errors"] += 1
+            else:
+                counts["ok"] += 1
+                latencies.append(r["seconds"])
+                counts["different_answers"] += r["answer"] != expected[body]
+            if ("reset" in r or r.get("status") != 200) and len(examples) < 3:
+                examples.append(r)
+    lat = latencies or [float("nan")]
+    return {
+        **counts,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "generate_calls": server.generate_calls - calls0,
+        "latency_ms": {"p50": 1000 * pct(lat, 0.5), "p90": 1000 * pct(lat, 0.9),
+                       "p99": 1000 * pct(lat, 0.99), "max": 1000 * max(lat),
+                       "mean": 1000 * statistics.fmean(lat)},
+        "burst_seconds": walls,
+        "requests_per_s": concurrency / statistics.median(walls),
+        "failures": examples,
+    }
+
+
+def measure(model: str | None, concurrency: int, rounds: int, max_tokens: int) -> dict[str, Any]:
+    backend = (LLINKBackend.load(model, device="auto") if model else StandInBackend())
+    settings = ServeSettings(max_batch=8, batch_wait_ms=10, max_tokens=max(128, max_tokens))
+    server = make_server(backend, settings, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        res = load_test(server, concurrency, rounds, max_tokens)
+    finally:
+        server.shutdown()
+        server.close()
+        thread.join(10)
+    return {"machine": machine_description(), "backend": backend.kind,
+            "model": model, "backend_settings": backend.describe() if not model else None,
+            "listen_backlog": server.request_queue_size, "max_batch": settings.max_batch,
+            "max_tokens": max_tokens, **res}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lat = res["latency_ms"]
+    backend = (f"LLINK model {res['model']}" if res["model"] else
+               f"stand-in backend ({res['backend_settings']['batch_ms']:g} ms per generate "
+               f"call + {res['backend_settings']['item_ms']:g} ms per request)")
+    lines = [
+        f"# llink serve under {res['concurrency']} simultaneous requests",
+        "",
+        f"{res['rounds']} burst(s) of {res['concurrency']} chat-completions requests on "
+        f"127.0.0.1, one fresh connection each, released together; {backend}; batches of "
+        f"up to {res['max_batch']}, listen backlog {res['listen_backlog']}.",
+        "",
+        "| requests | ok | resets | errors | answers ≠ sequential | generate calls | "
+        "p50 ms | p90 ms | p99 ms | max ms | requests/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {res['requests']} | {res['ok']} | {res['resets']} | {res['errors']} | "
+        f"{res['different_answers']} | {res['generate_calls']} | {lat['p50']:.0f} | "
+        f"{lat['p90']:.0f} | {lat['p99']:.0f} | {lat['max']:.0f} | "
+        f"{res['requests_per_s']:.1f} |",
+        "",
+        f"Machine: {res['machine']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
+    lat = res["latency_ms"]
+    return [row("serve load", f"{res['concurrency']} simultaneous requests: resets + errors",
+                str(res["resets"] + res["errors"]), "—", None,
+                note=f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms")]
+
+
+def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
+    """Measure with the defaults (or the quick settings), write results, return them."""
+    q = {**(QUICK if quick else DEFAULT), **overrides}
+    res = measure(model, q["concurrency"], q["rounds"], q["max_tokens"])
+    md = markdown(res)
+    write_results("serve_load", res, md, quick)
+    print(md)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None,
+                    help="trained LLINK folder to serve (default: the stand-in backend)")
+    ap.add_argument("--concurrency", type=int, default=DEFAULT["concurrency"])
+    ap.add_argument("--rounds", type=int, default=DEFAULT["rounds"])
+    ap.add_argument("--max-tokens", type=int, default=DEFAULT["max_tokens"])
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
+    args = ap.parse_args()
+    if args.quick:
+        run(args.model, quick=True)
+        return
+    run(args.model, concurrency=args.concurrency, rounds=args.rounds,
+        max_tokens=args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""``llink serve`` at its limits (issue 15): many simultaneous connections, media types,
+CORS, bodies shorter or longer than declared. HTTP on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from benchmarks.serve_load import StandInBackend, burst, chat_body, load_test, post
+
+from .test_serve import FOREIGN, LIMITS, serving, tiny_llink  # noqa: F401 (module fixture)
+
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture(scope="module")
+def stand_in():
+    """A server whose backend answers at once: the HTTP layer on its own."""
+    with serving(StandInBackend(batch_ms=1, item_ms=0), batch_wait_ms=5, max_body_bytes=4096,
+                 read_timeout_s=1.0) as srv:
+        yield srv
+
+
+def request(srv, method: str, path: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request(method, path, body, headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, dict(resp.getheaders()), json.loads(data) if data else None
+    finally:
+        conn.close()
+
+
+def ok_body(text: str = FOREIGN[0]) -> bytes:
+    return chat_body(text, 4)
+
+
+# --------------------------------------------------------------------------- media type, CORS
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded",
+                                   "multipart/form-data; boundary=x"])
+def test_post_needs_json_content_type(stand_in, ctype):
+    headers = {"Content-Type": ctype} if ctype else {}
+    status, resp_headers, body = request(stand_in, "POST", CHAT, ok_body(), headers)
+    assert status == 415 and body["error"]["code"] == "unsupported_media_type"
+    assert "application/json" in body["error"]["message"]
+    assert "Access-Control-Allow-Origin" not in resp_headers
+
+
+def test_json_content_type_with_charset_is_accepted(stand_in):
+    status, _, body = request(stand_in, "POST", CHAT, ok_body(),
+                              {"Content-Type": "Application/JSON; charset=utf-8"})
+    assert status == 200 and body["choices"][0]["message"]["content"]
+
+
+def test_no_cors_grants(stand_in):
+    """A web page of another origin gets no CORS grant: the preflight is refused and no
+    answer carries Access-Control-Allow-* headers."""
+    origin = {"Origin": "https://evil.example"}
+    status, headers, _ = request(stand_in, "OPTIONS", CHAT, None, {
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    assert status == 405
+    assert not any(k.lower().startswith("access-control-") for k in headers)
+    status, headers, _ = request(stand_in, "POST", CHAT, ok_body(),
+                                 {**origin, "Content-Type": "application/json"})
+    assert status == 200
+    assert not any(k.lower().startswith("access-control-") for k in headers)
+
+
+# --------------------------------------------------------------------------- bodies
+def _raw(srv, head: bytes, body: bytes, close_write: bool = False) -> tuple[bytes, float]:
+    """Send raw bytes; return everything the server answers and the seconds it took."""
+    sock = socket.create_connection(srv.server_address[:2], timeout=30)
+    t = time.monotonic()
+    try:
+        sock.sendall(head + body)
+        if close_write:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks), time.monotonic() - t
+    finally:
+        sock.close()
+
+
+def _head(length: int) -> bytes:
+    return (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def test_body_shorter_than_declared_gets_408_and_one_log_line(stand_in, caplog):
+    caplog.set_level(logging.INFO, logger="llink.serve")
+    reply, seconds = _raw(stand_in, _head(100), b'{"messages": [')
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert b" 408 " in status_line, reply[:200]
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "request_timeout" and "100 bytes" in body["error"]["message"]
+    assert 0.9 <= seconds < 10  # read_timeout_s=1
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1 and "408" in problems[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+    assert "Traceback" not in caplog.text
+
+
+def test_body_cut_by_the_client_gets_400(stand_in):
+    reply, _ = _raw(stand_in, _head(100), b'{"messages": [', close_write=True)
+    assert b" 400 " in reply.split(b"\r\n", 1)[0]
+    assert b"incomplete_body" in reply
+
+
+@pytest.mark.parametrize("size", [8_000, 200_000, 9 << 20, 24 << 20])
+def test_over_limit_bodies_always_get_413(stand_in, size):
+    """Small or huge (above the old 8 MB drain limit), the client reads a 413, no reset."""
+    body = b'{"messages": "' + b"x" * (size - 16) + b'"}'
+    status, headers, resp = request(stand_in, "POST", CHAT, body,
+                                    {"Content-Type": "application/json"})
+    assert status == 413 and resp["error"]["code"] == "body_too_large"
+    assert str(size) in resp["error"]["message"]
+
+
+def test_server_still_answers_after_abuse(stand_in):
+    assert request(stand_in, "GET", "/health")[0] == 200
+    assert post(*stand_in.server_address[:2], ok_body())["status"] == 200
+
+
+# --------------------------------------------------------------------------- load
+def test_listen_backlog_covers_the_queue(stand_in):
+    assert stand_in.request_queue_size >= max(100, stand_in.settings.max_pending)
+
+
+def test_100_simultaneous_requests_no_resets_same_answers(tiny_llink):  # noqa: F811
+    """100 connections at once against the tiny LLINK model: every one answered, each
+    answer the one the same request gets alone (batched generation changes nothing)."""
+    from llink.serve import LLINKBackend
+
+    backend = LLINKBackend(tiny_llink, "tiny-llink")
+    with serving(backend, batch_wait_ms=20, max_batch=8, **LIMITS) as srv:
+        res = load_test(srv, concurrency=100, rounds=1, max_tokens=4)
+    assert (res["resets"], res["errors"], res["different_answers"]) == (0, 0, 0), res["failures"]
+    assert res["ok"] == 100 and res["generate_calls"] < 100
+
+
+def test_burst_helper_reports_resets_as_resets():
+    """The load test tells resets from errors: a port nobody listens on refuses."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    results, _ = burst("127.0.0.1", port, [ok_body()] * 2)
+    assert all("failure" in r and "Refused" in r["failure"] for r in results)
