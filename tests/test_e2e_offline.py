@@ -34,6 +34,7 @@ def main_job(tmp_path_factory):
     return proc, run
 
 
+@pytest.mark.slow
 def test_main_job_runs_and_reports(main_job):
     proc, run = main_job
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -79,6 +80,7 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert proc.returncode == 2 and "unknown setting" in proc.stderr
 
 
+@pytest.mark.slow
 def test_inference_commands_on_the_real_artifact(main_job):
     proc, run = main_job
     assert proc.returncode == 0
