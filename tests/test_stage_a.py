@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from llink.artifacts import load_stage_a
+from llink.bridge import Projector
 from llink.checkpoints import CheckpointError
 from llink.config import load_config
 from llink.data.pairs import Pair, write_pairs
+from llink.eval.retrieval import retrieval_metrics
+from llink.train.stage_a import compute_features
 from llink.workflows import Session, evaluate_retrieval, run_stage_a
 
 from .conftest import KHMER_ENGLISH
@@ -61,6 +64,20 @@ def test_stage_a_trains_logs_and_saves(tmp_path, tiny_encoder_dir, tiny_decoder_
     assert {"loss", "tau", "lr", "nce"} <= set(records[-1])
     assert records[0]["tau"] > records[-1]["tau"]
     # the projector learns the training pairs: training retrieval far above chance
+    feats = compute_features(cfg, session.splits, session.encoder, session.decoder, False)
+    n = feats.train_x.shape[0]
+    keys = art.targets(feats.train_h)
+    train = retrieval_metrics(art.project(feats.train_x), keys)
+    chance = {"R@1": 1 / n, "R@5": 5 / n, "mean_rank": (n + 1) / 2}
+    assert train["R@1"] > 5 * chance["R@1"] and train["R@5"] > 0.6
+    assert train["mean_rank"] < 0.25 * chance["mean_rank"]
+    torch.manual_seed(cfg.seed)  # the same projector before training is near chance
+    untrained = Projector(feats.train_x.shape[1], keys.shape[1], cfg.stage_a.hidden_mult,
+                          cfg.stage_a.dropout).eval()
+    with torch.no_grad():
+        before = retrieval_metrics(untrained(feats.train_x), keys)
+    assert before["mean_rank"] > 0.6 * chance["mean_rank"]
+    assert train["MRR"] > before["MRR"] + 0.2
     loaded = load_stage_a(run / "stage_a", expect=session.model_meta())
     assert torch.equal(loaded.targets.mean, art.targets.mean)
     assert torch.equal(loaded.targets.whitener, art.targets.whitener)
@@ -71,7 +88,7 @@ def test_stage_a_trains_logs_and_saves(tmp_path, tiny_encoder_dir, tiny_decoder_
 
 
 def test_resume_continues_the_same_run(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file,
-                                       monkeypatch):
+                                       monkeypatch, capsys):
     full = _cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file, run="full")
     run_stage_a(Session(full, progress=False))
 
@@ -90,7 +107,22 @@ def test_resume_continues_the_same_run(tmp_path, tiny_encoder_dir, tiny_decoder_
         run_stage_a(Session(cut, progress=False))
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
     assert not (tmp_path / "cut" / "stage_a").exists()
+    # training reseeds every step, so a restart from 0 would end with the same weights:
+    # count the steps the resumed run takes, and see where its first one starts from
+    import llink.train.stage_a as sa
+
+    real_batch = sa.batch_indices
+    steps_run = []
+
+    def record_step(n, batch, seed, step, micro=0):
+        steps_run.append(step)
+        return real_batch(n, batch, seed, step, micro)
+
+    monkeypatch.setattr(sa, "batch_indices", record_step)
     run_stage_a(Session(cut, progress=False), resume=True)  # continues from step 10
+    monkeypatch.setattr(sa, "batch_indices", real_batch)
+    assert steps_run == list(range(10, 20))
+    assert "resuming Stage A from step 10" in capsys.readouterr().out
 
     a, b = _weights(tmp_path / "full" / "stage_a"), _weights(tmp_path / "cut" / "stage_a")
     for k in a:
@@ -130,6 +162,7 @@ def test_artifact_mismatch_is_reported(tmp_path, tiny_encoder_dir, tiny_decoder_
 
 
 def test_leave_one_source_out_retrieval(tmp_path, tiny_encoder_dir, tiny_decoder_dir):
+    from llink.features import encoder_vectors, features_root, teacher_vectors
     from llink.workflows import evaluate_holdout
 
     pairs = []
@@ -144,13 +177,26 @@ def test_leave_one_source_out_retrieval(tmp_path, tiny_encoder_dir, tiny_decoder
     run_stage_a(session)
     res = evaluate_holdout(session, min_pairs=2)
     got = res["sources"]
+    root = features_root(cfg.features_cache)
+    in_domain = load_stage_a(tmp_path / "run" / "stage_a")
     assert set(got) == {"gettext", "libreoffice-help"}
     for g, r in got.items():
         assert r["pool_size"] == sum(1 for p in session.splits.test
                                      if (p.source.split(":")[0]) == g)
         assert r["train_pairs"] < len(session.splits.train)  # the source was left out
-        for k in ("trained_without", "trained_with", "encoder"):
-            assert 0.0 <= r[k]["R@1"] <= 1.0
+        # each figure is its projector (or the encoder) ranking this source's test pairs
+        pool = [p for p in session.splits.test if p.source.split(":")[0] == g]
+        foreign = encoder_vectors(session.encoder, [p.foreign for p in pool], root, progress=False)
+        english = encoder_vectors(session.encoder, [p.en for p in pool], root, progress=False)
+        teacher = teacher_vectors(session.decoder, [p.en for p in pool], root, progress=False,
+                                  layer=in_domain.targets.layer,
+                                  pooling=in_domain.targets.pooling)
+        held_art = load_stage_a(tmp_path / "run" / f"holdout-{g}" / "stage_a")
+        assert held_art.meta["train_pairs"] == r["train_pairs"]
+        for k, art in (("trained_without", held_art), ("trained_with", in_domain)):
+            want = retrieval_metrics(art.project(foreign), art.targets(teacher))
+            assert r[k] == pytest.approx(want, abs=1e-6), (g, k)
+        assert r["encoder"] == pytest.approx(retrieval_metrics(foreign, english), abs=1e-6)
     held = Session(_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, path,
                         **{"data.exclude_sources": "gettext"}), progress=False)
     assert all(not p.source.startswith("gettext") for p in held.splits.train + held.splits.dev)
