@@ -75,12 +75,14 @@ def test_token_states_cache_round_trip(tmp_path):
     assert FeatureStore(tmp_path, "tok", {"m": 1}).dir != store.dir
 
 
-@pytest.mark.parametrize("source", ["tokens", "all_tokens"])
+@pytest.mark.parametrize("source, per_token", [("tokens", 0.0), ("tokens", 0.5),
+                                               ("all_tokens", 0.0)])
 def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_dir,
-                                                        tiny_decoder_dir, source):
+                                                        tiny_decoder_dir, source, per_token):
     slots = 4 if source == "tokens" else 12
     cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(tmp_path),
                  **{"model.slot_source": source, "model.num_slots": slots, "model.token_layer": 1,
+                    "model.slots_per_token": per_token,
                     "model.resampler_layers": 1, "stage_b.steps": 4,
                     "stage_b.bridge_warmup_steps": 2, "stage_b.eval_every": 4})
     session = Session(cfg, progress=False)
@@ -94,6 +96,8 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
     counts = model.slot_counts(tokens)
     if source == "all_tokens":
         assert counts == [min(len(t), slots) for t in tokens] and counts[0] < counts[1]
+    elif per_token:
+        assert counts == [min(slots, -(-len(t) // 2)) for t in tokens] and counts[0] < slots
     else:
         assert counts is None
     s = model.slots(model.encode(foreign), tokens=tokens)

@@ -188,6 +188,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "has_lora": model.has_lora,
         "slot_source": model.slot_source,
         "literals": model.literals,
+        "slots_per_token": model.slots_per_token,
         "token_layer": model.token_layer,
         "resampler_layers": len(getattr(model.reader, "blocks", ())),
     }
@@ -249,7 +250,8 @@ def load_llink(
     model = LLINK(enc, dec, proj, targets, bridge,
                   PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
                   reader=reader, token_layer=meta.get("token_layer", -1),
-                  literals=meta.get("literals", False))
+                  literals=meta.get("literals", False),
+                  slots_per_token=meta.get("slots_per_token", 0.0))
     if meta.get("has_lora"):
         _attach_lora(model, folder, "llink.json")
     return model.to(dec.device).eval()

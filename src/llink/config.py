@@ -38,6 +38,9 @@ class ModelConfig:
     token_layer: int = 8
     resampler_layers: int = 2  # cross-attention blocks of the token resampler
     literals: bool = False  # copy the foreign text's numbers and Latin words into the prompt
+    # slot_source=tokens: a text takes ceil(slots_per_token x its encoder tokens) of the
+    # num_slots slots, at least 1 (0: always all of them)
+    slots_per_token: float = 0.0
     cache_dir: str | None = None  # converted offline models; default ~/.cache/llink
     dtype: str = "float32"  # float32 | bfloat16 | float16 for the frozen models
 

@@ -8,6 +8,7 @@ encoder and the slot bridge. Neither knows anything of files; see ``llink.artifa
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -218,8 +219,11 @@ class LLINK(PromptedDecoder):
         reader: TokenResampler | TokenProjector | None = None,
         token_layer: int = -1,
         literals: bool = False,
+        slots_per_token: float = 0.0,
     ) -> None:
         super().__init__(decoder, fmt)
+        #: slot_source=tokens: a text takes ceil(r · its encoder tokens) of the K slots (0: K)
+        self.slots_per_token = slots_per_token
         self.encoder = encoder
         #: copy the foreign text's numbers and Latin words into the prompt (llink.literals)
         self.literals = literals
@@ -263,11 +267,17 @@ class LLINK(PromptedDecoder):
         return extract_literals(foreign) if self.literals else None
 
     def slot_counts(self, tokens: list[torch.Tensor] | None) -> list[int] | None:
-        """Slots each text takes: K, or (``all_tokens``) one per encoder token up to K.
-        None when every text takes K."""
-        if not isinstance(self.reader, TokenProjector) or tokens is None:
+        """Slots each text takes: K; one per encoder token up to K (``all_tokens``); or,
+        with ``slots_per_token`` r > 0, ceil(r · tokens) between 1 and K (``tokens``: short
+        texts take fewer slots). None when every text takes K."""
+        if tokens is None or self.reader is None:
             return None
-        return [max(1, min(len(t), self.num_slots)) for t in tokens]
+        if isinstance(self.reader, TokenProjector):
+            return [max(1, min(len(t), self.num_slots)) for t in tokens]
+        if self.slots_per_token > 0:
+            return [max(1, min(self.num_slots, math.ceil(len(t) * self.slots_per_token)))
+                    for t in tokens]
+        return None
 
     def slots(
         self, enc: torch.Tensor, gate_boost: float = 1.0,

@@ -424,7 +424,7 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     fmt = PromptFormat(cfg.stage_b.use_chat_template, cfg.stage_b.system_prompt)
     return LLINK(session.encoder, decoder, stage_a.projector, stage_a.targets, bridge,
                  fmt, reader=reader, token_layer=m.token_layer,
-                 literals=m.literals).to(session.device)
+                 literals=m.literals, slots_per_token=m.slots_per_token).to(session.device)
 
 
 def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
