@@ -36,10 +36,10 @@ WEIGHT_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 #: What each metadata file says a folder is, for "expected X, found Y" errors.
 KINDS = {
-    "llink": "an LLINK model (from `llink train stage-b`)",
-    "stage_a": "a Stage A artifact (from `llink train stage-a`)",
-    "baseline": "a direct fine-tuning baseline (from `llink train baseline`)",
-    "state": "a training state (a RUN_DIR/*-state folder, for --resume)",
+    "llink": "an LLINK model",
+    "stage_a": "a Stage A artifact",
+    "baseline": "a direct fine-tuning baseline",
+    "state": "a training state (for --resume)",
 }
 
 
@@ -198,7 +198,8 @@ def require_kind(folder: str | Path, stem: str, what: str, fix: str) -> None:
     found = folder_kind(folder)
     if found is not None:
         raise CheckpointError(
-            f"{folder} is {KINDS[found]} ({found}.json), not {what} ({stem}.json). {fix}"
+            f"{folder} is {KINDS[found]} ({found}.json), not the {what} expected here "
+            f"({stem}.json). {fix}"
         )
     raise CheckpointError(f"{folder / f'{stem}.json'} is missing: {folder} is not {what}. {fix}")
 
@@ -318,14 +319,15 @@ def load_state_dict(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]
 def compare_expected(
     saved: Mapping[str, Any], expected: Mapping[str, Any], where: str, fix: str
 ) -> None:
-    """Raise one error listing every key whose saved value differs from the expected one."""
+    """Raise one error (one line) listing every key whose saved value differs from the
+    expected one."""
     diffs = [
-        f"  {k}: checkpoint has {saved.get(k)!r}, this run has {v!r}"
+        f"{k}: checkpoint has {saved.get(k)!r}, this run has {v!r}"
         for k, v in expected.items()
         if saved.get(k) != v
     ]
     if diffs:
-        raise CheckpointError(f"{where} does not match:\n" + "\n".join(diffs) + f"\n{fix}")
+        raise CheckpointError(f"{where} does not match ({'; '.join(diffs)}). {fix}")
 
 
 def optimizer_state_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -112,9 +112,9 @@ def load_state(
     ]
     if diffs:
         raise ResumeMismatch(
-            f"cannot resume from {state_dir}: {stage} settings changed since it was saved:\n  "
-            + "\n  ".join(diffs)
-            + "\nUse the interrupted run's settings, or start without --resume."
+            f"cannot resume from {state_dir}: {stage} settings changed since it was saved "
+            f"({'; '.join(diffs)}). Use the interrupted run's settings, or start without "
+            "--resume."
         )
     verify_weights(state_dir, meta, "state.json", DAMAGED_STATE_FIX)
     parts: dict[str, dict[str, torch.Tensor]] = {}
