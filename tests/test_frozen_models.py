@@ -103,3 +103,19 @@ def test_teacher_states_at_a_layer_mean_pooled(tiny_decoder_dir):
     last = dec.teacher_states(texts, batch_size=1)
     assert not torch.allclose(last, mean1)
     assert dec.teacher_settings(1, "mean") != dec.teacher_settings()
+
+
+def test_stopping_at_an_inner_layer_gives_the_full_pass_states(tiny_decoder_dir):
+    from llink.models.decoder import FrozenDecoder
+
+    dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
+    base = dec.model.get_decoder()
+    ids = torch.tensor([dec.teacher_input_ids("Open the file menu now.", "mean")] * 2)
+    mask = torch.ones_like(ids)
+    mask[1, -2:] = 0
+    full = base(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    for layer in (1, 2, -1):
+        got = dec._run_to_layer(base, ids, mask, layer)
+        want = full[layer] if layer != -1 else base(input_ids=ids, attention_mask=mask
+                                                    ).last_hidden_state
+        torch.testing.assert_close(got, want, rtol=0, atol=0)

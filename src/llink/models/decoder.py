@@ -88,6 +88,10 @@ def add_reserved_tokens(
     return ReservedTokens(ids[0], ids[1], ids[2], tuple(ids[3:]))
 
 
+class _StopForward(Exception):
+    """Raised by a forward hook to end a pass once the wanted layer has run."""
+
+
 class FrozenDecoder:
     """A causal LM with LLINK's reserved tokens; its base weights are never trained."""
 
@@ -166,6 +170,7 @@ class FrozenDecoder:
             "tokenizer": self.tokenizer_fingerprint,
             "code": code_digest(FrozenDecoder.teacher_input_ids, FrozenDecoder.hidden_states,
                                 FrozenDecoder.teacher_states, mean_pool),
+            # (_run_to_layer is left out of the key: it returns what a full pass would)
             "foreign_emb_row": tensor_digest(emb_row) if pooling == "foreign_emb" else None,
             "suffix": FOREIGN_EMB if pooling == "foreign_emb" else None,
             "special_tokens": True,
@@ -207,15 +212,40 @@ class FrozenDecoder:
             for r, s in enumerate(seqs):
                 input_ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
-            res = base(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                       output_hidden_states=layer != -1)
-            hidden = res.last_hidden_state if layer == -1 else res.hidden_states[layer]
+            hidden = self._run_to_layer(base, input_ids.to(self.device), mask.to(self.device),
+                                        layer)
             if pooling == "mean":
                 out[idx] = mean_pool(hidden, mask.to(self.device)).float().cpu()
             else:
                 last = mask.sum(1) - 1
                 out[idx] = hidden[torch.arange(len(seqs)), last.to(self.device)].float().cpu()
         return out
+
+    @staticmethod
+    def _run_to_layer(base: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor,
+                      layer: int) -> torch.Tensor:
+        """Hidden states after ``layer`` blocks (Hugging Face's ``hidden_states[layer]``;
+        -1 or the last layer: the final, normalised states). An inner layer stops the
+        forward pass there, so layer 10 of 30 costs a third of a full pass."""
+        blocks = getattr(base, "layers", None)
+        if layer == -1 or blocks is None or not 0 < layer < len(blocks):
+            res = base(input_ids=input_ids, attention_mask=mask,
+                       output_hidden_states=layer != -1)
+            return res.last_hidden_state if layer == -1 else res.hidden_states[layer]
+        got: list[torch.Tensor] = []
+
+        def stop(_module, _args, output):
+            got.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        handle = blocks[layer - 1].register_forward_hook(stop)
+        try:
+            base(input_ids=input_ids, attention_mask=mask)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return got[0]
 
     def teacher_states(
         self, texts: Sequence[str], batch_size: int = 32, progress: bool = False,
