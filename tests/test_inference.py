@@ -17,7 +17,11 @@ from llink.diagnostics import (
 )
 from llink.inject import UnknownTaskError
 
-from .test_stage_b import trained  # noqa: F401  (module fixture: a tiny trained model)
+from .reference import greedy_reference
+from .test_stage_b import (  # noqa: F401  (module fixtures: a tiny trained model)
+    stage_b_probe,
+    trained,
+)
 
 KM = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "បញ្ចូលស្លាយថ្មី។"]
 
@@ -37,7 +41,14 @@ def test_batched_generation_equals_one_at_a_time(model):
     single = [model.generate([t], max_new_tokens=8)[0] for t in KM]
     assert batched == single
     assert model.generate(KM, max_new_tokens=8) == batched  # deterministic
-    assert len(model.generate_base(KM, max_new_tokens=4)) == 3
+    base = model.generate_base(KM, max_new_tokens=4)
+    with model.adapters_disabled():  # the base decoder: no LoRA, no slots, the raw text
+        prompts = [model.prompt_ids("translate_to_english", foreign_text=t) for t in KM]
+        assert base == greedy_reference(model, prompts, max_new_tokens=4)
+    enc = model.encode(KM)
+    prompts = [model.prompt_ids("translate_to_english")] * 3
+    with torch.no_grad():
+        assert batched == greedy_reference(model, prompts, model.slots(enc), max_new_tokens=8)
     assert model.encode(KM).shape == (3, model.encoder.dim)
 
 
@@ -67,8 +78,16 @@ def test_probe_and_batch(model):
     assert {c["word"] for c in rep["candidates"]} == {"family", "love"}
     assert len(rep["slot_norms"]) == model.num_slots
     div = batch_diversity(model, KM)
-    assert len(div["norms"]) == 3 and -1 <= div["mean_cosine"] <= 1
-    assert div["verdict"]
+    with torch.no_grad():  # by hand: the three projected vectors and their three pairs
+        proj = model.project(model.encode(KM))
+    cos = [float(torch.cosine_similarity(proj[i], proj[j], dim=0))
+           for i, j in ((0, 1), (0, 2), (1, 2))]
+    assert div["mean_cosine"] == pytest.approx(sum(cos) / 3, abs=1e-5)
+    assert div["max_cosine"] == pytest.approx(max(cos), abs=1e-5)
+    assert div["norms"] == pytest.approx(proj.norm(dim=-1).tolist(), rel=1e-5)
+    mean = sum(cos) / 3
+    want = "collapsed" if mean > 0.95 else "some inputs" if max(cos) > 0.98 else "diverse"
+    assert div["verdict"].startswith(want)
     same = batch_diversity(model, [KM[0], KM[0]])
     assert same["max_cosine"] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(InputError):

@@ -1,14 +1,16 @@
-"""Stage B on tiny models: trains, keeps base weights frozen, round-trips, resumes, checks."""
+"""Stage B on tiny models: learns, keeps base weights frozen, round-trips, resumes, checks."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from llink.artifacts import load_llink
-from llink.checkpoints import CheckpointError
+from llink.checkpoints import CheckpointError, load_json
 from llink.workflows import Session, run_stage_a, run_stage_b
 
+from .reference import greedy_reference
 from .test_stage_a import _cfg, make_pair_file, pair_file  # noqa: F401  (fixture re-export)
 
 
@@ -21,15 +23,59 @@ def _b_cfg(tmp_path, enc, dec, pairs, run="run", **over):
     return _cfg(tmp_path, enc, dec, pairs, run=run, **items)
 
 
+#: the shared run: 5 bridge-only steps, then 5 with LoRA at a rate the tiny model learns at
+TRAINED = {"stage_b.steps": 10, "stage_b.bridge_warmup_steps": 5, "stage_b.eval_every": 5,
+           "stage_b.lr_lora": 5e-3}
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
-    """One Stage A + Stage B run shared by the tests of this module."""
+def stage_b_probe():
+    """What the shared run leaves in memory: filled by ``trained``."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir, stage_b_probe):
+    """One Stage A + Stage B run shared by the tests of this module.
+
+    ``stage_b_probe`` keeps the trained model as it is in memory, its dev examples, the
+    LoRA weights at the start of every step and the steps whose backward reached LoRA.
+    """
+    import llink.train.stage_b as sb
+    import llink.workflows as wf
+
     root = tmp_path_factory.mktemp("stage_b")
-    cfg = _b_cfg(root, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(root))
+    cfg = _b_cfg(root, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(root), **TRAINED)
     session = Session(cfg, progress=False)
     run_stage_a(session)
-    summary = run_stage_b(session)
+    probe = stage_b_probe
+    probe.update(lora_at={}, lora_grad_steps=set(), hooked=set())
+    real_train, real_step = wf.train_stage_b, sb._step_loss
+
+    def train(cfg, model, train, dev, meta, **kw):
+        probe.update(model=model, dev=dev)
+        return real_train(cfg, model, train, dev, meta, **kw)
+
+    def step_loss(model, b, batch, enc, teacher, content, vocab, step, tokens=None):
+        lora = {n: p for n, p in model.lm.named_parameters() if "lora_" in n}
+        for n, prm in lora.items():  # a hook can only watch a tensor that takes gradients
+            if prm.requires_grad and n not in probe["hooked"]:
+                probe["hooked"].add(n)
+                prm.register_post_accumulate_grad_hook(
+                    lambda _p: probe["lora_grad_steps"].add(probe["step"]))
+        probe["step"] = step
+        probe["lora_at"][step] = {n: prm.detach().clone() for n, prm in lora.items()}
+        return real_step(model, b, batch, enc, teacher, content, vocab, step, tokens=tokens)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(wf, "train_stage_b", train)
+        mp.setattr(sb, "_step_loss", step_loss)
+        summary = run_stage_b(session)
     return cfg, session, summary, root
+
+
+def _records(run):
+    return [json.loads(x) for x in (run / "stage_b.metrics.jsonl").read_text().splitlines()]
 
 
 def test_stage_b_trains_and_writes_artifacts(trained):
@@ -38,12 +84,44 @@ def test_stage_b_trains_and_writes_artifacts(trained):
     for name in ("stage_b", "stage_b-best"):
         assert (run / name / "COMPLETE").exists()
         assert (run / name / "lora" / "adapter_config.json").exists()
-    recs = [json.loads(x) for x in (run / "stage_b.metrics.jsonl").read_text().splitlines()]
+    recs = _records(run)
     phases = [r["phase"] for r in recs if "phase" in r]
-    assert phases == ["bridge"] * 3 + ["lora"] * 3
+    assert phases == ["bridge"] * 5 + ["lora"] * 5
     assert {"nll", "nll_ablated", "nll_mismatched", "bow", "loss"} <= set(recs[-1])
     assert {"nll_injected", "nll_ablated", "usage_gap", "nll_base_raw"} <= set(summary["dev_final"])
 
+
+def test_stage_b_learns_to_read_the_slots(trained):
+    """Dev NLL with the slots falls and ends below the NLL with the slots ablated."""
+    _, _, summary, root = trained
+    dev = {r["step"]: r for r in _records(root / "run") if "dev_nll_injected" in r}
+    assert sorted(dev) == [0, 5, 10]
+    inj = {s: r["dev_nll_injected"] for s, r in dev.items()}
+    abl = {s: r["dev_nll_ablated"] for s, r in dev.items()}
+    # bridge-only warm-up: nothing the ablated pass reads has trained, the slots have
+    assert abl[5] == pytest.approx(abl[0], abs=1e-6)
+    assert inj[5] < inj[0] - 0.005
+    # with LoRA: lower still, and the slots still count
+    assert inj[10] < inj[5] - 0.02 and inj[10] < inj[0] - 0.05
+    assert inj[10] < abl[10] - 0.01
+    final = summary["dev_final"]
+    assert final["nll_injected"] == pytest.approx(inj[10], abs=1e-6)
+    assert final["usage_gap"] == pytest.approx(abl[10] - inj[10], abs=1e-6)
+    assert summary["dev_start"]["nll_injected"] == pytest.approx(inj[0], abs=1e-6)
+
+
+def test_lora_stays_frozen_during_the_bridge_warmup(trained, stage_b_probe):
+    probe = stage_b_probe
+    at = probe["lora_at"]
+    assert sorted(at) == list(range(10))
+    start = at[0]
+    assert start and any("lora_B" in n for n in start)
+    for step in range(1, 6):  # the weights at the start of step 5: after the 5 warm-up steps
+        for n, v in at[step].items():
+            assert torch.equal(v, start[n]), (step, n)
+    assert probe["lora_grad_steps"] == set(range(5, 10))  # no gradient reached it before
+    final = {n: p.detach() for n, p in probe["model"].lm.named_parameters() if "lora_" in n}
+    assert any(not torch.equal(final[n], start[n]) for n in start if "lora_B" in n)
 
 def test_base_decoder_weights_never_change(trained):
     cfg, session, _, root = trained
@@ -59,22 +137,30 @@ def test_base_decoder_weights_never_change(trained):
             torch.testing.assert_close(base[key], v, rtol=0, atol=0)
 
 
-def test_artifact_round_trip_gives_identical_logits(trained):
+def test_artifact_round_trip_gives_identical_logits(trained, stage_b_probe):
+    """The trained model as it was in memory and its reload compute the same logits."""
     cfg, session, _, root = trained
-    a = load_llink(root / "run" / "stage_b", encoder=session.encoder)
-    b = load_llink(root / "run" / "stage_b", encoder=session.encoder)
-    assert a.has_lora and b.has_lora
-    torch.testing.assert_close(a.decoder.reserved_rows(), b.decoder.reserved_rows(), rtol=0,
-                               atol=0)
+    mem = stage_b_probe["model"].eval()
+    back = load_llink(root / "run" / "stage_b", encoder=session.encoder)
+    assert mem.has_lora and back.has_lora
+    torch.testing.assert_close(back.decoder.reserved_rows(), mem.decoder.reserved_rows(),
+                               rtol=0, atol=0)
     foreign = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។"]
-    enc = a.encode(foreign)
-    prompt = torch.tensor([a.prompt_ids("translate_to_english")] * 2)
+    enc = mem.encode(foreign)
+    prompt = torch.tensor([mem.prompt_ids("translate_to_english")] * 2)
+    assert back.prompt_ids("translate_to_english") == prompt[0].tolist()
     with torch.no_grad():
-        la = a.lm(inputs_embeds=a.embed(prompt, a.slots(enc))).logits
-        lb = b.lm(inputs_embeds=b.embed(prompt, b.slots(enc))).logits
-    torch.testing.assert_close(la, lb, rtol=0, atol=0)
-    outs = a.generate(foreign, max_new_tokens=5)
-    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+        slots = mem.slots(enc)
+        torch.testing.assert_close(back.slots(enc), slots, rtol=0, atol=0)
+        la = mem.lm(inputs_embeds=mem.embed(prompt, slots)).logits
+        lb = back.lm(inputs_embeds=back.embed(prompt, back.slots(enc))).logits
+        base = back.lm(inputs_embeds=back.embed(prompt, None)).logits
+    torch.testing.assert_close(lb, la, rtol=0, atol=0)
+    assert not torch.allclose(base, la, atol=1e-4)  # the slots, and what reads them, count
+    # and both generate the greedy decoding written out by hand
+    outs = back.generate(foreign, max_new_tokens=6)
+    assert outs == mem.generate(foreign, max_new_tokens=6)
+    assert outs == greedy_reference(back, prompt.tolist(), back.slots(enc), max_new_tokens=6)
 
 
 def test_mismatched_artifact_is_refused(trained, tmp_path):
@@ -88,27 +174,37 @@ def test_mismatched_artifact_is_refused(trained, tmp_path):
 
 
 def test_stage_b_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_decoder_dir,
-                                              monkeypatch):
+                                              monkeypatch, capsys):
     _, _, _, root = trained
-    cfg = _b_cfg(root, tiny_encoder_dir, tiny_decoder_dir, root / "pairs.jsonl", run="cut")
+    cfg = _b_cfg(root, tiny_encoder_dir, tiny_decoder_dir, root / "pairs.jsonl", run="cut",
+                 **TRAINED)
     session = Session(cfg, progress=False)
     run_stage_a(session)
     import llink.train.stage_b as sb
 
     real = sb._step_loss
-    calls = {"n": 0}
+    steps = []
 
     def crash(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
+        steps.append(a[7])
+        if len(steps) == 5:  # in step 5, after the checkpoint of step 4
             raise KeyboardInterrupt
         return real(*a, **k)
 
     monkeypatch.setattr(sb, "_step_loss", crash)
     with pytest.raises(KeyboardInterrupt):
         run_stage_b(session)
-    monkeypatch.setattr(sb, "_step_loss", real)
+    assert load_json(root / "cut" / "stage_b-state", "state")["step"] == 4
+    # training reseeds every step, so a restart from 0 would end with the same weights:
+    # the resumed run must take the steps after the checkpoint, and those only
+    steps.clear()
+    monkeypatch.setattr(sb, "_step_loss", lambda *a, **k: (steps.append(a[7]), real(*a, **k))[1])
+    capsys.readouterr()
     run_stage_b(Session(cfg, progress=False), resume=True)
+    monkeypatch.setattr(sb, "_step_loss", real)
+    assert steps == list(range(4, 10))
+    assert "resuming Stage B from step 4" in capsys.readouterr().out
+    assert [r["step"] for r in _records(root / "cut") if "phase" in r] == list(range(1, 11))
     full = load_llink(root / "run" / "stage_b", encoder=session.encoder)
     cut = load_llink(root / "cut" / "stage_b", encoder=session.encoder)
     for mod_full, mod_cut in ((full.bridge, cut.bridge), (full.lm, cut.lm)):
@@ -118,11 +214,60 @@ def test_stage_b_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_de
             torch.testing.assert_close(v, sd_cut[k], rtol=0, atol=1e-6, msg=k)
 
 
+def test_best_checkpoint_holds_the_lowest_dev_nll(trained, tiny_encoder_dir, tiny_decoder_dir,
+                                                 tmp_path, monkeypatch):
+    """``stage_b-best`` is the model of the evaluation with the lowest dev NLL, not the last.
+
+    The dev NLL reported at steps 1, 3 and 4 is raised by 1 so that step 2 is the best
+    whatever the tiny run does; the folder must then hold the step-2 model, whose real
+    dev NLL is the one logged at step 2."""
+    import llink.train.stage_b as sb
+    import llink.workflows as wf
+
+    _, _, _, root = trained
+    (tmp_path / "best").mkdir()
+    shutil.copytree(root / "run" / "stage_a", tmp_path / "best" / "stage_a")
+    cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, root / "pairs.jsonl",
+                 run="best", **{"stage_b.steps": 4, "stage_b.bridge_warmup_steps": 2,
+                                "stage_b.eval_every": 1, "stage_b.save_every": 100,
+                                "stage_b.lr_lora": 5e-3})
+    real_eval, real_train = sb.evaluate_nll, wf.train_stage_b
+    seen = {"evals": 0}
+
+    def evaluate(model, data, batch_size=8, with_base=False):
+        out = real_eval(model, data, batch_size, with_base)
+        if not with_base:  # an evaluation inside the training loop
+            seen["evals"] += 1
+            if seen["evals"] != 2:
+                out["nll_injected"] += 1.0
+        return out
+
+    def train(cfg, model, train, dev, meta, **kw):
+        seen.update(model=model, dev=dev)
+        return real_train(cfg, model, train, dev, meta, **kw)
+
+    monkeypatch.setattr(sb, "evaluate_nll", evaluate)
+    monkeypatch.setattr(wf, "train_stage_b", train)
+    summary = run_stage_b(Session(cfg, progress=False))
+    monkeypatch.setattr(sb, "evaluate_nll", real_eval)
+    logged = {r["step"]: r["dev_nll_injected"] for r in _records(tmp_path / "best")
+              if "phase" in r}
+    assert sorted(logged) == [1, 2, 3, 4] and min(logged, key=logged.get) == 2
+    assert summary["dev_best"]["step"] == 2
+    meta = load_json(tmp_path / "best" / "stage_b-best", "llink")
+    assert meta["step"] == 2 and meta["dev"]["nll_injected"] == pytest.approx(logged[2])
+    best = load_llink(tmp_path / "best" / "stage_b-best", encoder=seen["model"].encoder)
+    again = real_eval(best, seen["dev"], cfg.stage_b.micro_batch)["nll_injected"]
+    assert again == pytest.approx(logged[2], abs=1e-5)
+    final = real_eval(seen["model"], seen["dev"], cfg.stage_b.micro_batch)["nll_injected"]
+    assert final == pytest.approx(logged[4] - 1.0, abs=1e-5)
+    assert abs(final - again) > 1e-4  # the folder holds another model than the last one
+
+
 def test_artifact_keeps_the_system_prompt(trained, tmp_path):
     from dataclasses import replace
 
     from llink.artifacts import save_llink
-    from llink.checkpoints import load_json
 
     _, session, _, root = trained
     model = load_llink(root / "run" / "stage_b", encoder=session.encoder)
