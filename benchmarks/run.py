@@ -2,7 +2,8 @@
 
     python -m benchmarks.run [--model DIR] [--only NAME[,NAME]] [--quick] [--threads N]
 
-NAME: stage_a_cost, prompt_cost, latency, latency_fixed_length, memory, generation.
+NAME: stage_a_cost, prompt_cost, latency, latency_fixed_length, memory, generation,
+serve_load.
 ``--model`` is the trained LLINK folder (default runs/default/stage_b, written by
 ``bash scripts/main.sh``). Each benchmark also writes its own NAME.{json,md} and runs
 on its own as ``python -m benchmarks.NAME`` (latency_fixed_length is
@@ -11,7 +12,9 @@ measured side by side in the same process (medians of repeats). ``--quick`` is a
 fast smoke run written to benchmarks/results/quick/ instead. With ``--only``, the
 summary keeps the other benchmarks' rows from the previous summary. ``generation``
 (batched vs one at a time) runs only when named: ``latency`` already measures LLINK at
-batch 1 and at batch 32 on the same sentences.
+batch 1 and at batch 32 on the same sentences. ``serve_load`` (100 simultaneous requests
+to ``llink serve``; a stand-in backend unless a model is needed by another benchmark
+named with it) also runs only when named.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from benchmarks import generation, latency, memory, prompt_cost, stage_a_cost
+from benchmarks import generation, latency, memory, prompt_cost, serve_load, stage_a_cost
 from benchmarks.common import (
     machine_description,
     model_dir,
@@ -55,6 +58,7 @@ BENCHMARKS: dict[str, ModuleType | Variant] = {
     "latency_fixed_length": Variant(latency, fixed_length=True, lora_merged=False),
     "memory": memory,
     "generation": generation,
+    "serve_load": serve_load,
 }
 DEFAULT_RUN = ("stage_a_cost", "prompt_cost", "latency", "latency_fixed_length", "memory")
 NEEDS_MODEL = {"prompt_cost", "latency", "latency_fixed_length", "generation", "memory"}

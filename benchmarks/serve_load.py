@@ -8,7 +8,9 @@ answers that differ from the same request sent alone; latency is from connect to
 byte of the answer. Without ``--model`` the server runs a stand-in backend (a fixed cost
 per batched generate call plus a little per request, answers derived from the foreign
 text), so the figures are the server's own: listen queue, threads, batching. With
-``--model DIR`` it serves that trained LLINK folder. Results:
+``--model DIR`` it serves that trained LLINK folder. One more burst runs against a server
+whose listen backlog is ``--old-backlog`` (default 5, socketserver's default, which
+llink serve used before issue 15; 0 skips it), for comparison. Results:
 benchmarks/results/serve_load.{json,md}.
 """
 
@@ -153,10 +155,11 @@ def load_test(server: LLINKServer, concurrency: int, rounds: int, max_tokens: in
     }
 
 
-def measure(model: str | None, concurrency: int, rounds: int, max_tokens: int) -> dict[str, Any]:
-    backend = (LLINKBackend.load(model, device="auto") if model else StandInBackend())
-    settings = ServeSettings(max_batch=8, batch_wait_ms=10, max_tokens=max(128, max_tokens))
+def _serve_and_test(backend: Any, settings: ServeSettings, concurrency: int, rounds: int,
+                    max_tokens: int, backlog: int | None = None) -> dict[str, Any]:
     server = make_server(backend, settings, "127.0.0.1", 0)
+    if backlog is not None:
+        server.socket.listen(backlog)  # Linux applies a new backlog to a listening socket
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -165,36 +168,51 @@ def measure(model: str | None, concurrency: int, rounds: int, max_tokens: int) -
         server.shutdown()
         server.close()
         thread.join(10)
+    return {"listen_backlog": backlog or server.request_queue_size, **res}
+
+
+def measure(model: str | None, concurrency: int, rounds: int, max_tokens: int,
+            old_backlog: int = 5) -> dict[str, Any]:
+    backend = (LLINKBackend.load(model, device="auto") if model else StandInBackend())
+    settings = ServeSettings(max_batch=8, batch_wait_ms=10, max_tokens=max(128, max_tokens))
+    res = _serve_and_test(backend, settings, concurrency, rounds, max_tokens)
+    old = (_serve_and_test(backend, settings, concurrency, 1, max_tokens, old_backlog)
+           if old_backlog else None)
     return {"machine": machine_description(), "backend": backend.kind,
             "model": model, "backend_settings": backend.describe() if not model else None,
-            "listen_backlog": server.request_queue_size, "max_batch": settings.max_batch,
-            "max_tokens": max_tokens, **res}
+            "max_batch": settings.max_batch, "max_tokens": max_tokens, **res,
+            "old_backlog": old}
 
 
 def markdown(res: dict[str, Any]) -> str:
-    lat = res["latency_ms"]
     backend = (f"LLINK model {res['model']}" if res["model"] else
                f"stand-in backend ({res['backend_settings']['batch_ms']:g} ms per generate "
                f"call + {res['backend_settings']['item_ms']:g} ms per request)")
     lines = [
         f"# llink serve under {res['concurrency']} simultaneous requests",
         "",
-        f"{res['rounds']} burst(s) of {res['concurrency']} chat-completions requests on "
-        f"127.0.0.1, one fresh connection each, released together; {backend}; batches of "
-        f"up to {res['max_batch']}, listen backlog {res['listen_backlog']}.",
+        f"Bursts of {res['concurrency']} chat-completions requests on 127.0.0.1, one fresh "
+        f"connection each, released together; {backend}; batches of up to "
+        f"{res['max_batch']}. Latency: connect to the last byte of the answer, answered "
+        "requests only.",
         "",
-        "| requests | ok | resets | errors | answers ≠ sequential | generate calls | "
-        "p50 ms | p90 ms | p99 ms | max ms | requests/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {res['requests']} | {res['ok']} | {res['resets']} | {res['errors']} | "
-        f"{res['different_answers']} | {res['generate_calls']} | {lat['p50']:.0f} | "
-        f"{lat['p90']:.0f} | {lat['p99']:.0f} | {lat['max']:.0f} | "
-        f"{res['requests_per_s']:.1f} |",
-        "",
-        f"Machine: {res['machine']}.",
-        "",
+        "| listen backlog | requests | ok | resets | errors | answers ≠ sequential | "
+        "generate calls | p50 ms | p90 ms | p99 ms | max ms | requests/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        _table_row(res),
     ]
+    if res.get("old_backlog"):
+        lines.append(_table_row(res["old_backlog"], " (before issue 15)"))
+    lines += ["", f"Machine: {res['machine']}.", ""]
     return "\n".join(lines)
+
+
+def _table_row(r: dict[str, Any], note: str = "") -> str:
+    lat = r["latency_ms"]
+    return (f"| {r['listen_backlog']}{note} | {r['requests']} | {r['ok']} | {r['resets']} | "
+            f"{r['errors']} | {r['different_answers']} | {r['generate_calls']} | "
+            f"{lat['p50']:.0f} | {lat['p90']:.0f} | {lat['p99']:.0f} | {lat['max']:.0f} | "
+            f"{r['requests_per_s']:.1f} |")
 
 
 def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -207,7 +225,8 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
     q = {**(QUICK if quick else DEFAULT), **overrides}
-    res = measure(model, q["concurrency"], q["rounds"], q["max_tokens"])
+    res = measure(model, q["concurrency"], q["rounds"], q["max_tokens"],
+                  q.get("old_backlog", 5))
     md = markdown(res)
     write_results("serve_load", res, md, quick)
     print(md)
@@ -221,13 +240,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=DEFAULT["concurrency"])
     ap.add_argument("--rounds", type=int, default=DEFAULT["rounds"])
     ap.add_argument("--max-tokens", type=int, default=DEFAULT["max_tokens"])
+    ap.add_argument("--old-backlog", type=int, default=5,
+                    help="also one burst against this listen backlog (0: skip)")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run")
     args = ap.parse_args()
     if args.quick:
-        run(args.model, quick=True)
+        run(args.model, quick=True, old_backlog=args.old_backlog)
         return
     run(args.model, concurrency=args.concurrency, rounds=args.rounds,
-        max_tokens=args.max_tokens)
+        max_tokens=args.max_tokens, old_backlog=args.old_backlog)
 
 
 if __name__ == "__main__":

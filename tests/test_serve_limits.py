@@ -158,3 +158,13 @@ def test_burst_helper_reports_resets_as_resets():
     sock.close()
     results, _ = burst("127.0.0.1", port, [ok_body()] * 2)
     assert all("failure" in r and "Refused" in r["failure"] for r in results)
+
+
+def test_benchmark_reports_the_burst():
+    from benchmarks.serve_load import markdown, measure
+
+    res = measure(None, concurrency=20, rounds=1, max_tokens=4, old_backlog=0)
+    assert (res["requests"], res["ok"], res["resets"], res["errors"]) == (20, 20, 0, 0)
+    assert res["listen_backlog"] >= 100 and res["old_backlog"] is None
+    md = markdown(res)
+    assert "| 20 | 20 | 0 | 0 | 0 |" in md and "stand-in backend" in md
