@@ -101,9 +101,9 @@ def load_state(
 
     Raises :class:`CheckpointError` if the folder is missing, incomplete or damaged (a
     weight file that does not match its recorded SHA-256 is named), or if a fixed setting
-    changed. Temporary folders of interrupted saves beside it are removed first.
+    changed. (The trainers remove temporary folders of interrupted saves beforehand, on the
+    main process: :func:`clean_stale_states`.)
     """
-    clean_stale_states(state_dir)
     check_folder(state_dir, f"{stage} training state", RESUME_FIX)
     meta = load_json(state_dir, "state")
     saved = meta.get("config", {})
