@@ -268,6 +268,20 @@ def test_file_argument_binary_or_folder(trained, tmp_path, capsys):
                  tmp_path / "none.txt")
 
 
+def test_text_that_is_not_utf8(trained, capsys, monkeypatch):
+    """Undecodable bytes in argv or stdin reach Python as lone surrogates."""
+    import io
+
+    model = trained.run / "stage_b"
+    expect_error(capsys, ["text argument 1", "not UTF-8"], "infer", "--model", model, "\udcff")
+    expect_error(capsys, ["text argument", "not UTF-8"], "probe", "--model", model, "a\udcfe")
+    stdin = io.TextIOWrapper(io.BytesIO(b"\xff\xfe ok\n"), encoding="utf-8",
+                             errors="surrogateescape")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    expect_error(capsys, ["standard input", "not UTF-8"], "infer", "--model", model,
+                 "--file", "-")
+
+
 @pytest.mark.parametrize(("option", "value"), [
     ("--max-new-tokens", "0"), ("--max-new-tokens", "-1"), ("--max-new-tokens", "x"),
     ("--gate-boost", "nan"), ("--gate-boost", "inf"), ("--gate-boost", "-5"),

@@ -236,13 +236,35 @@ def _load_model(args: argparse.Namespace):
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.text)
+    for i, text in enumerate(texts, 1):
+        _require_utf8(text, f"text argument {i}")
     if args.file:
         if args.file == "-":
-            lines = sys.stdin.read().splitlines()
+            lines = _read_stdin().splitlines()
         else:
             lines = _read_text_file(args.file).splitlines()
         texts += [line for line in lines if line.strip()]
     return texts
+
+
+def _require_utf8(text: str, where: str) -> None:
+    """Undecodable bytes reach Python as lone surrogates (argv, stdin): refuse them here."""
+    from llink.diagnostics import InputError
+
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where} is not UTF-8 text; give UTF-8 text, one text per line"
+                         ) from None
+
+
+def _read_stdin() -> str:
+    try:
+        text = sys.stdin.read()
+    except UnicodeDecodeError:
+        text = "\udcff"  # a strict stdin: refused below like a surrogate-escaped one
+    _require_utf8(text, "--file -: standard input")
+    return text
 
 
 def _read_text_file(name: str) -> str:
@@ -289,6 +311,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
 def cmd_probe(args: argparse.Namespace) -> None:
     from llink.diagnostics import check_inputs, lexeme_probe
 
+    _require_utf8(args.text, "the text argument")
     model = _load_model(args)
     for w in check_inputs([args.text], model.encoder.max_chars, "translate_to_english"):
         print(f"llink: warning: {w}", file=sys.stderr)
