@@ -10,6 +10,7 @@ from llink.checkpoints import CheckpointError
 from llink.inject import collate
 from llink.workflows import Session, run_baseline, stage_b_items
 
+from .reference import greedy_reference
 from .test_stage_a import make_pair_file
 from .test_stage_b import _b_cfg
 
@@ -62,11 +63,13 @@ def test_baseline_loads_back_with_the_same_nll_and_generates(trained):
         nll = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"]).per_token()
     assert float(nll) == pytest.approx(summary["dev_final"]["nll"], rel=1e-5)
     outs = model.generate_raw([it.foreign for it in items[:3]], max_new_tokens=4)
-    assert len(outs) == 3 and all(isinstance(o, str) for o in outs)
+    prompts = [model.prompt_ids("translate_to_english", foreign_text=it.foreign)
+               for it in items[:3]]
+    assert outs == greedy_reference(model, prompts, max_new_tokens=4)
 
 
 def test_baseline_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_decoder_dir,
-                                               monkeypatch):
+                                               monkeypatch, capsys):
     _, _, _, root = trained
     cfg = _cfg(root, tiny_encoder_dir, tiny_decoder_dir, run="cut")
     import llink.train.baseline as bl
@@ -83,8 +86,20 @@ def test_baseline_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_d
     monkeypatch.setattr(bl, "batch_indices", crash)
     with pytest.raises(KeyboardInterrupt):
         run_baseline(Session(cfg, progress=False))
-    monkeypatch.setattr(bl, "batch_indices", real)
+    # training reseeds every step, so a restart from 0 would end with the same weights:
+    # the resumed run must take steps 4 to 11 (the checkpoint is of step 4), and only those
+    steps = []
+
+    def record(n, batch, seed, step, micro=0):
+        steps.append(step)
+        return real(n, batch, seed, step, micro)
+
+    monkeypatch.setattr(bl, "batch_indices", record)
+    capsys.readouterr()
     run_baseline(Session(cfg, progress=False), resume=True)
+    monkeypatch.setattr(bl, "batch_indices", real)
+    assert steps == list(range(4, 12))
+    assert "resuming the baseline from step 4" in capsys.readouterr().out
     full = load_baseline(root / "run" / "baseline").lm.state_dict()
     cut = load_baseline(root / "cut" / "baseline").lm.state_dict()
     lora = [k for k in full if "lora_" in k]
