@@ -268,6 +268,15 @@ def test_file_argument_binary_or_folder(trained, tmp_path, capsys):
                  tmp_path / "none.txt")
 
 
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--device", "banana"], "device 'banana' is not a device"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
+    (["--task", "ask"], "--task ask needs --question"),
+])
+def test_device_and_task_errors(trained, capsys, extra, needle):
+    expect_error(capsys, [needle], "infer", "--model", trained.run / "stage_b", *extra, KM)
+
+
 def test_text_that_is_not_utf8(trained, capsys, monkeypatch):
     """Undecodable bytes in argv or stdin reach Python as lone surrogates."""
     import io

@@ -286,9 +286,11 @@ def _read_text_file(name: str) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
-    from llink.diagnostics import check_inputs, compare
+    from llink.diagnostics import InputError, check_inputs, compare
 
     texts = _read_texts(args)
+    if args.task == "ask" and not args.question:
+        raise InputError("--task ask needs --question 'a question about the text'")
     model = _load_model(args)
     task = "ask" if args.question else args.task
     for w in check_inputs(texts, model.encoder.max_chars, task):

@@ -91,12 +91,32 @@ def init_from_env(device: str = "auto") -> bool:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; under N processes, GPU ``LOCAL_RANK``."""
+    """``auto`` picks CUDA when present, else the CPU; under N processes, GPU ``LOCAL_RANK``.
+
+    A device name torch does not know, or one this machine lacks, raises
+    :class:`~llink.config.ConfigError` naming it.
+    """
+    from llink.config import ConfigError
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r} is not a device; use auto, cpu, cuda, cuda:N or "
+                          "mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: no CUDA GPU is usable here (torch "
+                          f"{torch.__version__}); use cpu or auto")
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} "
+                          "CUDA GPU(s); use cuda:0 ... or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available here; use cpu or auto")
     if name == "cuda" and is_distributed():
         return torch.device("cuda", local_rank())
-    return torch.device(name)
+    return device
 
 
 def barrier() -> None:
