@@ -201,7 +201,8 @@ def require_kind(folder: str | Path, stem: str, what: str, fix: str) -> None:
             f"{folder} is {KINDS[found]} ({found}.json), not the {what} expected here "
             f"({stem}.json). {fix}"
         )
-    raise CheckpointError(f"{folder / f'{stem}.json'} is missing: {folder} is not {what}. {fix}")
+    raise CheckpointError(f"{folder / f'{stem}.json'} is missing, so {folder} holds no {what}. "
+                          f"{fix}")
 
 
 def _refuse_pickles(folder: Path, name: Path | None = None) -> None:
@@ -237,6 +238,9 @@ def verify_weights(
                               f"metadata is damaged. {fix}")
     for rel, digest in recorded.items():
         path = folder / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CheckpointError(f"{folder / meta_file}: {HASH_KEY} names {rel!r}, outside "
+                                  f"the folder; the metadata is damaged. {fix}")
         if not path.is_file():
             raise CheckpointError(
                 f"{path} is missing but recorded in {meta_file}: the folder is incomplete "
