@@ -12,7 +12,7 @@ from llink.workflows import Session, run_baseline, stage_b_items
 
 from .reference import greedy_reference
 from .test_stage_a import make_pair_file
-from .test_stage_b import _b_cfg
+from .test_stage_b import _b_cfg, other_decoder, refused_keys
 
 
 def _cfg(root, enc, dec, run="run", **over):
@@ -114,3 +114,38 @@ def test_baseline_refuses_another_decoder(trained, tmp_path):
         load_baseline(root / "run" / "baseline", expect={"decoder": "other/model"})
     with pytest.raises(CheckpointError, match="llink train baseline"):
         load_baseline(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("case", "keys"), [
+    ("decoder weights", {"decoder_weights"}),
+    ("decoder dimension", {"d_dec", "decoder_weights"}),
+    ("number of slots", {"num_slots"}),
+])
+def test_baseline_refuses_other_frozen_decoders(trained, tiny_decoder_dir, tmp_path, case,
+                                                keys):
+    from llink.models.decoder import FrozenDecoder
+
+    _, _, _, root = trained
+    if case == "decoder weights":
+        dec = other_decoder(tiny_decoder_dir, tmp_path)
+    elif case == "decoder dimension":
+        dec = other_decoder(tiny_decoder_dir, tmp_path, hidden_size=32, intermediate_size=64)
+    else:
+        dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=8)
+    with pytest.raises(CheckpointError, match="differs from the one the baseline") as err:
+        load_baseline(root / "run" / "baseline", decoder=dec)
+    assert refused_keys(err) == keys
+    assert load_baseline(root / "run" / "baseline").has_lora  # its own decoder loads it
+
+
+def test_baseline_of_another_format_version_is_refused(trained, tmp_path):
+    import shutil
+
+    _, _, _, root = trained
+    copy = tmp_path / "baseline"
+    shutil.copytree(root / "run" / "baseline", copy)
+    meta = json.loads((copy / "baseline.json").read_text())
+    (copy / "baseline.json").write_text(json.dumps({**meta, "format": meta["format"] + 1}))
+    with pytest.raises(CheckpointError, match=f"format {meta['format'] + 1}, need "
+                                              f"{meta['format']}"):
+        load_baseline(copy)

@@ -1,6 +1,7 @@
 """Stage B on tiny models: learns, keeps base weights frozen, round-trips, resumes, checks."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -171,6 +172,83 @@ def test_mismatched_artifact_is_refused(trained, tmp_path):
     assert "num_slots" in str(err.value) and "Llama-3.2" in str(err.value)
     with pytest.raises(CheckpointError, match="llink train stage-b"):
         load_llink(tmp_path / "nope")
+
+
+def other_model(src, kind, **config):
+    """The Hugging Face model of folder ``src`` with other weights, or, given ``config``
+    changes, a freshly initialised model of another shape."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    auto = AutoModel if kind == "encoder" else AutoModelForCausalLM
+    if config:
+        cfg = AutoConfig.from_pretrained(src)
+        for k, v in config.items():
+            setattr(cfg, k, v)
+        torch.manual_seed(1)
+        return auto.from_config(cfg)
+    model = auto.from_pretrained(src)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.mul_(1.1)
+    return model
+
+
+def other_decoder(src, dst, num_slots=4, **config):
+    """A decoder folder like ``src`` (same tokenizer) with other weights or shape, loaded."""
+    from llink.models.decoder import FrozenDecoder
+
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    other_model(src, "decoder", **config).save_pretrained(dst)
+    return FrozenDecoder.from_pretrained(str(dst), num_slots=num_slots)
+
+
+def refused_keys(err) -> set[str]:
+    """The settings a CheckpointError says differ ("key: checkpoint has ..., this run has")."""
+    return set(re.findall(r"(\w+): checkpoint has", str(err.value)))
+
+
+@pytest.mark.parametrize(("case", "keys"), [
+    ("encoder weights", {"encoder_weights"}),
+    ("encoder dimension", {"d_enc", "encoder_weights"}),
+    ("decoder weights", {"decoder_weights"}),
+    ("decoder dimension", {"d_dec", "decoder_weights"}),
+    ("number of slots", {"num_slots"}),
+])
+def test_loading_onto_other_frozen_models_is_refused(trained, tiny_encoder_dir, tiny_decoder_dir,
+                                                     tmp_path, case, keys):
+    from llink.models.decoder import FrozenDecoder
+    from llink.models.encoder import FrozenEncoder
+
+    _, session, _, root = trained
+    enc, dec = session.encoder, None
+    if case.startswith("encoder"):  # the same tokenizer, other weights or width
+        shape = {"hidden_size": 48, "intermediate_size": 96} if "dimension" in case else {}
+        enc = FrozenEncoder(other_model(tiny_encoder_dir, "encoder", **shape), enc.tokenizer,
+                            name=enc.name)
+    elif case == "decoder weights":
+        dec = other_decoder(tiny_decoder_dir, tmp_path)
+    elif case == "decoder dimension":
+        dec = other_decoder(tiny_decoder_dir, tmp_path, hidden_size=32, intermediate_size=64)
+    else:
+        dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=8)
+    with pytest.raises(CheckpointError, match="differ from those the artifact was trained") as err:
+        load_llink(root / "run" / "stage_b", encoder=enc, decoder=dec)
+    assert refused_keys(err) == keys
+    # the frozen models it was trained with still load it
+    if dec is not None:
+        dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
+    assert load_llink(root / "run" / "stage_b", encoder=session.encoder, decoder=dec).has_lora
+
+
+def test_an_artifact_of_another_format_version_is_refused(trained, tmp_path):
+    _, session, _, root = trained
+    copy = tmp_path / "stage_b"
+    shutil.copytree(root / "run" / "stage_b", copy)
+    meta = json.loads((copy / "llink.json").read_text())
+    (copy / "llink.json").write_text(json.dumps({**meta, "format": meta["format"] + 1}))
+    with pytest.raises(CheckpointError, match=f"format {meta['format'] + 1}, need "
+                                              f"{meta['format']}"):
+        load_llink(copy, encoder=session.encoder)
 
 
 def test_stage_b_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_decoder_dir,
