@@ -1,10 +1,13 @@
 """`llink eval gen|tokens|numbers` end to end on tiny models (all four systems)."""
 
 import json
+from collections import Counter
 
 import pytest
 import torch
+from sacrebleu.metrics import BLEU, CHRF
 
+from llink.artifacts import load_baseline, load_llink
 from llink.cli import main
 from llink.workflows import (
     Session,
@@ -37,22 +40,44 @@ def run(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
 def test_gen_writes_outputs_scores_and_paired_tests(run):
     cfg, session, root = run
     systems = ["llink", "base", "baseline", "ablated"]
-    res = evaluate_generation(session, systems, n=5, max_new_tokens=3, batch_size=2)
+    res = evaluate_generation(session, systems, n=5, max_new_tokens=8, batch_size=2)
     ev = root / "run" / "eval"
     items = gen_items(session, 5)
+    # what each system writes is what its model generates for the items, all at once
+    foreign = [it.source for it in items]
+    model = load_llink(root / "run" / "stage_b", encoder=session.encoder)
+    expected = {"llink": model.generate(foreign, max_new_tokens=8),
+                "base": model.generate_base(foreign, max_new_tokens=8),
+                "baseline": load_baseline(root / "run" / "baseline").generate_raw(
+                    foreign, max_new_tokens=8),
+                "ablated": model.generate(foreign, max_new_tokens=8, ablate=True)}
+    # (the systems answer differently, so the comparison tells them apart)
+    assert expected["llink"] != expected["base"] and expected["llink"] != expected["ablated"]
+    outputs = {}
     for name in systems:
         recs = [json.loads(x) for x in (ev / "gen" / f"{name}.jsonl").read_text().splitlines()]
         assert [r["index"] for r in recs] == list(range(5))
-        assert [r["source"] for r in recs] == [it.source for it in items]
-        assert all(isinstance(r["output"], str) for r in recs)
+        assert [r["source"] for r in recs] == foreign
+        outputs[name] = [r["output"] for r in recs]
+        assert outputs[name] == expected[name], name
     saved = json.loads((ev / "gen.json").read_text())
     assert saved["n"] == 5 and list(saved["systems"]) == systems
-    for s in saved["systems"].values():
-        assert 0 <= s["chrf"] <= 100 and 0 <= s["bleu"] <= 100
+    refs = [[it.reference for it in items]]
+    for name, s in saved["systems"].items():  # sacrebleu's corpus scores of those outputs
+        assert s["chrf"] == pytest.approx(CHRF().corpus_score(outputs[name], refs).score)
+        assert s["bleu"] == pytest.approx(BLEU().corpus_score(outputs[name], refs).score)
         assert len(s["chrf_ci"]) == 2 and len(s["bleu_ci"]) == 2
+        assert s["chrf_ci"][0] <= s["chrf_ci"][1] and s["bleu_ci"][0] <= s["bleu_ci"][1]
     assert len(saved["paired"]) == 2 * 6  # every pair of 4 systems, two metrics
     assert {"a", "b", "metric", "a_score", "b_score", "delta", "p_value"} <= set(saved["paired"][0])
-    assert res["settings"]["max_new_tokens"] == 3
+    assert [(p["a"], p["b"]) for p in saved["paired"] if p["metric"] == "chrf"] == [
+        (a, b) for i, a in enumerate(systems) for b in systems[i + 1:]]
+    for p in saved["paired"]:
+        scores = saved["systems"]
+        assert p["a_score"] == pytest.approx(scores[p["a"]][p["metric"]])
+        assert p["b_score"] == pytest.approx(scores[p["b"]][p["metric"]])
+        assert p["delta"] == pytest.approx(p["a_score"] - p["b_score"])
+    assert res["settings"]["max_new_tokens"] == 8
     # the ablated prompt is the same for every item, so its output is too
     abl = [json.loads(x)["output"] for x in (ev / "gen" / "ablated.jsonl").read_text().splitlines()]
     assert len(set(abl)) == 1
@@ -109,7 +134,15 @@ def test_retrained_model_in_the_same_folder_is_generated_again(run, capsys):
 def test_generation_items_are_a_sample_spread_over_the_split(run):
     cfg, session, root = run
     res = evaluate_generation(session, ["llink"], n=6, max_new_tokens=2, batch_size=3)
-    assert "by_source" in res and sum(r["n"] for r in res["by_source"].values()) == 6
+    groups = Counter(it.group for it in gen_items(session, 6))
+    assert {g: r["n"] for g, r in res["by_source"].items()} == dict(groups)
+    out = [json.loads(x)["output"]
+           for x in (root / "run" / "eval" / "gen" / "llink.jsonl").read_text().splitlines()]
+    for g, r in res["by_source"].items():  # each group scored on its own items only
+        idx = [i for i, it in enumerate(gen_items(session, 6)) if it.group == g]
+        refs = [[gen_items(session, 6)[i].reference for i in idx]]
+        want = CHRF().corpus_score([out[i] for i in idx], refs).score
+        assert r["systems"]["llink"]["chrf"] == pytest.approx(want)
     from llink.data.splits import unit_hash
 
     keys = [unit_hash(it.reference, cfg.data.split_salt + "/order") for it in gen_items(session)]
