@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -345,20 +346,61 @@ def test_endpoint_teacher_unreachable():
 
 # --------------------------------------------------------------------------- local HF teacher
 def test_hf_teacher_batches_with_left_padding(tiny_decoder_dir, tmp_path):
+    import torch
+
     teacher = HFTeacher(str(tiny_decoder_dir), device="cpu", max_new_tokens=6)
     assert teacher.tokenizer.padding_side == "left" and teacher.name.startswith("hf:")
+    # the tiny decoder as built answers only newlines (empty replies): give its layers
+    # larger weights, so that replies differ with the prompt and the checks below can fail
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, prm in teacher.model.named_parameters():
+            if "layers" in name and prm.dim() == 2:
+                prm.normal_(0, 0.2)
     prompts = [
         build_prompt("title_generation", "Open the file menu."),
         build_prompt("extract_main_points", "Select all cells in the sheet, then print."),
     ]
     batched = teacher.complete(prompts)
-    assert len(batched) == 2 and all(isinstance(r, str) for r in batched)
     assert [teacher.complete([p])[0] for p in prompts] == batched
+    assert batched == [_greedy(teacher, p, 6) for p in prompts]
+    assert all(batched) and batched[0] != batched[1]
     report = synthesize(
         PAIRS[:2], teacher, tmp_path / "s.jsonl", ["title_generation"], batch_size=2, progress=False
     )
     assert report.requested == 2
-    assert sum(report.written.values()) + sum(report.dropped.values()) == 2
+    # each reply either became the row of its pair, or was dropped for its check's reason
+    written, dropped = [], Counter()
+    for pair in PAIRS[:2]:
+        prompt = build_prompt("title_generation", pair.en)
+        checked = check_reply("title_generation", _greedy(teacher, prompt, 6), prompt, pair.en)
+        if isinstance(checked, str):
+            dropped[checked] += 1
+        else:
+            written.append((pair.foreign, checked[0]))
+    rows = read_task_file(tmp_path / "s.jsonl") if (tmp_path / "s.jsonl").exists() else []
+    assert [(r.foreign, r.answer) for r in rows] == written
+    assert dict(report.written) == ({"title_generation": len(written)} if written else {})
+    assert dict(report.dropped) == dict(dropped)
+
+
+def _greedy(teacher: HFTeacher, prompt: str, max_new_tokens: int) -> str:
+    """Greedy decoding written out: the prompt alone, no padding, no cache."""
+    import torch
+
+    tok, model = teacher.tokenizer, teacher.model
+    ids = tok(teacher._text(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    stop = model.generation_config.eos_token_id
+    stop = set(stop if isinstance(stop, list) else [stop])
+    new = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            t = int(model(input_ids=ids).logits[0, -1].argmax())
+            new.append(t)
+            if t in stop:
+                break
+            ids = torch.cat([ids, torch.tensor([[t]])], 1)
+    return tok.decode(new, skip_special_tokens=True).strip()
 
 
 # --------------------------------------------------------------------------- CLI
