@@ -429,6 +429,8 @@ RANGES: dict[tuple[str, str], Range] = {
     ("model", "max_foreign_chars"): _count(0),  # 0: no clipping
     ("model", "num_slots"): _count(1),
     ("model", "resampler_layers"): _count(0),
+    ("model", "token_layer"): Range(-1, None, integer=True),  # -1: the last layer
+    ("model", "slots_per_token"): _NON_NEGATIVE,  # 0: every text takes all the slots
     ("data", "dev_fraction"): _FRACTION,
     ("data", "test_fraction"): _FRACTION,
     ("data", "max_train_pairs"): _count(1),
@@ -488,6 +490,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("stage_b", "mismatch_weight"): _NON_NEGATIVE,
     ("stage_b", "mismatch_margin"): _NON_NEGATIVE,
     ("stage_b", "max_answer_tokens"): _count(1),
+    ("stage_b", "english_examples"): _count(0),
     ("stage_b", "eval_every"): _count(1),
     ("stage_b", "eval_pairs"): _count(1),
     ("stage_b", "save_every"): _count(1),
