@@ -117,13 +117,33 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 
 
 def cmd_data_harvest(args: argparse.Namespace) -> None:
-    from llink.data.harvest import harvest
+    from llink.data.harvest import (
+        HarvestError,
+        harvest,
+        harvest_many,
+        output_paths,
+        parse_languages,
+        summary_table,
+    )
 
-    out = Path(args.out or f"en-{args.lang}.jsonl.gz")
-    counts = harvest(args.lang, out, sources=tuple(args.sources), workdir=args.workdir,
-                     keep_workdir=args.keep_workdir, provenance=True)
-    print(json.dumps(counts, indent=2))
-    print(f"written: {out}")
+    try:
+        langs = parse_languages(args.lang)
+        outs = output_paths(langs, Path(args.out) if args.out else None, args.out_dir)
+    except ValueError as exc:
+        raise HarvestError(str(exc)) from None
+    if len(langs) == 1 and args.out_dir is None:  # one corpus: its counts, as before
+        out = outs[langs[0]]
+        counts = harvest(langs[0], out, sources=tuple(args.sources), workdir=args.workdir,
+                         keep_workdir=args.keep_workdir, provenance=True)
+        print(json.dumps(counts, indent=2))
+        print(f"written: {out}")
+        return
+    all_counts = harvest_many(outs, sources=tuple(args.sources), workdir=args.workdir,
+                              keep_workdir=args.keep_workdir, provenance=True)
+    print(json.dumps(all_counts, indent=2))
+    print(summary_table(all_counts))
+    for out in outs.values():
+        print(f"written: {out}")
 
 
 def cmd_data_split(args: argparse.Namespace) -> None:
@@ -433,8 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     p = add(data_sub, "harvest", cmd_data_harvest,
             "build an English-foreign corpus from Debian's translation packages", config=False)
-    p.add_argument("--lang", required=True, help="language code as Debian uses it, e.g. km, th")
-    p.add_argument("--out", help="output .jsonl.gz (default: en-LANG.jsonl.gz)")
+    p.add_argument("--lang", required=True,
+                   help="language code(s) as Debian uses them, e.g. km or km,th,dz (several: "
+                   "each package is downloaded once and every language read from it)")
+    p.add_argument("--out", help="output .jsonl.gz of one language (default: en-LANG.jsonl.gz)")
+    p.add_argument("--out-dir", type=Path,
+                   help="output folder for any number of languages: DIR/en-LANG.jsonl.gz each")
     p.add_argument("--sources", nargs="+", default=list(HARVEST_SOURCES),
                    choices=list(HARVEST_SOURCES), help="which Debian sources to read")
     p.add_argument("--workdir", type=Path, help="download/unpack folder (default: temporary)")

@@ -7,6 +7,7 @@ de-duplicated (:mod:`.clean`); the corpus is written as gzipped JSONL with
 :func:`llink.data.pairs.write_pairs`, with a ``PROVENANCE.md`` beside it.
 
     harvest("km", Path("src/llink/corpora/en-km.jsonl.gz"))
+    harvest_many({"th": Path("en-th.jsonl.gz"), "dz": Path("en-dz.jsonl.gz")})  # one pass
 
 Only :mod:`.languages` knows language-specific names.
 """
@@ -17,17 +18,27 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llink.data.harvest.clean import RawPair, clean_pairs, is_sentence_like
 from llink.data.harvest.debian import AptArchive, HarvestError, PackageArchive
-from llink.data.harvest.languages import language
+from llink.data.harvest.languages import LanguageSpec, language
 from llink.data.harvest.provenance import provenance_path, render_provenance, write_provenance
 from llink.data.harvest.sources import CLEAN_OPTIONS, HARVESTERS, SourceResult
 from llink.data.pairs import write_pairs
 
-__all__ = ["SOURCES", "HarvestError", "harvest", "is_sentence_like"]
+__all__ = [
+    "SOURCES",
+    "HarvestError",
+    "corpus_path",
+    "harvest",
+    "harvest_many",
+    "is_sentence_like",
+    "output_paths",
+    "parse_languages",
+    "summary_table",
+]
 
 SOURCES = ("libreoffice-help", "gettext", "firefox")
 
@@ -63,29 +74,113 @@ def harvest(
     ``<source>.packages`` and ``<source>.unreadable_files`` per source; ``total`` and
     ``sentence_like`` for the corpus.
     """
+    return harvest_many(
+        {lang: out},
+        sources,
+        workdir,
+        keep_workdir,
+        archive=archive,
+        provenance=provenance,
+    )[lang]
+
+
+def corpus_path(out_dir: Path, lang: str) -> Path:
+    """Where a corpus goes in an output folder: ``DIR/en-<lang>.jsonl.gz``."""
+    return Path(out_dir) / f"en-{lang}.jsonl.gz"
+
+
+def parse_languages(text: str) -> list[str]:
+    """``"km,th, hi"`` → ``["km", "th", "hi"]`` (a language named twice is an error)."""
+    langs = [code.strip() for code in text.split(",") if code.strip()]
+    if not langs:
+        raise ValueError("no language given")
+    if len(set(langs)) != len(langs):
+        raise ValueError(f"a language is named twice in {text!r}")
+    return langs
+
+
+def output_paths(langs: list[str], out: Path | None, out_dir: Path | None) -> dict[str, Path]:
+    """Language → corpus path from ``--out`` (one language) or ``--out-dir`` (any number)."""
+    if out is not None and out_dir is not None:
+        raise ValueError("give --out or --out-dir, not both")
+    if out is not None:
+        if len(langs) != 1:
+            raise ValueError("--out names one corpus file; use --out-dir for several languages")
+        return {langs[0]: out}
+    folder = out_dir if out_dir is not None else Path(".")
+    return {lang: corpus_path(folder, lang) for lang in langs}
+
+
+def summary_table(counts: dict[str, dict[str, int]]) -> str:
+    """A plain-text table: language, total pairs, sentence-like pairs."""
+    lines = [f"{'lang':<6}{'total':>10}{'sentence-like':>15}"]
+    for lang, c in counts.items():
+        lines.append(f"{lang:<6}{c['total']:>10,}{c['sentence_like']:>15,}")
+    return "\n".join(lines)
+
+
+def harvest_many(
+    outs: Mapping[str, Path],
+    sources: Sequence[str] = SOURCES,
+    workdir: Path | None = None,
+    keep_workdir: bool = False,
+    *,
+    archive: PackageArchive | None = None,
+    provenance: bool = True,
+) -> dict[str, dict[str, int]]:
+    """Build one corpus per language (``outs``: language → output path) in one pass.
+
+    Each package is downloaded and unpacked once, keeping the files of every language,
+    and every language's strings are read from it; each corpus is then cleaned and
+    written exactly as :func:`harvest` writes it alone (same file, same provenance), so
+    a language's corpus does not depend on which others were harvested with it.
+    Returns each language's counts (see :func:`harvest`).
+    """
     unknown = [s for s in sources if s not in HARVESTERS]
     if unknown or not sources:
         raise ValueError(f"unknown sources {unknown}; choose from {', '.join(HARVESTERS)}")
-    spec = language(lang)
-    out = Path(out)
+    if not outs:
+        raise ValueError("no language given")
+    specs = [language(code) for code in outs]
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f"llink-harvest-{lang}-", dir=workdir))
+    root = Path(tempfile.mkdtemp(prefix=f"llink-harvest-{'-'.join(outs)}-", dir=workdir))
     log.info("harvest work folder: %s", root)
     try:
         apt = archive if archive is not None else AptArchive(root / "apt")
-        results: dict[str, SourceResult] = {}
+        by_source: dict[str, dict[str, SourceResult]] = {}
         for source in sources:
-            results[source] = HARVESTERS[source](spec, apt, root / "packages" / source)
-        raw: list[RawPair] = [p for r in results.values() for p in r.pairs]
-        pairs, tallies = clean_pairs(raw, spec, CLEAN_OPTIONS, list(sources))
+            by_source[source] = HARVESTERS[source](specs, apt, root / "packages" / source)
         archive_description = apt.describe()
     finally:
         if keep_workdir:
             log.info("kept the work folder %s", root)
         else:
             shutil.rmtree(root, ignore_errors=True)
+    return {
+        spec.code: _write_corpus(
+            spec,
+            Path(outs[spec.code]),
+            sources,
+            {source: by_source[source][spec.code] for source in sources},
+            archive_description,
+            provenance,
+        )
+        for spec in specs
+    }
 
+
+def _write_corpus(
+    spec: LanguageSpec,
+    out: Path,
+    sources: Sequence[str],
+    results: dict[str, SourceResult],
+    archive_description: str,
+    provenance: bool,
+) -> dict[str, int]:
+    """Clean one language's raw pairs, write its corpus (and provenance); return counts."""
+    raw: list[RawPair] = [p for r in results.values() for p in r.pairs]
+    pairs, tallies = clean_pairs(raw, spec, CLEAN_OPTIONS, list(sources))
     counts: dict[str, int] = {}
     for source in sources:
         tally = tallies.get(source, Counter())
@@ -100,12 +195,12 @@ def harvest(
     if provenance:
         text = render_provenance(
             out,
-            lang,
+            spec.code,
             counts,
             results,
             Counter(p.source for p in pairs),
             " ".join(f"U+{ord(c):04X}" for c in spec.strip_chars),
-            rebuild_command(lang, out, sources),
+            rebuild_command(spec.code, out, sources),
             archive_description,
         )
         write_provenance(provenance_path(out), text)

@@ -22,7 +22,7 @@ import re
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -78,7 +78,12 @@ class PackageArchive(Protocol):
         ...
 
     def packages_with_files(self, path_re: re.Pattern[str], hint: str = "") -> list[str]:
-        """Sorted names of packages holding a file whose path matches ``path_re``."""
+        """Sorted names of packages holding a file whose path matches ``path_re``.
+
+        An archive may also offer ``packages_with_files_by(patterns, hint)`` (key →
+        sorted names, several patterns in one search, as :class:`AptArchive` does);
+        :func:`llink.data.harvest.sources.packages_by_pattern` uses it when present.
+        """
         ...
 
     def fetch(
@@ -172,6 +177,16 @@ class AptArchive:
 
     def packages_with_files(self, path_re: re.Pattern[str], hint: str = "") -> list[str]:
         """Search the Contents indices; ``hint`` is a literal substring every match has."""
+        return self.packages_with_files_by({"": path_re}, hint)[""]
+
+    def packages_with_files_by(
+        self, patterns: Mapping[str, re.Pattern[str]], hint: str = ""
+    ) -> dict[str, list[str]]:
+        """For each pattern (by key), the sorted packages holding a matching file.
+
+        One pass over the Contents indices serves every pattern (several languages'
+        catalogues); ``hint`` is a literal substring every match of every pattern has.
+        """
         self.update(contents=True)
         listing = self._apt(
             "apt-get", "indextargets", "--format", "$(FILENAME)", "Identifier: Contents-deb"
@@ -183,7 +198,7 @@ class AptArchive:
                 "cannot tell which packages carry the files"
             )
         needle = hint.encode()
-        found: set[str] = set()
+        found: dict[str, set[str]] = {key: set() for key in patterns}
         for index in files:
             with subprocess.Popen(
                 [_apt_helper(), "cat-file", index], stdout=subprocess.PIPE
@@ -193,11 +208,12 @@ class AptArchive:
                     if needle not in raw:
                         continue
                     path, owners = raw.decode("utf-8", "replace").rsplit(maxsplit=1)
-                    if path_re.search(path):
-                        found.update(o.rsplit("/", 1)[-1] for o in owners.split(","))
+                    for key, path_re in patterns.items():
+                        if path_re.search(path):
+                            found[key].update(o.rsplit("/", 1)[-1] for o in owners.split(","))
             if proc.returncode != 0:
                 raise HarvestError(f"could not read Contents index {index}")
-        return sorted(found)
+        return {key: sorted(names) for key, names in found.items()}
 
     def describe(self) -> str:
         self.update()

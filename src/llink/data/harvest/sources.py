@@ -1,10 +1,16 @@
-"""The three Debian sources of parallel text, each: fetch its packages, yield raw pairs."""
+"""The three Debian sources of parallel text, each: fetch its packages, yield raw pairs.
+
+Each source serves several languages in one pass: a package is downloaded and
+unpacked once, with the files of every requested language, and each language's
+strings are read from it (``harvest_*_many``); the single-language functions are that
+with one language.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,120 +37,224 @@ class SourceResult:
         self.notes.append(text)
 
 
-def _fetch_all(
+def _codes(specs: Sequence[LanguageSpec]) -> str:
+    return ",".join(s.code for s in specs)
+
+
+def _check_unique(specs: Sequence[LanguageSpec]) -> None:
+    codes = [s.code for s in specs]
+    if len(set(codes)) != len(codes):
+        raise ValueError(f"a language is named twice: {', '.join(codes)}")
+
+
+def packages_by_pattern(
+    archive: PackageArchive, patterns: Mapping[str, re.Pattern[str]], hint: str = ""
+) -> dict[str, set[str]]:
+    """Packages holding a file that matches each pattern (key → names), in one search.
+
+    Uses the archive's ``packages_with_files_by`` when it has one (one pass over the
+    Contents indices for all patterns), else one ``packages_with_files`` per pattern.
+    """
+    many = getattr(archive, "packages_with_files_by", None)
+    if many is not None:
+        found = many(patterns, hint=hint)
+        return {key: set(found.get(key, ())) for key in patterns}
+    return {key: set(archive.packages_with_files(p, hint=hint)) for key, p in patterns.items()}
+
+
+def _paired_source(
+    specs: Sequence[LanguageSpec],
     archive: PackageArchive,
-    names: list[str],
     dest: Path,
-    keep: Callable[[str], bool],
-    desc: str,
-    result: SourceResult,
-) -> dict[str, FetchedPackage] | None:
-    """Fetch ``names`` if all exist; otherwise note the missing ones and return None."""
-    missing = sorted(set(names) - set(archive.available(names)))
-    if missing:
-        result.note(f"not in the apt sources: {', '.join(missing)}; source skipped")
-        return None
-    fetched = {p.name: p for p in archive.fetch(names, dest, keep, desc=desc)}
-    for name in sorted(fetched):
-        result.packages.append(fetched[name])
-        result.licences[name] = fetched[name].licence()
-    return fetched
+    *,
+    english_pkg: str,
+    locale_of: Callable[[LanguageSpec], str | None],
+    package_of: Callable[[str], str],
+    keep_for: Callable[[list[str]], Callable[[str], bool]],
+    project: str,
+    kind: str,
+) -> tuple[dict[str, SourceResult], dict[str, FetchedPackage], list[LanguageSpec]]:
+    """Fetch one English package and each language's package once, for several languages.
+
+    Returns the results (with notes for languages skipped), the fetched packages by
+    name, and the languages whose two packages were both fetched (their ``packages``
+    and ``licences`` already filled in).
+    """
+    _check_unique(specs)
+    results = {s.code: SourceResult() for s in specs}
+    wanted: list[LanguageSpec] = []
+    for spec in specs:
+        if locale_of(spec):
+            wanted.append(spec)
+        else:
+            results[spec.code].note(f"no {project} locale known for {spec.code!r}; source skipped")
+    needs = {s.code: [english_pkg, package_of(locale_of(s) or "")] for s in wanted}
+    available = set(archive.available({n for names in needs.values() for n in names}))
+    ready: list[LanguageSpec] = []
+    for spec in wanted:
+        missing = sorted(set(needs[spec.code]) - available)
+        if missing:
+            results[spec.code].note(f"not in the apt sources: {', '.join(missing)}; source skipped")
+        else:
+            ready.append(spec)
+    if not ready:
+        return results, {}, []
+    names = sorted({n for s in ready for n in needs[s.code]})
+    locales = [locale_of(s) or "" for s in ready]
+    fetched = {
+        p.name: p
+        for p in archive.fetch(names, dest, keep_for(locales), desc=f"{kind} {_codes(ready)}")
+    }
+    for spec in ready:
+        result = results[spec.code]
+        for name in sorted(needs[spec.code]):
+            result.packages.append(fetched[name])
+            result.licences[name] = fetched[name].licence()
+    return results, fetched, ready
 
 
-def harvest_libreoffice_help(
-    spec: LanguageSpec, archive: PackageArchive, dest: Path
-) -> SourceResult:
-    """LibreOffice help HTML of ``spec`` aligned with the en-US help."""
-    result = SourceResult()
-    if not spec.libreoffice:
-        result.note(f"no LibreOffice locale known for {spec.code!r}; source skipped")
-        return result
-    locale = spec.libreoffice
-    foreign_pkg = libreoffice_help.package_name(locale)
-    english_pkg = libreoffice_help.ENGLISH_PACKAGE
-    wanted = re.compile(
-        rf"{libreoffice_help.HELP_DIR}/({re.escape(locale)}|{libreoffice_help.ENGLISH_LOCALE})"
-        r"/text/.+\.html"
-    )
-    fetched = _fetch_all(
+def harvest_libreoffice_help_many(
+    specs: Sequence[LanguageSpec], archive: PackageArchive, dest: Path
+) -> dict[str, SourceResult]:
+    """LibreOffice help HTML of each language aligned with the en-US help (fetched once)."""
+    english_locale = libreoffice_help.ENGLISH_LOCALE
+
+    def keep_for(locales: list[str]) -> Callable[[str], bool]:
+        alternatives = "|".join(re.escape(loc) for loc in [*locales, english_locale])
+        wanted = re.compile(rf"{libreoffice_help.HELP_DIR}/({alternatives})/text/.+\.html")
+        return lambda path: wanted.fullmatch(path) is not None
+
+    results, fetched, ready = _paired_source(
+        specs,
         archive,
-        [english_pkg, foreign_pkg],
         dest,
-        lambda path: wanted.fullmatch(path) is not None,
-        f"libreoffice-help {spec.code}",
-        result,
+        english_pkg=libreoffice_help.ENGLISH_PACKAGE,
+        locale_of=lambda s: s.libreoffice,
+        package_of=libreoffice_help.package_name,
+        keep_for=keep_for,
+        project="LibreOffice",
+        kind="libreoffice-help",
     )
-    if fetched is None:
-        return result
-    english = libreoffice_help.help_root(fetched[english_pkg].root, libreoffice_help.ENGLISH_LOCALE)
-    foreign = libreoffice_help.help_root(fetched[foreign_pkg].root, locale)
-    result.pairs = [
-        RawPair(en, fo, "libreoffice-help")
-        for en, fo in libreoffice_help.align_help(english, foreign)
-    ]
-    return result
+    if not ready:
+        return results
+    english = libreoffice_help.help_root(
+        fetched[libreoffice_help.ENGLISH_PACKAGE].root, english_locale
+    )
+    for spec in ready:
+        locale = spec.libreoffice or ""
+        foreign_root = fetched[libreoffice_help.package_name(locale)].root
+        foreign = libreoffice_help.help_root(foreign_root, locale)
+        results[spec.code].pairs = [
+            RawPair(en, fo, "libreoffice-help")
+            for en, fo in libreoffice_help.align_help(english, foreign)
+        ]
+    return results
 
 
-def harvest_gettext(spec: LanguageSpec, archive: PackageArchive, dest: Path) -> SourceResult:
-    """Every ``.mo`` catalogue of ``spec`` in the archive (found through Contents indices)."""
-    result = SourceResult()
-    pattern = gettext_catalogs.catalogue_path_re(spec)
-    names = set(archive.packages_with_files(pattern, hint="/LC_MESSAGES/"))
-    if spec.libreoffice:
-        names.add(f"libreoffice-l10n-{spec.libreoffice.lower()}")
-    available = archive.available(names)
-    if missing := sorted(names - set(available)):
-        result.note(f"listed in Contents but not installable here, skipped: {', '.join(missing)}")
-    fetched = archive.fetch(
-        sorted(available), dest, lambda p: pattern.search(p) is not None, f"gettext {spec.code}"
-    )
+def harvest_gettext_many(
+    specs: Sequence[LanguageSpec], archive: PackageArchive, dest: Path
+) -> dict[str, SourceResult]:
+    """Every ``.mo`` catalogue of each language (found through Contents indices).
+
+    A package carrying several of the languages is downloaded and unpacked once, with
+    the catalogues of all of them.
+    """
+    _check_unique(specs)
+    results = {s.code: SourceResult() for s in specs}
+    patterns = {s.code: gettext_catalogs.catalogue_path_re(s) for s in specs}
+    listed = packages_by_pattern(archive, patterns, hint="/LC_MESSAGES/")
+    for spec in specs:
+        if spec.libreoffice:
+            listed[spec.code].add(f"libreoffice-l10n-{spec.libreoffice.lower()}")
+    available = set(archive.available({n for names in listed.values() for n in names}))
+    for spec in specs:
+        if missing := sorted(listed[spec.code] - available):
+            results[spec.code].note(
+                f"listed in Contents but not installable here, skipped: {', '.join(missing)}"
+            )
+
+    def keep(path: str) -> bool:
+        return any(p.search(path) is not None for p in patterns.values())
+
+    fetched = archive.fetch(sorted(available), dest, keep, f"gettext {_codes(specs)}")
     for package in fetched:
-        result.packages.append(package)
-        catalogues = gettext_catalogs.find_catalogues(package.root, spec)
-        result.licences[package.name] = package.licence(gettext_catalogs.source_paths(catalogues))
-        for mo in catalogues:
-            source = f"gettext:{package.name}"
-            try:
-                result.pairs.extend(
-                    RawPair(en, fo, source) for en, fo in gettext_catalogs.read_catalogue(mo)
-                )
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                result.problems += 1
-                result.note(f"{package.name}: cannot read {mo.name}: {exc}")
-    return result
+        for spec in specs:
+            if package.name in listed[spec.code]:
+                _read_catalogues(package, spec, results[spec.code])
+    return results
 
 
-def harvest_firefox(spec: LanguageSpec, archive: PackageArchive, dest: Path) -> SourceResult:
-    """The Firefox ESR language pack of ``spec`` against Firefox's en-US strings."""
-    result = SourceResult()
-    if not spec.firefox:
-        result.note(f"no Firefox locale known for {spec.code!r}; source skipped")
-        return result
-    foreign_pkg = firefox_l10n.package_name(spec.firefox)
-    langpack = firefox_l10n.langpack_path(spec.firefox)
-    wanted = {langpack, *firefox_l10n.OMNI_JARS.values()}
-    fetched = _fetch_all(
+def _read_catalogues(package: FetchedPackage, spec: LanguageSpec, result: SourceResult) -> None:
+    result.packages.append(package)
+    catalogues = gettext_catalogs.find_catalogues(package.root, spec)
+    result.licences[package.name] = package.licence(gettext_catalogs.source_paths(catalogues))
+    for mo in catalogues:
+        source = f"gettext:{package.name}"
+        try:
+            result.pairs.extend(
+                RawPair(en, fo, source) for en, fo in gettext_catalogs.read_catalogue(mo)
+            )
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            result.problems += 1
+            result.note(f"{package.name}: cannot read {mo.name}: {exc}")
+
+
+def harvest_firefox_many(
+    specs: Sequence[LanguageSpec], archive: PackageArchive, dest: Path
+) -> dict[str, SourceResult]:
+    """Each language's Firefox ESR language pack against Firefox's en-US strings."""
+
+    def keep_for(locales: list[str]) -> Callable[[str], bool]:
+        wanted = {*map(firefox_l10n.langpack_path, locales), *firefox_l10n.OMNI_JARS.values()}
+        return wanted.__contains__
+
+    results, fetched, ready = _paired_source(
+        specs,
         archive,
-        [firefox_l10n.FIREFOX_PACKAGE, foreign_pkg],
         dest,
-        wanted.__contains__,
-        f"firefox {spec.code}",
-        result,
+        english_pkg=firefox_l10n.FIREFOX_PACKAGE,
+        locale_of=lambda s: s.firefox,
+        package_of=firefox_l10n.package_name,
+        keep_for=keep_for,
+        project="Firefox",
+        kind="firefox",
     )
-    if fetched is None:
-        return result
+    if not ready:
+        return results
     english_root = fetched[firefox_l10n.FIREFOX_PACKAGE].root
     jars = {prefix: english_root / path for prefix, path in firefox_l10n.OMNI_JARS.items()}
-    pairs = firefox_l10n.align_langpack(fetched[foreign_pkg].root / langpack, jars, spec.firefox)
-    result.pairs = [RawPair(en, fo, "firefox") for en, fo in pairs]
-    return result
+    for spec in ready:
+        locale = spec.firefox or ""
+        langpack = fetched[firefox_l10n.package_name(locale)].root / firefox_l10n.langpack_path(
+            locale
+        )
+        results[spec.code].pairs = [
+            RawPair(en, fo, "firefox")
+            for en, fo in firefox_l10n.align_langpack(langpack, jars, locale)
+        ]
+    return results
 
 
-HARVESTERS: dict[str, Callable[[LanguageSpec, PackageArchive, Path], SourceResult]] = {
-    "libreoffice-help": harvest_libreoffice_help,
-    "gettext": harvest_gettext,
-    "firefox": harvest_firefox,
+Harvester = Callable[[Sequence[LanguageSpec], PackageArchive, Path], dict[str, SourceResult]]
+
+HARVESTERS: dict[str, Harvester] = {
+    "libreoffice-help": harvest_libreoffice_help_many,
+    "gettext": harvest_gettext_many,
+    "firefox": harvest_firefox_many,
 }
+
+
+def _one(harvester: Harvester) -> Callable[[LanguageSpec, PackageArchive, Path], SourceResult]:
+    def run(spec: LanguageSpec, archive: PackageArchive, dest: Path) -> SourceResult:
+        return harvester([spec], archive, dest)[spec.code]
+
+    run.__doc__ = f"{harvester.__name__} for one language."
+    return run
+
+
+harvest_libreoffice_help = _one(harvest_libreoffice_help_many)
+harvest_gettext = _one(harvest_gettext_many)
+harvest_firefox = _one(harvest_firefox_many)
 
 CLEAN_OPTIONS: dict[str, CleanOptions] = {
     "libreoffice-help": CleanOptions(),  # the HTML parser already removed tags and entities
