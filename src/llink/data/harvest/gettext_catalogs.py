@@ -30,9 +30,10 @@ def read_catalogue(path: Path) -> Iterator[tuple[str, str]]:
     data = path.read_bytes()
     try:
         catalogue = gettext.GNUTranslations(io.BytesIO(data))
-    except ValueError:
-        # A template header left in ("plural=EXPRESSION"): rename the field, keeping its
-        # length so the file's offsets hold, and let gettext use its default plural rule.
+    except (ValueError, IndexError):
+        # A template header left in ("plural=EXPRESSION") or one without "plural=" at
+        # all (IndexError in gettext): rename the field, keeping its length so the
+        # file's offsets hold, and let gettext use its default plural rule.
         data = data.replace(b"Plural-Forms:", b"Bad-Plural-F:")
         catalogue = gettext.GNUTranslations(io.BytesIO(data))
     singular_form = catalogue.plural(1)

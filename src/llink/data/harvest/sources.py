@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +195,7 @@ def _read_catalogues(package: FetchedPackage, spec: LanguageSpec, result: Source
             result.pairs.extend(
                 RawPair(en, fo, source) for en, fo in gettext_catalogs.read_catalogue(mo)
             )
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, LookupError, struct.error) as exc:
             result.problems += 1
             result.note(f"{package.name}: cannot read {mo.name}: {exc}")
 
