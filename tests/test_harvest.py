@@ -43,10 +43,12 @@ ZWSP = "\u200b"
 VERSIONS = {  # the packages the fixtures were cut from
     "libreoffice-help-en-us": "4:7.4.7-1+deb12u14",
     "libreoffice-help-km": "4:7.4.7-1+deb12u14",
+    "libreoffice-help-dz": "4:7.4.7-1+deb12u14",
     "libreoffice-l10n-km": "4:7.4.7-1+deb12u14",
     "gnome-mines": "1:40.1-1",
     "firefox-esr": "153.8.0esr-1~deb12u1",
     "firefox-esr-l10n-km": "153.8.0esr-1~deb12u1",
+    "firefox-esr-l10n-th": "153.8.0esr-1~deb12u1",
 }
 FIREFOX = "usr/lib/firefox-esr"
 SW_MO = "libreoffice-l10n-km/usr/lib/libreoffice/program/resource/km/LC_MESSAGES/sw.mo"
@@ -70,9 +72,11 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copytree(FIXTURES / name, root / name)
     _zip_folder(FIXTURES / "firefox/omni", root / f"firefox-esr/{FIREFOX}/omni.ja")
     _zip_folder(FIXTURES / "firefox/browser-omni", root / f"firefox-esr/{FIREFOX}/browser/omni.ja")
-    _zip_folder(
-        FIXTURES / "firefox/langpack-km", root / "firefox-esr-l10n-km" / langpack_path("km")
-    )
+    for locale in ("km", "th"):
+        _zip_folder(
+            FIXTURES / f"firefox/langpack-{locale}",
+            root / f"firefox-esr-l10n-{locale}" / langpack_path(locale),
+        )
     return root
 
 
@@ -330,7 +334,7 @@ def test_unpack_keeps_requested_files_and_the_copyright(tmp_path: Path) -> None:
         capture_output=True,
     )
     out = tmp_path / "out"
-    link = unpack(deb, out, "gnome-mines", lambda p: p.endswith(".mo"))
+    link = unpack(deb, out, "gnome-mines", lambda p: p.endswith("/km/LC_MESSAGES/gnome-mines.mo"))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == [
         "usr/share/doc/gnome-mines/copyright",
@@ -384,11 +388,11 @@ def test_harvest_assembles_counts_corpus_and_provenance(trees: Path, tmp_path: P
 
 
 def test_harvest_other_language_skips_missing_packages(trees: Path, tmp_path: Path) -> None:
-    counts = harvest("th", tmp_path / "en-th.jsonl.gz", archive=FixtureArchive(trees))
+    counts = harvest("lo", tmp_path / "en-lo.jsonl.gz", archive=FixtureArchive(trees))
     assert counts["total"] == 0
     assert counts["libreoffice-help.packages"] == 0 and counts["gettext.packages"] == 0
-    notes = (tmp_path / "en-th.PROVENANCE.md").read_text()
-    assert "libreoffice-help-th" in notes and "firefox-esr-l10n-th" in notes
+    notes = (tmp_path / "en-lo.PROVENANCE.md").read_text()
+    assert "libreoffice-help-lo" in notes and "firefox-esr-l10n-lo" in notes
 
 
 def test_harvest_rejects_unknown_sources(tmp_path: Path) -> None:
