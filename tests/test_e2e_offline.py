@@ -16,7 +16,7 @@ SLICE = [
     "stage_a.batch_size=64", "stage_a.queue_size=512", "stage_a.queue_topk=32",
     "stage_b.steps=4", "stage_b.bridge_warmup_steps=2", "stage_b.micro_batch=4",
     "stage_b.eval_every=2", "stage_b.eval_pairs=8", "stage_b.max_answer_tokens=24",
-    "eval.gen_n=8", "eval.max_new_tokens=12",
+    "eval.gen_n=8", "eval.max_new_tokens=12", "eval.ood_pairs=none",
 ]
 
 
@@ -47,7 +47,7 @@ def test_main_job_runs_and_reports(main_job):
     rows = retrieval["rows"]
     assert retrieval["pool_size"] == 48
     llink_row = next(v for k, v in rows.items() if k.startswith("LLINK Stage A"))
-    native = rows["decoder-native (raw foreign, pool-centred)"]
+    native = next(v for k, v in rows.items() if k.startswith("decoder-native"))
     # 300 training pairs already put the projector far above the decoder reading Khmer
     assert llink_row["MRR"] > native["MRR"] + 0.1
     assert llink_row["R@10"] > 0.5

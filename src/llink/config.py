@@ -174,6 +174,9 @@ class EvalConfig:
     gen_systems: list[str] = field(default_factory=lambda: ["llink", "base"])
     gen_n: int | None = 500  # test items for generation, a hash sample (None: all; 0: skip)
     nll_n: int | None = 256  # test items for the answer NLL, a hash sample (None: all)
+    # an out-of-domain pair file the main job also evaluates (retrieval + generation);
+    # "auto": the shipped UDHR set of data.lang (src/llink/corpora/eval/udhr-en-LANG.jsonl)
+    ood_pairs: str | None = "auto"
     max_new_tokens: int = 48
     batch_size: int = 32  # prompts per generate call
     baseline: bool = False  # also train the direct fine-tuning baseline and generate with it

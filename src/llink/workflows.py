@@ -307,6 +307,9 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
                  {"splits": prepared["splits"]})
     run_stage_a(session, resume=resume)
     rows = evaluate_retrieval(session)
+    ood = ood_pairs_file(cfg)
+    if ood:
+        evaluate_retrieval(session, pairs_file=ood, baselines=False)
     stage_b = run_stage_b(session, resume=resume)
     nll = evaluate_nll_on_test(session, limit=cfg.eval.nll_n)
     result: dict[str, Any] = {"retrieval": rows, "stage_b": stage_b, "test_nll": nll}
@@ -323,6 +326,19 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     return {**result, "minutes": minutes}
 
 
+def ood_pairs_file(cfg: Config) -> str | None:
+    """The out-of-domain evaluation set of the main job (``eval.ood_pairs``), or None."""
+    spec = cfg.eval.ood_pairs
+    if not spec:
+        return None
+    if spec != "auto":
+        return spec
+    from importlib import resources
+
+    path = Path(str(resources.files("llink") / "corpora" / "eval" / f"udhr-en-{cfg.data.lang}.jsonl"))
+    return str(path) if path.is_file() else None
+
+
 def _main_evaluations(session: Session) -> dict[str, Any]:
     """The evaluations at the end of ``llink run`` (main process only)."""
     e = session.cfg.eval
@@ -335,6 +351,11 @@ def _main_evaluations(session: Session) -> dict[str, Any]:
     out["gen"] = evaluate_generation(session, systems, n=e.gen_n,
                                      max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
     out["numbers"] = evaluate_numbers(session, systems)
+    ood = ood_pairs_file(session.cfg)
+    if ood:
+        out["gen_ood"] = evaluate_generation(session, ["llink", "base"], pairs_file=ood,
+                                             max_new_tokens=e.max_new_tokens,
+                                             batch_size=e.batch_size)
     if e.judge:
         for other in [s for s in systems if s != "llink"]:
             out[f"judge_llink_vs_{other}"] = evaluate_judge(session, "llink", other,
