@@ -95,7 +95,10 @@ def test_numeric_fidelity_on_handmade_outputs():
     }
     res = numeric_fidelity(refs, outs)
     assert res["n_with_numbers"] == 3 and res["indices"] == [0, 1, 3]
-    assert res["systems"]["exact"] == {"fraction": 1.0, "hits": 3}
+    exact = res["systems"]["exact"]
+    assert (exact["fraction"], exact["hits"]) == (1.0, 3)
+    # Wilson 95% interval for 3/3
+    assert exact["ci"][0] == pytest.approx(0.4385, abs=1e-3) and exact["ci"][1] == 1.0
     assert res["systems"]["partial"]["hits"] == 1
     assert res["systems"]["partial"]["fraction"] == pytest.approx(1 / 3)
     assert res["systems"]["none"]["fraction"] == 0.0
