@@ -157,3 +157,23 @@ def test_gen_on_a_separate_pair_file_writes_its_own_results(run, tiny_pairs_file
     assert res["n"] == 8 and res["settings"]["split"] == str(tiny_pairs_file)
     assert (ev / "gen-pairs.json").exists() and (ev / "gen-pairs" / "llink.jsonl").exists()
     assert list(res["by_source"]) == ["test"]  # the tiny file's source field
+
+
+def test_numbers_subset_keeps_only_references_with_numbers(run, monkeypatch):
+    cfg, session, root = run
+    import llink.workflows as wf
+
+    real = wf.gen_items(session)
+    # every other item loses its number, so the subset must choose
+    mixed = [it if i % 2 == 0 else type(it)(it.index, it.source, "No digits here.", it.group)
+             for i, it in enumerate(real)]
+    monkeypatch.setattr(wf, "gen_items", lambda s, n=None: mixed[:n] if n else mixed)
+    res = evaluate_generation(session, ["llink", "base"], n=3, max_new_tokens=2, batch_size=2,
+                              numbers_only=True)
+    want = [it for it in mixed if it.reference != "No digits here."][:3]
+    ev = root / "run" / "eval"
+    saved = [json.loads(x) for x in (ev / "gen-numbers" / "llink.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in saved] == [it.index for it in want]
+    assert res["n"] == 3 and res["numbers"]["n_with_numbers"] == 3
+    assert set(res["numbers"]["systems"]) == {"llink", "base"}
+    assert (ev / "gen-numbers.json").exists()

@@ -189,7 +189,8 @@ def cmd_eval_gen(args: argparse.Namespace) -> None:
     evaluate_generation(session, systems, n=args.n if args.n is not None else e.gen_n,
                         max_new_tokens=args.max_new_tokens or e.max_new_tokens,
                         batch_size=args.batch_size or e.batch_size, model_dir=args.model,
-                        baseline_dir=args.baseline, pairs_file=args.pairs)
+                        baseline_dir=args.baseline, pairs_file=args.pairs,
+                        numbers_only=args.numbers)
 
 
 def cmd_eval_judge(args: argparse.Namespace) -> None:
@@ -581,6 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="translate every pair of this file instead of the test split (e.g. "
                    "the out-of-domain set src/llink/corpora/eval/udhr-en-km.jsonl) -> "
                    "RUN_DIR/eval/gen-NAME.json")
+    p.add_argument("--numbers", action="store_true",
+                   help="only test items whose reference has a number (all of them, or the "
+                   "first --n in hash order), scored for numeric fidelity too -> "
+                   "RUN_DIR/eval/gen-numbers.json")
     p = add(ev_sub, "judge", cmd_eval_judge,
             "LLM judge: pairwise preference of two systems' saved generations, both orders "
             "-> RUN_DIR/eval/judge.json")

@@ -37,7 +37,7 @@ from llink.eval.generation import (
 from llink.eval.judge import PROMPT_VERSION, PairItem, judge_items, load_prompt, make_judge
 from llink.eval.judge import summarise as summarise_judgements
 from llink.eval.judge import write_records as write_judge_records
-from llink.eval.numbers import numeric_fidelity
+from llink.eval.numbers import extract_numbers, numeric_fidelity
 from llink.eval.retrieval import (
     format_group_table,
     format_table,
@@ -570,6 +570,7 @@ def evaluate_generation(
     model_dir: str | Path | None = None,
     baseline_dir: str | Path | None = None,
     pairs_file: str | None = None,
+    numbers_only: bool = False,
 ) -> dict[str, Any]:
     """Generate on the test items for each system (resumable), score chrF/BLEU, write gen.json.
 
@@ -577,6 +578,9 @@ def evaluate_generation(
     ``baseline`` (direct fine-tune), ``ablated`` (LLINK with the slots ablated).
     ``pairs_file`` evaluates on every pair of that file instead (e.g. the out-of-domain
     UDHR set), written to ``eval/gen-<name>.json`` and ``eval/gen-<name>/``.
+    ``numbers_only`` keeps the test items whose reference has a number (the first ``n`` of
+    them in hash order), for numeric fidelity with a useful interval: written to
+    ``eval/gen-numbers.json`` (with the fidelity figures) and ``eval/gen-numbers/``.
     """
     cfg = session.cfg
     unknown = [s for s in systems if s not in GEN_SYSTEMS]
@@ -590,6 +594,11 @@ def evaluate_generation(
         items = [GenItem(i, p.foreign, p.en, source_group(p.source)) for i, p in enumerate(pairs)]
         tag = "-" + Path(pairs_file).name.split(".")[0]
         described = f"all {len(items)} pairs of {pairs_file}"
+    elif numbers_only:
+        items = [it for it in gen_items(session) if extract_numbers(it.reference)][: n or None]
+        tag = "-numbers"
+        described = (f"{len(items)} translation test items whose reference has a number "
+                     "(in the order of a hash of the English)")
     else:
         items, tag = gen_items(session, n), ""
         described = (f"{len(items)} translation test items, a deterministic sample spread "
@@ -640,6 +649,8 @@ def evaluate_generation(
         **scores,
         "by_source": by_source,
     }
+    if numbers_only:
+        result["numbers"] = numeric_fidelity(refs, outputs, [it.group for it in items])
     out = run_dir / "eval" / f"gen{tag}.json"
     write_json_atomic(out, result)
     print(format_gen_table(result))
