@@ -42,6 +42,11 @@ def _cfg(tmp_path, enc, dec, pairs, run="run", **over):
         "stage_a.eval_every": 10, "stage_a.save_every": 5, "stage_a.queue_size": 32,
         "stage_a.queue_topk": 8, "run_dir": str(tmp_path / run),
         "features_cache": str(tmp_path / "features"), "device": "cpu",
+        # the paper's design: what these tests pin down (the offline default's token slots,
+        # literals, inner-layer targets and prompt are tested in their own files)
+        "model.slot_source": "pooled", "model.literals": False, "stage_a.teacher_layer": -1,
+        "stage_a.teacher_pooling": "foreign_emb", "stage_b.contrast": "detached",
+        "stage_b.system_prompt": "none",
     }
     items.update(over)
     return load_config(None, [f"{k}={v}" for k, v in items.items()])

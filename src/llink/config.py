@@ -32,12 +32,12 @@ class ModelConfig:
     # Where the slots come from: pooled (one encoder vector per text, the paper) | tokens
     # (K queries also cross-attend over the encoder's token states: they carry the words)
     # | all_tokens (one slot per encoder token, up to num_slots: no compression)
-    slot_source: str = "pooled"
+    slot_source: str = "tokens"
     # encoder layer whose token states the slots read (-1: last). Layer 8 of e5-small carries
     # the words better than the last (lexical recall@20 0.56 vs 0.42 after 400 probe steps)
     token_layer: int = 8
     resampler_layers: int = 2  # cross-attention blocks of the token resampler
-    literals: bool = False  # copy the foreign text's numbers and Latin words into the prompt
+    literals: bool = True  # copy the foreign text's numbers and Latin words into the prompt
     # slot_source=tokens: a text takes ceil(slots_per_token x its encoder tokens) of the
     # num_slots slots, at least 1 (0: always all of them)
     slots_per_token: float = 0.0
@@ -92,9 +92,9 @@ class StageAConfig:
     targets: str = "whitened"  # raw (the paper) | centred | whitened teacher states
     # Which decoder states are the targets: after teacher_layer blocks (-1: the last, the
     # paper), read at <foreign_emb> after the English (foreign_emb, the paper) or mean-pooled
-    # over the English tokens (mean)
-    teacher_layer: int = -1
-    teacher_pooling: str = "foreign_emb"
+    # over the English tokens (mean). Default: layer 10, mean (see README, Method notes)
+    teacher_layer: int = 10
+    teacher_pooling: str = "mean"
     # share of each batch drawn from English sentences read through the encoder
     # (data.english): teaches the map outside the training domain
     english_fraction: float = 0.0
@@ -148,7 +148,7 @@ class StageBConfig:
     # omit (no contrast term) | detached (the paper: usage hinge against the ablated loss, gradient of the
     # injected pass only) | mismatch (hinge against another example's slots, with the
     # gradient through both passes, bounded by the margin).
-    contrast: str = "detached"
+    contrast: str = "omit"
     usage_weight: float = 0.3
     usage_margin: float = 0.5
     usage_every: int = 1
@@ -156,7 +156,8 @@ class StageBConfig:
     mismatch_margin: float = 1.0
     max_answer_tokens: int = 64
     use_chat_template: bool = True
-    system_prompt: str | None = None  # None: the chat template's own system turn (if any)
+    # None: the chat template's own system turn (if any); "": an empty one (shorter prompt)
+    system_prompt: str | None = ""
     tasks: list[str] = field(default_factory=lambda: ["translate_to_english"])
     synthetic: str | None = None  # extra instruction examples (JSONL from `llink data synth`)
     # English sentences of data.english added as examples read through the encoder and
