@@ -313,12 +313,13 @@ def _usage(body: dict[str, Any]) -> tuple[int, int]:
     return u["prompt_tokens"], u["completion_tokens"]
 
 
-def _check_exact(body: dict[str, Any], prompt: list[int], new: list[int], tok: Any) -> None:
+def _check_exact(body: dict[str, Any], prompt: list[int], new: list[int], tok: Any,
+                 eos: set[int] | None = None) -> None:
     """usage, text and finish_reason of an answer are those of ``prompt`` and the reference
     decode ``new`` (the end token, when one came, counts as generated)."""
     assert _usage(body) == (len(prompt), len(new))
     assert answer(body) == tok.decode(new, skip_special_tokens=True).strip()
-    stopped = bool(new) and new[-1] == tok.eos_token_id
+    stopped = bool(new) and new[-1] in (eos or {tok.eos_token_id})
     assert body["choices"][0]["finish_reason"] == ("stop" if stopped else "length")
 
 
@@ -423,31 +424,44 @@ def test_plain_hf_model(tiny_decoder_dir):
         assert srv.generate_calls == 1 + 2  # the single chat, then max_tokens 5 and 4
 
 
-def test_plain_hf_usage_counts_are_exact(tiny_decoder_dir):
+def test_plain_hf_usage_counts_are_exact(tiny_decoder_dir, monkeypatch):
     """Plain model, two chats of different lengths in one batch: prompt_tokens is what the
     tokenizer's chat template gives for the conversation, completion_tokens the tokens a
-    one-prompt greedy generate call makes (end token included), whose text is the answer."""
+    one-prompt greedy generate call makes (end token included), whose text is the answer.
+    The untrained model never ends on its own: a second end token (as models with several
+    have) taken from the first chat's greedy answer makes that one stop early."""
     import torch
 
-    backend = HFBackend.load(str(tiny_decoder_dir), device="cpu", served_name="tiny-lm")
-    tok, model = backend.tokenizer, backend.model
+    loaded = HFBackend.load(str(tiny_decoder_dir), device="cpu", served_name="tiny-lm")
+    tok, model = loaded.tokenizer, loaded.model
     chats = [[{"role": "user", "content": "Open the file menu."}],
              [{"role": "system", "content": "Be brief and precise."},
               {"role": "user", "content": "Save the document before closing."}]]
-    with serving(backend, batch_wait_ms=0, **LIMITS) as srv:
-        results = _as_one_batch(srv, [{"messages": c, "max_tokens": 10} for c in chats])
-        assert srv.generate_calls == 1
-    for chat, (status, body, _) in zip(chats, results, strict=True):
-        assert status == 200
+
+    def reference(chat: list[dict[str, str]], eos: set[int]) -> tuple[list[int], list[int]]:
         text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         prompt = tok(text, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10,
-                                 do_sample=False, pad_token_id=tok.pad_token_id)
+                                 do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=list(eos))
         new = out[0, len(prompt):].tolist()
-        if tok.eos_token_id in new:
-            new = new[: new.index(tok.eos_token_id) + 1]
-        _check_exact(body, prompt, new, tok)
+        stop = next((i for i, t in enumerate(new) if t in eos), None)
+        return prompt, new if stop is None else new[: stop + 1]
+
+    _, free = reference(chats[0], {tok.eos_token_id})
+    eos = {tok.eos_token_id, free[2]}
+    monkeypatch.setattr(model.generation_config, "eos_token_id", sorted(eos))
+    backend = HFBackend(model, tok, "tiny-lm")
+    with serving(backend, batch_wait_ms=0, **LIMITS) as srv:
+        results = _as_one_batch(srv, [{"messages": c, "max_tokens": 10} for c in chats])
+        assert srv.generate_calls == 1
+    assert results[0][1]["choices"][0]["finish_reason"] == "stop"
+    assert results[0][1]["usage"]["completion_tokens"] <= 3
+    for chat, (status, body, _) in zip(chats, results, strict=True):
+        assert status == 200
+        prompt, new = reference(chat, eos)
+        _check_exact(body, prompt, new, tok, eos)
 
 # --------------------------------------------------------------------------- units
 def test_parse_and_group():

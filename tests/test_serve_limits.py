@@ -227,7 +227,7 @@ def _in_thread(srv, body: bytes) -> tuple[threading.Thread, list[dict[str, Any]]
 def test_full_queue_gets_503_overloaded():
     """max_pending requests wait (worker held); the next one is refused at once with a 503,
     and the waiting ones are answered once the worker runs."""
-    with _fast_server(max_pending=2) as srv:
+    with _fast_server(max_pending=2, request_timeout_s=10) as srv:  # broken: a 504
         srv.batcher.hold()
         try:
             waiting = [_in_thread(srv, ok_body(t)) for t in FOREIGN[:2]]
@@ -247,7 +247,7 @@ def test_full_queue_gets_503_overloaded():
 def test_shutting_down_gets_503():
     """Once the server is closing (batcher closed), a request that still arrives gets a
     503; health checks are still answered."""
-    with _fast_server() as srv:
+    with _fast_server(request_timeout_s=2) as srv:  # broken, a queued request gets a 504
         srv.batcher.close()
         status, _, resp = request(srv, "POST", CHAT, ok_body(), {"Content-Type": JSON})
         assert request(srv, "GET", "/health")[0] == 200
