@@ -5,12 +5,20 @@ from __future__ import annotations
 import torch
 
 
-@torch.no_grad()
 def greedy_reference(model, prompts: list[list[int]], slots: torch.Tensor | None = None,
                      max_new_tokens: int = 8, no_repeat_ngram_size: int = 3) -> list[str]:
     """Greedy decoding written out, one prompt at a time: no padding, no cache, the
     reserved tokens suppressed and n-grams of the new tokens never repeated (the rules
     :meth:`PromptedDecoder.generate_from_ids` gives ``generate``)."""
+    ids = greedy_reference_ids(model, prompts, slots, max_new_tokens, no_repeat_ngram_size)
+    return [model.tokenizer.decode(new, skip_special_tokens=True).strip() for new in ids]
+
+
+@torch.no_grad()
+def greedy_reference_ids(model, prompts: list[list[int]], slots: torch.Tensor | None = None,
+                         max_new_tokens: int = 8, no_repeat_ngram_size: int = 3
+                         ) -> list[list[int]]:
+    """The new token ids of :func:`greedy_reference`, the end token included."""
     tok, n = model.tokenizer, no_repeat_ngram_size
     table = model.lm.get_input_embeddings()
     outs = []
@@ -31,5 +39,5 @@ def greedy_reference(model, prompts: list[list[int]], slots: torch.Tensor | None
             if t == tok.eos_token_id:
                 break
             embeds = torch.cat([embeds, table(torch.tensor([[t]], device=model.device))], 1)
-        outs.append(tok.decode(new, skip_special_tokens=True).strip())
+        outs.append(new)
     return outs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from llink.serve import (
 from llink.workflows import Session, run_stage_a, run_stage_b
 
 from .conftest import KHMER_ENGLISH
+from .reference import greedy_reference_ids
 from .test_stage_a import _cfg, make_pair_file
 
 FOREIGN = [km for _, km in KHMER_ENGLISH]
@@ -181,44 +181,76 @@ def _requests() -> list[dict[str, Any]]:
     return reqs
 
 
-def _concurrently(srv: LLINKServer, reqs: list[dict[str, Any]]) -> list[Any]:
-    start = threading.Barrier(len(reqs))
+def _send_all(srv: LLINKServer, reqs: list[dict[str, Any]]
+              ) -> tuple[list[threading.Thread], list[Any]]:
+    """Each request from its own thread, to a held worker (``srv.batcher.hold()``): each is
+    queued before the next is sent, so the queue holds them in order. The results list
+    fills as answers come."""
     results: list[Any] = [None] * len(reqs)
 
     def post(i: int) -> None:
-        start.wait()
         results[i] = call(srv, CHAT, reqs[i])
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(reqs))]
-    for t in threads:
+    queued = srv.batcher.pending
+    for i, t in enumerate(threads):
         t.start()
+        assert srv.batcher.wait_pending(queued + i + 1, timeout=60), "request never queued"
+    return threads, results
+
+
+def _joined(threads: list[threading.Thread], results: list[Any]) -> list[Any]:
     for t in threads:
-        t.join(30)
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
     return results
+
+
+def _as_one_batch(srv: LLINKServer, reqs: list[dict[str, Any]]) -> list[Any]:
+    """Queue the requests, in order, with the worker held, then let it go: they reach the
+    worker together (one generate call per batch key, ``max_batch`` allowing), however
+    slowly the machine runs them. No clock involved."""
+    srv.batcher.hold()
+    try:
+        threads, results = _send_all(srv, reqs)
+    finally:
+        srv.batcher.release()
+    return _joined(threads, results)
 
 
 def test_concurrent_requests_are_batched(server, llink_backend):
     reqs = _requests()
     sequential = [answer(call(server, CHAT, r)[1]) for r in reqs]
-    with serving(llink_backend, batch_wait_ms=400, max_batch=8, **LIMITS) as srv:
-        results = _concurrently(srv, reqs)
+    with serving(llink_backend, batch_wait_ms=0, max_batch=8, **LIMITS) as srv:
+        results = _as_one_batch(srv, reqs)
         calls = srv.generate_calls
     assert [status for status, _, _ in results] == [200] * len(reqs)
     assert [answer(body) for _, body, _ in results] == sequential
-    assert calls < len(reqs)
+    assert calls == 1  # six requests, one batch key: one generate call
+
+
+def test_batches_split_by_key_and_max_batch(llink_backend):
+    """Queued in order while the worker is held, 5 requests with max_tokens 6 and 2 with
+    max_tokens 4 under max_batch 4 take exactly 3 generate calls: the batch [6, 6, 6, 6],
+    then the batch [6, 4, 4] in two groups, [6] and [4, 4]."""
+    reqs = [*_requests()[:5], _ok(FOREIGN[5]), _ok(FOREIGN[6])]
+    with serving(llink_backend, batch_wait_ms=0, max_batch=4, **LIMITS) as srv:
+        results = _as_one_batch(srv, reqs)
+        calls, completed = srv.generate_calls, srv.batcher.completed
+    assert [status for status, _, _ in results] == [200] * len(reqs)
+    assert (calls, completed) == (3, 7)
 
 
 def test_shutdown_finishes_queued_requests(llink_backend):
     reqs = _requests()[:3]
-    results: list[Any] = []
-    with serving(llink_backend, batch_wait_ms=2000, **LIMITS) as srv:
-        runner = threading.Thread(target=lambda: results.extend(_concurrently(srv, reqs)))
-        runner.start()
-        deadline = time.monotonic() + 10
-        while srv.batcher.submitted < len(reqs) and time.monotonic() < deadline:
-            time.sleep(0.02)
-    runner.join(30)  # leaving `serving` shut the server down while the batch was waiting
-    assert [status for status, _, _ in results] == [200] * len(reqs)
+    with serving(llink_backend, batch_wait_ms=0, **LIMITS) as srv:
+        srv.batcher.hold()  # the worker takes nothing: all three wait in the queue
+        threads, results = _send_all(srv, reqs)
+        assert srv.generate_calls == 0
+    # leaving `serving` shut the server down with the three still queued (and the worker
+    # held): closing lifts the hold and answers them before the server stops
+    assert [status for status, _, _ in _joined(threads, results)] == [200] * len(reqs)
+    assert srv.batcher.completed == len(reqs)
 
 
 def _ok(text: str = FOREIGN[0]) -> dict[str, Any]:
@@ -275,6 +307,74 @@ def test_wrong_path_and_method(server):
     assert call(server, "/v1/models", method="DELETE")[0] == 405
 
 
+def _usage(body: dict[str, Any]) -> tuple[int, int]:
+    u = body["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    return u["prompt_tokens"], u["completion_tokens"]
+
+
+def _check_exact(body: dict[str, Any], prompt: list[int], new: list[int], tok: Any,
+                 eos: set[int] | None = None) -> None:
+    """usage, text and finish_reason of an answer are those of ``prompt`` and the reference
+    decode ``new`` (the end token, when one came, counts as generated)."""
+    assert _usage(body) == (len(prompt), len(new))
+    assert answer(body) == tok.decode(new, skip_special_tokens=True).strip()
+    stopped = bool(new) and new[-1] in (eos or {tok.eos_token_id})
+    assert body["choices"][0]["finish_reason"] == ("stop" if stopped else "length")
+
+
+def test_usage_counts_are_exact_in_a_batch(server, tiny_llink):
+    """One batch of prompts of different lengths (left padding): prompt_tokens is the
+    length of the prompt LLINK.generate builds, completion_tokens the tokens of a
+    hand-written greedy decode, one prompt at a time."""
+    cases = [(FOREIGN[0], None), (FOREIGN[1], "Who is it?"), (FOREIGN[2], "What does it say "
+                                                                          "about closing?")]
+    reqs = [user(f"{q or ''} <foreign>{t}</foreign>", max_tokens=12) for t, q in cases]
+    results = _as_one_batch(server, reqs)
+    for (text, question), (status, body, _) in zip(cases, results, strict=True):
+        assert status == 200
+        prompt = tiny_llink.prompt_ids("ask" if question else "translate_to_english", False,
+                                       question, literals=tiny_llink.literals_of(text))
+        new = greedy_reference_ids(tiny_llink, [prompt], tiny_llink.foreign_slots([text]),
+                                   max_new_tokens=12)[0]
+        _check_exact(body, prompt, new, tiny_llink.tokenizer)
+
+
+def test_served_prompt_is_the_models_prompt_with_literals(server, tiny_llink, monkeypatch):
+    """A model that copies literals into its prompt (llink.literals) gets the same prompt
+    from the server as from LLINK.generate: same answer, prompt_tokens counts the literals."""
+    monkeypatch.setattr(tiny_llink, "literals", True)
+    text = FOREIGN[4]
+    literals = tiny_llink.literals_of(text)
+    assert literals == ["OK"]
+    status, body, _ = call(server, CHAT, user(f"<foreign>{text}</foreign>", max_tokens=6))
+    assert status == 200
+    prompt = tiny_llink.prompt_ids("translate_to_english", literals=literals)
+    assert len(prompt) > len(tiny_llink.prompt_ids("translate_to_english"))
+    assert _usage(body)[0] == len(prompt)
+    assert answer(body) == tiny_llink.generate([text], max_new_tokens=6)[0]
+
+
+def test_context_length_exceeded_is_a_400_for_that_request_only(server, tiny_llink):
+    """A question too long for the decoder's context: a 400 naming the prompt's token
+    count and the context; the request batched with it is answered as usual."""
+    question = " ".join(["Open the file menu and save the document."] * 150)
+    prompt = tiny_llink.prompt_ids("ask", False, question)
+    context = tiny_llink.decoder.model.config.max_position_embeddings
+    assert len(prompt) + 4 > context
+    calls = server.generate_calls
+    reqs = [user(f"{question} <foreign>{FOREIGN[0]}</foreign>", max_tokens=4), _ok()]
+    (status, body, _), (ok_status, ok_body, _) = _as_one_batch(server, reqs)
+    assert (status, body["error"]["code"]) == (400, "context_length_exceeded")
+    assert body["error"]["type"] == "invalid_request_error"
+    message = body["error"]["message"]
+    assert f"the prompt has {len(prompt)} tokens" in message
+    assert "max_tokens 4" in message and f"context of {context} tokens" in message
+    assert ok_status == 200 and answer(ok_body) == tiny_llink.generate([FOREIGN[0]],
+                                                                       max_new_tokens=4)[0]
+    assert server.generate_calls == calls + 1  # the other request still ran, in one call
+
+
 def test_internal_error_is_a_generic_500(server, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals")
@@ -303,7 +403,7 @@ def test_token_auth(llink_backend):
 # --------------------------------------------------------------------------- plain LM
 def test_plain_hf_model(tiny_decoder_dir):
     backend = HFBackend.load(str(tiny_decoder_dir), device="cpu", served_name="tiny-lm")
-    with serving(backend, batch_wait_ms=200, **LIMITS) as srv:
+    with serving(backend, batch_wait_ms=0, **LIMITS) as srv:
         status, body, _ = call(srv, "/health")
         assert status == 200 and (body["kind"], body["model"]) == ("hf", "tiny-lm")
         chat = {
@@ -317,12 +417,51 @@ def test_plain_hf_model(tiny_decoder_dir):
         assert status == 200 and isinstance(answer(body), str) and "llink" not in body
         assert 0 < body["usage"]["completion_tokens"] <= 5
         single = answer(body)
-        results = _concurrently(srv, [chat, chat, _ok(), _ok(FOREIGN[1])])
+        results = _as_one_batch(srv, [chat, chat, _ok(), _ok(FOREIGN[1])])
         assert [s for s, _, _ in results] == [200] * 4
         assert answer(results[0][1]) == answer(results[1][1]) == single
         assert results[2][1]["llink"]["task"] == "translate_to_english"
-        assert srv.generate_calls < 1 + 4
+        assert srv.generate_calls == 1 + 2  # the single chat, then max_tokens 5 and 4
 
+
+def test_plain_hf_usage_counts_are_exact(tiny_decoder_dir, monkeypatch):
+    """Plain model, two chats of different lengths in one batch: prompt_tokens is what the
+    tokenizer's chat template gives for the conversation, completion_tokens the tokens a
+    one-prompt greedy generate call makes (end token included), whose text is the answer.
+    The untrained model never ends on its own: a second end token (as models with several
+    have) taken from the first chat's greedy answer makes that one stop early."""
+    import torch
+
+    loaded = HFBackend.load(str(tiny_decoder_dir), device="cpu", served_name="tiny-lm")
+    tok, model = loaded.tokenizer, loaded.model
+    chats = [[{"role": "user", "content": "Open the file menu."}],
+             [{"role": "system", "content": "Be brief and precise."},
+              {"role": "user", "content": "Save the document before closing."}]]
+
+    def reference(chat: list[dict[str, str]], eos: set[int]) -> tuple[list[int], list[int]]:
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        prompt = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10,
+                                 do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=list(eos))
+        new = out[0, len(prompt):].tolist()
+        stop = next((i for i, t in enumerate(new) if t in eos), None)
+        return prompt, new if stop is None else new[: stop + 1]
+
+    _, free = reference(chats[0], {tok.eos_token_id})
+    eos = {tok.eos_token_id, free[2]}
+    monkeypatch.setattr(model.generation_config, "eos_token_id", sorted(eos))
+    backend = HFBackend(model, tok, "tiny-lm")
+    with serving(backend, batch_wait_ms=0, **LIMITS) as srv:
+        results = _as_one_batch(srv, [{"messages": c, "max_tokens": 10} for c in chats])
+        assert srv.generate_calls == 1
+    assert results[0][1]["choices"][0]["finish_reason"] == "stop"
+    assert results[0][1]["usage"]["completion_tokens"] <= 3
+    for chat, (status, body, _) in zip(chats, results, strict=True):
+        assert status == 200
+        prompt, new = reference(chat, eos)
+        _check_exact(body, prompt, new, tok, eos)
 
 # --------------------------------------------------------------------------- units
 def test_parse_and_group():

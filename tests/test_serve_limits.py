@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import socket
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from benchmarks.serve_load import StandInBackend, burst, chat_body, load_test, p
 from .test_serve import FOREIGN, LIMITS, serving, tiny_llink  # noqa: F401 (module fixture)
 
 CHAT = "/v1/chat/completions"
+JSON = "application/json"
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +170,103 @@ def test_benchmark_reports_the_burst():
     assert res["listen_backlog"] >= 100 and res["old_backlog"] is None
     md = markdown(res)
     assert "| 20 | 20 | 0 | 0 | 0 |" in md and "stand-in backend" in md
+
+
+# --------------------------------------------------------------------------- refusals (issue 19)
+def _status_and_body(reply: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Status line, header block and JSON body of the one HTTP reply in ``reply``."""
+    assert reply.count(b"HTTP/1.") == 1, reply[:600]  # nothing after it read as a request
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, _, headers = head.partition(b"\r\n")
+    return status_line, headers, json.loads(body)
+
+
+@pytest.mark.parametrize(("ctype", "status", "code"), [
+    ("application/json", 411, "length_required"),
+    ("text/plain", 415, "unsupported_media_type"),
+])
+def test_chunked_body_is_refused_and_the_connection_closed(stand_in, ctype, status, code):
+    """A chunked body is refused (411, or 415 before it) and never read: the server closes
+    the connection, so neither the chunks nor a request sent after them are parsed."""
+    body = json.dumps({"messages": [{"role": "user",
+                                     "content": f"<foreign>{FOREIGN[0]}</foreign>"}]}).encode()
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n").encode()
+    then = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    reply, _ = _raw(stand_in, head, chunked + then)
+    status_line, headers, resp = _status_and_body(reply)
+    assert f" {status} ".encode() in status_line and resp["error"]["code"] == code
+    assert b"connection: close" in headers.lower()
+    if status == 411:
+        assert "chunked" in resp["error"]["message"]
+        assert "Content-Length" in resp["error"]["message"]
+
+
+def test_post_without_content_length_gets_411(stand_in):
+    head = (f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "\r\n").encode()
+    reply, _ = _raw(stand_in, head, b"")
+    status_line, headers, resp = _status_and_body(reply)
+    assert b" 411 " in status_line and resp["error"]["code"] == "length_required"
+    assert resp["error"]["message"] == "a Content-Length header is required"
+    assert b"connection: close" in headers.lower()
+
+
+def _fast_server(**settings: Any):
+    return serving(StandInBackend(batch_ms=0, item_ms=0), batch_wait_ms=0, **settings)
+
+
+def _in_thread(srv, body: bytes) -> tuple[threading.Thread, list[dict[str, Any]]]:
+    out: list[dict[str, Any]] = []
+    t = threading.Thread(target=lambda: out.append(post(*srv.server_address[:2], body)))
+    t.start()
+    return t, out
+
+
+def test_full_queue_gets_503_overloaded():
+    """max_pending requests wait (worker held); the next one is refused at once with a 503,
+    and the waiting ones are answered once the worker runs."""
+    with _fast_server(max_pending=2, request_timeout_s=10) as srv:  # broken: a 504
+        srv.batcher.hold()
+        try:
+            waiting = [_in_thread(srv, ok_body(t)) for t in FOREIGN[:2]]
+            assert srv.batcher.wait_pending(2, timeout=60)
+            status, _, resp = request(srv, "POST", CHAT, ok_body(FOREIGN[2]),
+                                      {"Content-Type": JSON})
+        finally:
+            srv.batcher.release()
+        for t, _ in waiting:
+            t.join(60)
+        assert srv.batcher.submitted == 2
+    assert status == 503 and resp["error"]["code"] == "overloaded"
+    assert resp["error"]["type"] == "server_error" and "retry" in resp["error"]["message"]
+    assert [out[0]["status"] for _, out in waiting] == [200, 200]
+
+
+def test_shutting_down_gets_503():
+    """Once the server is closing (batcher closed), a request that still arrives gets a
+    503; health checks are still answered."""
+    with _fast_server(request_timeout_s=2) as srv:  # broken, a queued request gets a 504
+        srv.batcher.close()
+        status, _, resp = request(srv, "POST", CHAT, ok_body(), {"Content-Type": JSON})
+        assert request(srv, "GET", "/health")[0] == 200
+    assert status == 503 and resp["error"]["code"] == "shutting_down"
+    assert resp["error"]["type"] == "server_error"
+
+
+def test_timeout_gets_504_and_the_request_is_dropped():
+    """A request not answered within request_timeout_s gets a 504 naming the timeout, and
+    the worker drops it rather than generating an answer nobody reads."""
+    with _fast_server(request_timeout_s=0.2) as srv:
+        srv.batcher.hold()  # the answer cannot come in time, however fast the machine
+        try:
+            status, _, resp = request(srv, "POST", CHAT, ok_body(), {"Content-Type": JSON})
+        finally:
+            srv.batcher.release()
+        srv.batcher.close()  # lets the worker take the queue, waits for it to finish
+        assert (srv.batcher.submitted, srv.batcher.pending) == (1, 0)
+        run = (srv.batcher.generate_calls, srv.batcher.completed)
+    assert status == 504 and resp["error"]["code"] == "timeout"
+    assert resp["error"]["type"] == "server_error" and "0.2 s" in resp["error"]["message"]
+    assert run == (0, 0)  # the timed-out request was never generated

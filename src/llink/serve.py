@@ -25,12 +25,12 @@ import json
 import logging
 import math
 import os
-import queue
 import re
 import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -405,8 +405,16 @@ class LLINKBackend:
             "tasks": list(VALID_TASKS),
         }
 
+    def _prompt(self, job: ChatJob, num_slots: int | None = None) -> list[int]:
+        """The prompt :meth:`LLINK.generate` builds: the model's literals of the foreign
+        text and, for models whose texts take fewer than K slots, that many slots."""
+        m = self.model
+        assert job.foreign is not None
+        return m.prompt_ids(job.task, job.strict, job.question, num_slots=num_slots,
+                            literals=m.literals_of(job.foreign))
+
     def prepare(self, job: ChatJob) -> Prepared:
-        prompt = self.model.prompt_ids(job.task, job.strict, job.question)
+        prompt = self._prompt(job)  # K slots: the longest this prompt can be
         config = self.model.decoder.model.config
         _check_context(
             len(prompt), job.max_tokens, getattr(config, "max_position_embeddings", None)
@@ -425,10 +433,15 @@ class LLINKBackend:
         from transformers import StoppingCriteriaList
 
         m, last = self.model, _LastIds()
+        prompts = [p.prompt for p in prepared]
         with torch.no_grad():
-            slots = m.foreign_slots([j.foreign for j in jobs], jobs[0].gate_boost)
+            enc, tokens = m.read([j.foreign for j in jobs])
+            counts = m.slot_counts(tokens)
+            if counts is not None:
+                prompts = [self._prompt(j, k) for j, k in zip(jobs, counts, strict=True)]
+            slots = m.slots(enc, jobs[0].gate_boost, tokens)
             texts = m.generate_from_ids(
-                [p.prompt for p in prepared],
+                prompts,
                 slots,
                 max_new_tokens=jobs[0].max_tokens,
                 stopping_criteria=StoppingCriteriaList([last]),
@@ -437,9 +450,9 @@ class LLINKBackend:
         rows = last.ids.tolist() if last.ids is not None else [[] for _ in jobs]
         eos = {int(m.tokenizer.eos_token_id)}
         out = []
-        for text, row, p in zip(texts, rows, prepared, strict=True):
+        for text, row, prompt, p in zip(texts, rows, prompts, prepared, strict=True):
             n, reason = _generated(row, eos)
-            out.append(Completion(text, len(p.prompt), n, reason, p.warnings))
+            out.append(Completion(text, len(prompt), n, reason, p.warnings))
         return out
 
 
@@ -552,73 +565,99 @@ def group_by_key(items: Sequence[Any], key: Callable[[Any], Hashable]) -> list[l
 
 
 class Batcher:
-    """One worker thread running batched generate calls for queued jobs."""
+    """One worker thread running batched generate calls for queued jobs.
+
+    ``hold`` and ``release`` let a test (or an operator) fill the queue while the worker
+    takes nothing, so that what one batch holds does not depend on when requests arrive."""
 
     def __init__(self, backend: Backend, max_batch: int, wait_s: float, max_pending: int) -> None:
         self.backend = backend
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.max_pending = max_pending
         self.generate_calls = 0  # batched generate calls run so far
         self.completed = 0  # jobs answered so far
         self.submitted = 0  # jobs accepted so far
-        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_pending)
-        self._lock = threading.Lock()
+        self._jobs: deque[_Pending] = deque()
+        self._cond = threading.Condition()
         self._closed = False
+        self._held = False
         self._thread = threading.Thread(target=self._loop, name="llink-batcher", daemon=True)
         self._thread.start()
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Jobs queued and not yet taken into a batch."""
+        with self._cond:
+            return len(self._jobs)
 
     def submit(self, job: ChatJob) -> Future:
         """Queue a job; its future gets a :class:`Completion` or an :class:`ApiError`."""
         item = _Pending(job)
-        with self._lock:
+        with self._cond:
             if self._closed:
                 raise ApiError(503, "the server is shutting down", "shutting_down", "server_error")
-            try:
-                self._queue.put_nowait(item)
-            except queue.Full:
+            if len(self._jobs) >= self.max_pending:
                 raise ApiError(
                     503, "too many requests are waiting; retry later", "overloaded", "server_error"
-                ) from None
+                )
+            self._jobs.append(item)
             self.submitted += 1
+            self._cond.notify_all()
         return item.future
 
+    def hold(self) -> None:
+        """The worker starts no batch (takes no queued job) until :meth:`release`."""
+        with self._cond:
+            self._held = True
+
+    def release(self) -> None:
+        """Undo :meth:`hold`: the worker takes the queued jobs, up to ``max_batch`` at once."""
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def wait_pending(self, n: int, timeout: float | None = None) -> bool:
+        """Block until at least ``n`` jobs are queued; False if ``timeout`` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._jobs) >= n, timeout)
+
     def close(self, timeout: float | None = None) -> None:
-        """Finish the queued jobs, then stop the worker."""
-        with self._lock:
+        """Refuse new jobs, finish the queued ones (a hold is lifted), then stop the worker."""
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(None)
+            self._held = False
+            self._cond.notify_all()
         self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stop = self._collect(first)
+            batch = self._collect()
+            if not batch:
+                return  # closed and every queued job taken
             for group in group_by_key(batch, lambda p: p.job.batch_key):
                 self._run(group)
-            if stop:
-                return
 
-    def _collect(self, first: _Pending) -> tuple[list[_Pending], bool]:
-        """Up to ``max_batch`` jobs, waiting at most ``wait_s`` after the first."""
-        batch, deadline = [first], time.monotonic() + self.wait_s
-        while len(batch) < self.max_batch:
-            left = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                return batch, True
-            batch.append(item)
-        return batch, False
+    def _collect(self) -> list[_Pending]:
+        """Up to ``max_batch`` jobs, waiting at most ``wait_s`` after the first for more
+        (no waiting once closing); empty when closed with nothing queued."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or (self._jobs and not self._held))
+            if not self._jobs:
+                return []
+            batch = [self._jobs.popleft()]
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch:
+                if self._jobs and not self._held:
+                    batch.append(self._jobs.popleft())
+                    continue
+                left = deadline - time.monotonic()
+                if self._closed or left <= 0:
+                    break
+                self._cond.wait(left)
+            return batch
 
     def _run(self, group: list[_Pending]) -> None:
         ready = [p for p in group if p.future.set_running_or_notify_cancel()]
@@ -829,10 +868,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._require_json()
         job = parse_chat_request(self._read_json(), server.settings, server.backend.needs_foreign)
         future = server.batcher.submit(job)
+        limit = server.settings.request_timeout_s
         try:
-            done = future.result(timeout=server.settings.request_timeout_s)
+            done = future.result(timeout=limit)
         except FutureTimeout:
-            raise ApiError(504, "generation timed out", "timeout", "server_error") from None
+            future.cancel()  # still queued: the worker drops it instead of generating for nobody
+            raise ApiError(
+                504, f"no answer within the request timeout of {limit:g} s; retry later",
+                "timeout", "server_error",
+            ) from None
         self._reply(200, chat_response(server.backend.name, job, done))
 
     # --- bodies ----------------------------------------------------------------------
@@ -862,15 +906,16 @@ class _Handler(BaseHTTPRequestHandler):
             )
 
     def _read_json(self) -> Any:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise _bad(
-                "chunked request bodies are not supported; send Content-Length",
-                "length_required",
-                status=411,
+        # a body this server cannot frame stays on the socket: answer, then close (_reply)
+        coding = self.headers.get("Transfer-Encoding")
+        if coding is not None:
+            raise _length_required(
+                f"request bodies with Transfer-Encoding {coding!r} (chunked) are not supported; "
+                "send the body with a Content-Length header"
             )
         n = self._content_length()
         if n is None:
-            raise _bad("a Content-Length header is required", "length_required", status=411)
+            raise _length_required("a Content-Length header is required")
         limit = self.server.settings.max_body_bytes
         if n > limit:
             raise _too_large(n, limit)
@@ -926,6 +971,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Bytes of a request body nobody has read (0 once read or drained)."""
         if self._body_read or self.command in ("GET", "HEAD"):
             return 0
+        if self.headers.get("Transfer-Encoding") is not None:
+            return 0  # not framed by Content-Length: the connection is closed instead
         try:
             return self._content_length() or 0
         except ApiError:
@@ -955,6 +1002,10 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         data = json.dumps(body, ensure_ascii=False).encode("utf-8")
         headers = dict(headers or {})
+        if not self._body_read and self.headers.get("Transfer-Encoding") is not None:
+            headers["Connection"] = "close"  # an unread chunked body: its bytes are no request
+        if headers.get("Connection") == "close":
+            self.close_connection = True
         unread = self._unread_body()
         try:
             if 0 < unread <= _SMALL_BODY and not self._discard(unread):
@@ -977,6 +1028,10 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:  # the client went away
             log.info("could not answer %s %s: %s", self.command, self.path, exc)
             self.close_connection = True
+
+
+def _length_required(message: str) -> ApiError:
+    return ApiError(411, message, "length_required", headers={"Connection": "close"})
 
 
 def _too_large(n: int, limit: int) -> ApiError:
