@@ -39,7 +39,7 @@ def retrieval_rows(runs: list[Path]) -> list[str]:
     rows = []
     for run in runs:
         test = _json(run / "eval" / "retrieval.json")
-        if not test:
+        if not test or not run.name.startswith("a-"):  # Stage A runs are named a-*
             continue
         udhr = _json(run / "eval" / "retrieval-udhr-en-km.json") or {}
         name = next(k for k in test["rows"] if k.startswith("LLINK"))

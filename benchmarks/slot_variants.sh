@@ -1,54 +1,70 @@
 #!/usr/bin/env bash
-# Stage A teacher targets and Stage B slot designs compared at equal data, steps and
-# batch, on the offline default (2 CPU cores: ~75 min). Writes runs/variants/<name>/ and
-# the tables in benchmarks/results/slot_variants.md (python -m benchmarks.compare_gen).
-# Usage: bash benchmarks/slot_variants.sh [KEY=VALUE ...]   (extra overrides for every run)
+# Stage A teacher targets and Stage B slot designs against the offline default, at equal
+# data, steps and batch (Stage B: 160 steps x 8 examples, the default's). Each run lives
+# in $OUT/<name>/; the tables go to benchmarks/results/slot_variants.{md,json}
+# (python -m benchmarks.compare_gen). Every run is scored on the same held-out items:
+# the 500-item test sample, the 91 test items whose reference has a number, and the
+# 59 UDHR paragraphs (out of domain).
+#
+#   bash benchmarks/slot_variants.sh                 # trains everything (~2 h on 2 cores)
+#   MAIN=runs/quickstart bash benchmarks/slot_variants.sh
+#       reuses a main-job run made with `eval.baseline=true` (its Stage A, its LLINK
+#       model as the row "default" and its direct fine-tuning baseline)
+# Extra arguments are overrides for every run. Finished steps are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/variants}
+MAIN=${MAIN:-}
 UDHR=src/llink/corpora/eval/udhr-en-km.jsonl
-# the Stage B settings every variant shares (equal steps, batch, prompt)
-B="stage_b.steps=160 stage_b.micro_batch=8 stage_b.system_prompt= stage_b.contrast=omit"
+EXTRA=("$@")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
-stage_a() {  # name, overrides...
+llink() { command llink "$@" --quiet "${EXTRA[@]}"; }
+
+gens() {  # run folder, systems, [--model DIR]: the three pools
+  local dir=$1 systems=$2; shift 2
+  llink eval gen --systems "$systems" "$@" run_dir="$dir"
+  llink eval gen --systems "$systems" --numbers "$@" run_dir="$dir"
+  llink eval gen --systems "$systems" --pairs "$UDHR" "$@" run_dir="$dir"
+}
+stage_a() {  # name, overrides...: Stage A and its retrieval on the test and UDHR pools
   local name=$1; shift
   if [ ! -f "$OUT/$name/stage_a/stage_a.json" ]; then
-    log "Stage A $name"; llink train stage-a --quiet run_dir="$OUT/$name" "$@" "${EXTRA[@]}"
+    log "Stage A $name"; llink train stage-a run_dir="$OUT/$name" "$@"
   fi
-  llink eval retrieval --quiet --no-baselines run_dir="$OUT/$name" "$@" "${EXTRA[@]}"
-  llink eval retrieval --quiet --no-baselines --pairs "$UDHR" run_dir="$OUT/$name" "$@" "${EXTRA[@]}"
+  llink eval retrieval --no-baselines run_dir="$OUT/$name" "$@"
+  llink eval retrieval --no-baselines --pairs "$UDHR" run_dir="$OUT/$name" "$@"
 }
-stage_b() {  # name, stage-a name, overrides...
-  local name=$1 from=$2; shift 2
+stage_b() {  # name, overrides...: Stage B on the default Stage A, then generation
+  local name=$1; shift
   mkdir -p "$OUT/$name"
-  [ -d "$OUT/$name/stage_a" ] || cp -r "$OUT/$from/stage_a" "$OUT/$name/stage_a"
+  [ -d "$OUT/$name/stage_a" ] || cp -r "$OUT/a-default/stage_a" "$OUT/$name/stage_a"
   if [ ! -f "$OUT/$name/stage_b/llink.json" ]; then
-    log "Stage B $name"; llink train stage-b --quiet run_dir="$OUT/$name" $B "$@" "${EXTRA[@]}"
+    log "Stage B $name"; llink train stage-b run_dir="$OUT/$name" "$@"
   fi
-  log "gen $name"
-  llink eval gen --quiet --systems llink run_dir="$OUT/$name" $B "$@" "${EXTRA[@]}"
-  llink eval gen --quiet --systems llink --pairs "$UDHR" run_dir="$OUT/$name" $B "$@" "${EXTRA[@]}"
-  llink eval gen --quiet --systems llink --numbers run_dir="$OUT/$name" $B "$@" "${EXTRA[@]}"
+  log "gen $name"; gens "$OUT/$name" llink "$@"
 }
-EXTRA=("$@")
-L10="stage_a.teacher_layer=10 stage_a.teacher_pooling=mean"
-llink models prepare
-stage_a a-paper
-stage_a a-l10 $L10
-stage_a a-l10-en $L10 stage_a.english_fraction=0.3
-stage_b pooled a-l10 $L10
-stage_b tokens a-l10 $L10 model.slot_source=tokens
-stage_b tokens-lit a-l10 $L10 model.slot_source=tokens model.literals=true
-stage_b pooled-lit a-l10 $L10 model.literals=true
-stage_b all-tokens-lit a-l10 $L10 model.slot_source=all_tokens model.num_slots=64 model.literals=true
-# the direct fine-tuning baseline and the base decoder, same items
-mkdir -p "$OUT/baseline"
-if [ ! -f "$OUT/baseline/baseline/baseline.json" ]; then
-  log "baseline"; llink train baseline --quiet run_dir="$OUT/baseline" $B "${EXTRA[@]}"
+
+mkdir -p "$OUT"
+command llink models prepare
+if [ -n "$MAIN" ]; then  # the main job's run: Stage A, LLINK (default) and baseline
+  mkdir -p "$OUT/a-default"
+  [ -d "$OUT/a-default/stage_a" ] || cp -r "$MAIN/stage_a" "$OUT/a-default/stage_a"
+  ln -sfn "$(realpath "$MAIN")" "$OUT/default"
+else
+  stage_a a-default
+  stage_b default
 fi
-log "gen baseline, base"
-llink eval gen --quiet --systems baseline,base --model "$OUT/pooled/stage_b" run_dir="$OUT/baseline" $B "${EXTRA[@]}"
-llink eval gen --quiet --systems baseline,base --model "$OUT/pooled/stage_b" --pairs "$UDHR" run_dir="$OUT/baseline" $B "${EXTRA[@]}"
-llink eval gen --quiet --systems baseline,base --model "$OUT/pooled/stage_b" --numbers run_dir="$OUT/baseline" $B "${EXTRA[@]}"
+stage_a a-default
+stage_a a-paper stage_a.teacher_layer=-1 stage_a.teacher_pooling=foreign_emb
+stage_b pooled model.slot_source=pooled model.literals=false
+stage_b tokens-no-literals model.literals=false
+stage_b all-tokens model.slot_source=all_tokens model.num_slots=64
+stage_b detached-contrast stage_b.contrast=detached
+stage_a a-english stage_a.english_fraction=0.3
+# the direct fine-tuning baseline and the base decoder, on the same items
+if [ -z "$MAIN" ] && [ ! -f "$OUT/default/baseline/baseline.json" ]; then
+  log "baseline"; llink train baseline run_dir="$OUT/default"
+fi
+log "gen baseline, base"; gens "$OUT/default" llink,base,baseline
 python -m benchmarks.compare_gen "$OUT" --out benchmarks/results/slot_variants.md
 log done
