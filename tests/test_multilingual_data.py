@@ -161,3 +161,23 @@ def test_harvest_size_cap_leaves_out_short_strings_first():
     assert _gzip_size(kept) <= limit and dropped == len(pairs) - len(kept) > 0
     assert sum(map(is_sentence_like, (p.en for p in kept))) == 400  # all sentences kept
     assert kept == [p for p in pairs if p in set(kept)]  # input order
+
+
+def test_harvest_commands_pass_the_size_cap(monkeypatch, tmp_path):
+    import llink.data.harvest as harvest_pkg
+    import llink.data.harvest.__main__ as harvest_main
+    from llink.cli import build_parser
+
+    calls = []
+
+    def fake_many(outs, **kwargs):
+        calls.append(kwargs["max_bytes"])
+        return {lang: {"total": 1, "sentence_like": 1} for lang in outs}
+
+    monkeypatch.setattr(harvest_pkg, "harvest_many", fake_many)
+    monkeypatch.setattr(harvest_main, "harvest_many", fake_many)
+    argv = ["--lang", "km,th", "--out-dir", str(tmp_path), "--max-bytes", "3000000"]
+    args = build_parser().parse_args(["data", "harvest", *argv])
+    args.func(args)
+    assert harvest_main.main(argv) == 0
+    assert calls == [3_000_000, 3_000_000]
