@@ -14,6 +14,8 @@ from llink.data.splits import corpus_specs, english_key, load_splits, spec_langu
 from llink.data.tasks import translation_examples
 from llink.train.state import batch_indices, language_groups
 
+from .test_harvest import FixtureArchive, trees  # noqa: F401  (fixture re-export)
+
 #: sha256 of the default en-km splits (every pair of train, dev, test in order) computed
 #: with the single-corpus code before several corpora were supported (commit 656d3e2).
 EN_KM_DEFAULT_SPLITS = "96edebcbc38b61c6412589ce23232498854e6303bef36928945cb5ab29883072"
@@ -181,3 +183,23 @@ def test_harvest_commands_pass_the_size_cap(monkeypatch, tmp_path):
     args.func(args)
     assert harvest_main.main(argv) == 0
     assert calls == [3_000_000, 3_000_000]
+
+
+def test_harvest_with_a_size_cap_writes_it_in_the_provenance(tmp_path, trees):  # noqa: F811
+    import os
+
+    from llink.data.harvest import harvest
+    from llink.data.pairs import read_pairs
+
+    full = harvest("km", tmp_path / "full/en-km.jsonl.gz", archive=FixtureArchive(trees))
+    size = os.path.getsize(tmp_path / "full/en-km.jsonl.gz")
+    out = tmp_path / "cap/en-km.jsonl.gz"
+    counts = harvest("km", out, archive=FixtureArchive(trees), max_bytes=size - 100)
+    assert os.path.getsize(out) <= size - 100
+    assert counts["total"] == full["total"] - counts["dropped_for_size"] < full["total"]
+    assert counts["dropped_for_size_sentence_like"] == full["sentence_like"] - counts[
+        "sentence_like"]
+    assert len(read_pairs(out)[0]) == counts["total"]
+    text = out.with_name("en-km.PROVENANCE.md").read_text()
+    assert f"Size cap: {size - 100:,} bytes" in text and "--max-bytes" in text
+    assert f"{counts['dropped_for_size']:,} cleaned pairs did not fit" in text

@@ -122,8 +122,8 @@ def harvest(
 
     Counts: ``<source>.raw``, ``<source>.kept``, ``<source>.dropped.<reason>``,
     ``<source>.packages`` and ``<source>.unreadable_files`` per source; ``total`` and
-    ``sentence_like`` for the corpus; with ``max_bytes``, ``dropped_for_size`` (see
-    :func:`cap_pairs`).
+    ``sentence_like`` for the corpus; with ``max_bytes``, ``dropped_for_size`` and
+    ``dropped_for_size_sentence_like`` (see :func:`cap_pairs`).
     """
     return harvest_many(
         {lang: out},
@@ -236,8 +236,9 @@ def _write_corpus(
     """Clean one language's raw pairs, write its corpus (and provenance); return counts."""
     raw: list[RawPair] = [p for r in results.values() for p in r.pairs]
     pairs, tallies = clean_pairs(raw, spec, CLEAN_OPTIONS, list(sources))
-    dropped_for_size = 0
+    dropped_for_size = sentence_like_before = 0
     if max_bytes is not None:
+        sentence_like_before = sum(is_sentence_like(p.en) for p in pairs)
         pairs, dropped_for_size = cap_pairs(pairs, max_bytes)
     counts: dict[str, int] = {}
     for source in sources:
@@ -252,6 +253,7 @@ def _write_corpus(
     counts["sentence_like"] = sum(is_sentence_like(p.en) for p in pairs)
     if max_bytes is not None:
         counts["dropped_for_size"] = dropped_for_size
+        counts["dropped_for_size_sentence_like"] = sentence_like_before - counts["sentence_like"]
     if provenance:
         text = render_provenance(
             out,

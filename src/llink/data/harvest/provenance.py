@@ -95,9 +95,11 @@ def render_provenance(
         lines += [
             f"Size cap: {max_bytes:,} bytes gzipped (`--max-bytes`). "
             + (
-                f"{dropped:,} cleaned pairs did not fit and were left out: pairs that are "
-                "not sentence-like first, then sentence-like ones, each in the order of a "
-                "SHA-256 of the English (`cap_pairs` in `llink.data.harvest`)."
+                f"{dropped:,} cleaned pairs did not fit and were left out "
+                f"({counts.get('dropped_for_size_sentence_like', 0):,} of them sentence-like): "
+                "pairs that are not sentence-like first, then sentence-like ones, each in the "
+                "order of a SHA-256 of the English (`cap_pairs` in `llink.data.harvest`). The "
+                "counts table below is before the cap; the pairs kept per package, after it."
                 if dropped
                 else "Every cleaned pair fits; none was left out."
             ),
