@@ -90,9 +90,9 @@ def test_baseline_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_d
     # the resumed run must take steps 4 to 11 (the checkpoint is of step 4), and only those
     steps = []
 
-    def record(n, batch, seed, step, micro=0):
+    def record(n, batch, seed, step, micro=0, groups=None):
         steps.append(step)
-        return real(n, batch, seed, step, micro)
+        return real(n, batch, seed, step, micro, groups)
 
     monkeypatch.setattr(bl, "batch_indices", record)
     capsys.readouterr()

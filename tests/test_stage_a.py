@@ -119,9 +119,9 @@ def test_resume_continues_the_same_run(tmp_path, tiny_encoder_dir, tiny_decoder_
     real_batch = sa.batch_indices
     steps_run = []
 
-    def record_step(n, batch, seed, step, micro=0):
+    def record_step(n, batch, seed, step, micro=0, groups=None):
         steps_run.append(step)
-        return real_batch(n, batch, seed, step, micro)
+        return real_batch(n, batch, seed, step, micro, groups)
 
     monkeypatch.setattr(sa, "batch_indices", record_step)
     run_stage_a(Session(cut, progress=False), resume=True)  # continues from step 10

@@ -134,12 +134,14 @@ def cmd_data_harvest(args: argparse.Namespace) -> None:
     if len(langs) == 1 and args.out_dir is None:  # one corpus: its counts, as before
         out = outs[langs[0]]
         counts = harvest(langs[0], out, sources=tuple(args.sources), workdir=args.workdir,
-                         keep_workdir=args.keep_workdir, provenance=True)
+                         keep_workdir=args.keep_workdir, provenance=True,
+                         max_bytes=args.max_bytes)
         print(json.dumps(counts, indent=2))
         print(f"written: {out}")
         return
     all_counts = harvest_many(outs, sources=tuple(args.sources), workdir=args.workdir,
-                              keep_workdir=args.keep_workdir, provenance=True)
+                              keep_workdir=args.keep_workdir, provenance=True,
+                              max_bytes=args.max_bytes)
     print(json.dumps(all_counts, indent=2))
     print(summary_table(all_counts))
     for out in outs.values():
@@ -464,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=list(HARVEST_SOURCES), help="which Debian sources to read")
     p.add_argument("--workdir", type=Path, help="download/unpack folder (default: temporary)")
     p.add_argument("--keep-workdir", action="store_true", help="keep downloaded packages")
+    p.add_argument("--max-bytes", type=_positive_int, metavar="N",
+                   help="cap each gzipped corpus at N bytes (pairs that are not sentence-like "
+                        "are left out first)")
     add(data_sub, "split", cmd_data_split, "show the train/dev/test split and what was dropped")
     p = add(data_sub, "tasks", cmd_data_tasks,
             "write Stage B instruction examples (translate_to_english) of a split as JSONL")

@@ -49,16 +49,22 @@ class ModelConfig:
 class DataConfig:
     """Where the pairs come from and how they are split."""
 
-    pairs: str = "builtin:en-km"  # builtin corpus name, or a .jsonl/.tsv(.gz) path
+    # builtin corpus name, or a .jsonl/.tsv(.gz) path; several corpora (one per language):
+    # a list or a comma-separated string, e.g. "builtin:en-km,builtin:en-th"
+    pairs: str | list[str] = "builtin:en-km"
     lang: str = "km"
     dev_fraction: float = 0.02
     test_fraction: float = 0.04
     split_salt: str = "llink-split-v1"
     sentence_like_only: bool = True  # train/evaluate on sentence-like pairs
-    max_train_pairs: int | None = 8000
+    max_train_pairs: int | None = 8000  # per language (likewise max_dev/test_pairs)
     max_dev_pairs: int = 500
     max_test_pairs: int | None = None
     max_chars: int = 2000  # pairs with a longer side are dropped when read
+    # With several languages, each training batch gives language L a share proportional to
+    # n_L ** lang_alpha (n_L: its training rows): 0 draws languages uniformly, 1 in
+    # proportion to their size (every row equally likely). One language: no effect.
+    lang_alpha: float = 0.0
     # Source groups (the part of a pair's `source` before ":", e.g. gettext) left out of
     # train and dev: a leave-one-source-out run (`llink eval holdout`); test keeps them.
     exclude_sources: list[str] = field(default_factory=list)
@@ -441,6 +447,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("data", "max_dev_pairs"): _count(1),
     ("data", "max_test_pairs"): _count(1),
     ("data", "max_chars"): _count(1),
+    ("data", "lang_alpha"): _NON_NEGATIVE,
     ("data", "max_english"): _count(0),
     ("stage_a", "steps"): _count(1),
     ("stage_a", "batch_size"): _count(1),

@@ -147,7 +147,8 @@ def run_stage_a(session: Session, resume: bool = False) -> StageAArtifact:
         "decoder_weights": session.decoder.fingerprint,
     }
     art = train_stage_a(cfg, feats, meta, session.decoder.reserved_rows(), session.device,
-                        resume=resume, progress=session.progress)
+                        resume=resume, progress=session.progress,
+                        langs=[p.lang for p in session.splits.train])
     dm = art.meta["dev_metrics"]
     if dist.is_main():
         print(f"Stage A done: dev R@1 {dm['R@1']:.3f} MRR {dm['MRR']:.3f} "
@@ -471,7 +472,7 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
         "stage_a_dev": stage_a.meta.get("dev_metrics"),
     }
     summary = train_stage_b(cfg, model, train, dev, meta, resume=resume,
-                            progress=session.progress)
+                            progress=session.progress, langs=[it.lang for it in train_items])
     f = summary["dev_final"]
     if dist.is_main():
         print(f"Stage B done: dev NLL/token injected {f['nll_injected']:.3f}, ablated "
@@ -526,7 +527,7 @@ def run_baseline(session: Session, resume: bool = False) -> dict[str, Any]:
     dev = tokenize_examples(model, dev_items, b.max_answer_tokens, raw_foreign=True)
     meta = {**session.model_meta(), "decoder_weights": decoder.fingerprint}
     summary = train_baseline(cfg, model, train, dev, meta, resume=resume,
-                             progress=session.progress)
+                             progress=session.progress, langs=[it.lang for it in train_items])
     f = summary["dev_final"]
     if dist.is_main():
         print(f"baseline done: dev NLL/token {f['nll']:.3f} (base decoder "

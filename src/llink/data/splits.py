@@ -7,12 +7,19 @@ Within a split, pairs are kept in the order of a second hash of the English, not
 in file order (shipped corpora are sorted by source): the first N items of any
 split are then a deterministic random sample spread over all of it, the same for
 every system and every run, and a larger N is a superset of a smaller one.
+
+Several corpora (``data.pairs="builtin:en-km,builtin:en-th"``): each pair keeps its
+language, and de-duplication, the sentence-like filter and the ``max_*_pairs`` caps
+apply per language. The split of a pair depends on its English alone, never on its
+language, so an English sentence found in two languages' corpora is in the same split
+for both: it cannot train one language and test another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -51,6 +58,47 @@ def is_held_out(en: str, cfg: DataConfig) -> bool:
     return split_of(en, cfg.dev_fraction, cfg.test_fraction, cfg.split_salt) != "train"
 
 
+def corpus_specs(pairs: str | list[str]) -> list[str]:
+    """``data.pairs`` as a list: ``"builtin:en-km, builtin:en-th"`` → two corpora."""
+    specs = [s.strip() for s in pairs.split(",")] if isinstance(pairs, str) else list(pairs)
+    specs = [s for s in specs if s]
+    if not specs:
+        raise ValueError("data.pairs names no corpus")
+    if len(set(specs)) != len(specs):
+        raise ValueError(f"data.pairs names a corpus twice: {pairs!r}")
+    return specs
+
+
+_CORPUS_LANG = re.compile(r"en-([A-Za-z]{2,3}(?:[-_][A-Za-z0-9]+)?)$")
+
+
+def spec_language(spec: str) -> str:
+    """The language a corpus name implies: ``builtin:en-th`` or ``…/en-th.jsonl.gz`` → th."""
+    name = spec.split(":", 1)[1] if spec.startswith("builtin:") else Path(spec).name
+    m = _CORPUS_LANG.search(name.split(".", 1)[0])
+    return m.group(1) if m else ""
+
+
+def read_corpora(specs: list[str], max_chars: int) -> tuple[list[Pair], ReadReport]:
+    """Read one or several corpora. With several, a pair without a ``lang`` field takes
+    the language of its corpus's name (``en-XX``); a corpus that names none is an error.
+    One corpus is read as is."""
+    if len(specs) == 1:
+        return read_pairs(resolve_pairs_path(specs[0]), max_chars=max_chars)
+    pairs: list[Pair] = []
+    report = ReadReport(",".join(specs))
+    for spec in specs:
+        got, rep = read_pairs(resolve_pairs_path(spec), max_chars=max_chars)
+        report.kept += rep.kept
+        report.dropped.update(rep.dropped)
+        lang = spec_language(spec)
+        if not lang and any(not p.lang for p in got):
+            raise ValueError(f"{spec}: pairs without a 'lang' field, and the file name does "
+                             "not say the language (name it en-XX.jsonl or add 'lang')")
+        pairs += [p if p.lang else Pair(p.en, p.foreign, lang, p.source) for p in got]
+    return pairs, report
+
+
 def resolve_pairs_path(spec: str) -> Path:
     """``builtin:NAME`` names a corpus shipped with llink; anything else is a file path."""
     if spec.startswith("builtin:"):
@@ -83,9 +131,19 @@ class Splits:
     def counts(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
 
+    def counts_by_lang(self) -> dict[str, dict[str, int]]:
+        """Pairs per language in each split: ``{"km": {"train": …, "dev": …, "test": …}}``."""
+        per = {s: Counter(p.lang for p in getattr(self, s)) for s in SPLITS}
+        langs = sorted({lang for c in per.values() for lang in c})
+        return {lang: {s: per[s][lang] for s in SPLITS} for lang in langs}
+
     def summary(self) -> str:
         parts = [f"{k} {v}" for k, v in self.counts().items()]
         lines = ["pairs: " + ", ".join(parts)]
+        by_lang = self.counts_by_lang()
+        if len(by_lang) > 1:
+            lines += [f"  {lang or '?'}: " + ", ".join(f"{k} {v}" for k, v in c.items())
+                      for lang, c in by_lang.items()]
         if self.read_report is not None:
             lines.append(self.read_report.summary())
         for split, reasons in self.filtered.items():
@@ -134,21 +192,37 @@ def _select(
 
 
 def load_splits(cfg: DataConfig) -> Splits:
-    """Read the configured pair file and return its train/dev/test splits."""
-    pairs, report = read_pairs(resolve_pairs_path(cfg.pairs), max_chars=cfg.max_chars)
+    """Read the configured pair file(s) and return their train/dev/test splits.
+
+    Each language is selected on its own (de-duplication, filter, caps); with several
+    languages a split lists them merged in the order of the English hash.
+    """
+    pairs, report = read_corpora(corpus_specs(cfg.pairs), cfg.max_chars)
     if not pairs:
         raise ValueError(f"{cfg.pairs}: no usable pairs ({report.summary()})")
     raw = split_pairs(pairs, cfg.dev_fraction, cfg.test_fraction, cfg.split_salt)
     limits = {"train": cfg.max_train_pairs, "dev": cfg.max_dev_pairs, "test": cfg.max_test_pairs}
     chosen: dict[str, list[Pair]] = {}
     filtered: dict[str, dict[str, int]] = {}
+    langs = list(dict.fromkeys(p.lang for p in pairs))  # in order of first appearance
     for s in SPLITS:
         pool = raw[s]
         excluded = 0
         if cfg.exclude_sources and s != "test":
             pool = [p for p in pool if source_group(p.source) not in cfg.exclude_sources]
             excluded = len(raw[s]) - len(pool)
-        chosen[s], filtered[s] = _select(pool, cfg.sentence_like_only, limits[s], cfg.split_salt)
+        if len(langs) == 1:
+            chosen[s], filtered[s] = _select(pool, cfg.sentence_like_only, limits[s],
+                                             cfg.split_salt)
+        else:
+            chosen[s], dropped = [], Counter()
+            for lang in langs:
+                kept, why = _select([p for p in pool if p.lang == lang], cfg.sentence_like_only,
+                                    limits[s], cfg.split_salt)
+                chosen[s] += kept
+                dropped.update(why)
+            chosen[s] = sample_order(chosen[s], cfg.split_salt)  # stable: ties keep lang order
+            filtered[s] = dict(dropped)
         if excluded:
             filtered[s] = {"excluded_source": excluded, **filtered[s]}
     return Splits(chosen["train"], chosen["dev"], chosen["test"], report, filtered)

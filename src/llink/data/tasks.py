@@ -31,6 +31,7 @@ class TaskExample:
     en: str = ""  # the English reference of the foreign text (for the teacher state)
     question: str | None = None
     source: str = ""  # where the pair came from (Pair.source), for per-source reports
+    lang: str = ""  # the language of the foreign text (Pair.lang); balances training batches
 
 
 def foreign_length_ok(text: str) -> bool:
@@ -45,7 +46,7 @@ def translation_examples(pairs: Iterable[Pair]) -> tuple[list[TaskExample], Coun
             dropped["foreign_length"] += 1
             continue
         out.append(TaskExample("translate_to_english", p.foreign, p.en, en=p.en,
-                               source=p.source))
+                               source=p.source, lang=p.lang))
     return out, dropped
 
 
@@ -70,7 +71,8 @@ def read_task_file(path: str | Path) -> list[TaskExample]:
                 raise PairFileError(path, lineno, f"unknown task {obj['task']!r}")
             out.append(TaskExample(obj["task"], obj["foreign"], obj["answer"],
                                    en=obj.get("en", ""), question=obj.get("question"),
-                                   source=str(obj.get("source") or "")))
+                                   source=str(obj.get("source") or ""),
+                                   lang=str(obj.get("lang") or "")))
     return out
 
 

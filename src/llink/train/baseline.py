@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from llink.train.state import (
     batch_indices,
     clean_stale_states,
     fixed_settings,
+    language_groups,
     load_state,
     save_state,
     saved_progress,
@@ -132,6 +134,7 @@ def train_baseline(
     meta: dict[str, Any],
     resume: bool = False,
     progress: bool = True,
+    langs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train LoRA on raw-text examples; write ``run_dir/baseline`` (final) and ``baseline-best``.
 
@@ -180,6 +183,7 @@ def train_baseline(
         return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
 
     n = len(train)
+    groups = language_groups(langs, cfg.data.lang_alpha)
     warmup = int(b.warmup_frac * b.steps)
     best: dict[str, Any] = earlier.get("dev_best") or {"nll": float("inf")}
     dev_start: dict[str, float] = earlier.get("dev_start", {})
@@ -202,7 +206,7 @@ def train_baseline(
         loss_sum = 0.0
         for micro in range(b.grad_accum):
             # the same examples per (step, micro-step) as Stage B draws
-            idx = batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17)
+            idx = batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17, groups)
             loss_sum += _micro_batch_backward(model, runner, train, idx, b.grad_accum)
         loss = dist.sum_floats({"loss": loss_sum / b.grad_accum})["loss"]
         grad_norm = runner.step(opt, params, b.grad_clip)

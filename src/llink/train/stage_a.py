@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from llink.train.state import (
     batch_indices,
     clean_stale_states,
     fixed_settings,
+    language_groups,
     load_state,
     save_state,
     saved_progress,
@@ -113,13 +115,16 @@ def train_stage_a(
     device: torch.device,
     resume: bool = False,
     progress: bool = True,
+    langs: Sequence[str] | None = None,
 ) -> StageAArtifact:
     """Train the projector on cached features; write ``run_dir/stage_a`` and return it.
 
     ``meta`` describes the models (names, dimensions, fingerprints) and is stored in
     the artifact. Training state is saved to ``run_dir/stage_a-state`` every
     ``save_every`` steps; ``resume=True`` continues from there. Under N processes
-    (``torchrun``) every rank calls this; only the main process writes files.
+    (``torchrun``) every rank calls this; only the main process writes files. ``langs``
+    (the language of each training pair) balances batches over languages
+    (``data.lang_alpha``, :func:`language_groups`).
     """
     a = cfg.stage_a
     run_dir = Path(cfg.run_dir)
@@ -138,6 +143,7 @@ def train_stage_a(
     train_x, train_h = train_x.to(device), targets(all_h).to(device)
     dev_x, dev_h = feats.dev_x.to(device), targets(feats.dev_h)
     n = feats.train_x.shape[0]
+    groups = language_groups(langs, cfg.data.lang_alpha)
     n_english_rows = round(a.english_fraction * a.batch_size) if n_en else 0
     if n < 2:
         raise ValueError("Stage A needs at least 2 training pairs")
@@ -208,7 +214,7 @@ def train_stage_a(
         torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         total = {"loss": 0.0, "nce": 0.0}
         for micro in range(a.grad_accum):
-            idx = batch_indices(n, a.batch_size - n_english_rows, cfg.seed, step, micro)
+            idx = batch_indices(n, a.batch_size - n_english_rows, cfg.seed, step, micro, groups)
             if n_english_rows:
                 idx = torch.cat([idx, n + batch_indices(n_en, n_english_rows, cfg.seed + 1,
                                                         step, micro)])

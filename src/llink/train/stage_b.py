@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from llink.train.state import (
     batch_indices,
     clean_stale_states,
     fixed_settings,
+    language_groups,
     load_state,
     save_state,
     saved_progress,
@@ -255,6 +257,7 @@ def train_stage_b(
     meta: dict[str, Any],
     resume: bool = False,
     progress: bool = True,
+    langs: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train the bridge (and LoRA); write ``run_dir/stage_b`` (final) and ``stage_b-best``."""
     b = cfg.stage_b
@@ -319,6 +322,7 @@ def train_stage_b(
 
     pad = int(model.tokenizer.pad_token_id)
     n = len(train.examples)
+    groups = language_groups(langs, cfg.data.lang_alpha)
     best = earlier.get("dev_best") or {"nll_injected": float("inf")}
     base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 \
         else earlier.get("dev_start", {})
@@ -350,7 +354,7 @@ def train_stage_b(
         torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
-            idx = dist.local_slice(batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17))
+            idx = dist.local_slice(batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17, groups))
             batch = collate([train.examples[i] for i in idx], pad)
             with runner.autocast():
                 loss, parts = _step_loss(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,46 @@ class ResumeMismatch(CheckpointError, ValueError):
     """A resumed run's fixed settings differ from those its training state was saved with."""
 
 
-def batch_indices(n: int, batch: int, seed: int, step: int, micro: int = 0) -> torch.Tensor:
-    """A random batch for (step, micro-step), reproducible without any saved sampler state."""
+#: Rows of each language and its share of a batch (see :func:`language_groups`).
+Groups = list[tuple[torch.Tensor, float]]
+
+
+def language_groups(langs: Sequence[str] | None, alpha: float) -> Groups | None:
+    """How batches draw languages: language L gets a share ∝ ``n_L ** alpha`` (n_L: its
+    rows); rows without a language (English examples, synthetic rows without ``lang``)
+    keep their share ``n_none / n`` and the languages split the rest. None (plain uniform
+    sampling over rows, as with one language) for fewer than two languages."""
+    rows: dict[str, list[int]] = {}
+    for i, lang in enumerate(langs or ()):
+        rows.setdefault(lang, []).append(i)
+    if len([lang for lang in rows if lang]) < 2:
+        return None
+    rest = 1.0 - len(rows.get("", ())) / len(langs or ())
+    total = sum(len(r) ** alpha for lang, r in rows.items() if lang)
+    return [(torch.tensor(r), rest * len(r) ** alpha / total if lang else 1.0 - rest)
+            for lang, r in rows.items()]
+
+
+def batch_indices(
+    n: int, batch: int, seed: int, step: int, micro: int = 0, groups: Groups | None = None
+) -> torch.Tensor:
+    """A random batch for (step, micro-step), reproducible without any saved sampler state.
+
+    With ``groups``, group g gives ``batch * share_g`` rows rounded by largest remainder
+    (ties broken at random), drawn without replacement within the group."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step * 131 + micro)
-    return torch.randperm(n, generator=g)[: min(batch, n)]
+    if groups is None:
+        return torch.randperm(n, generator=g)[: min(batch, n)]
+    want = [batch * share for _, share in groups]
+    quota = [int(w) for w in want]
+    tie = torch.randperm(len(groups), generator=g).tolist()
+    for i in sorted(range(len(groups)), key=lambda i: (quota[i] - want[i], tie[i]))[
+        : batch - sum(quota)
+    ]:
+        quota[i] += 1
+    idx = torch.cat([rows[torch.randperm(len(rows), generator=g)[:k]]
+                     for (rows, _), k in zip(groups, quota, strict=True)])
+    return idx[torch.randperm(len(idx), generator=g)]
 
 
 def fixed_settings(stage_cfg: Any, may_change: set[str]) -> dict[str, Any]:

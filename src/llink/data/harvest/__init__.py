@@ -14,11 +14,16 @@ Only :mod:`.languages` knows language-specific names.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
 import logging
 import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from llink.data.harvest.clean import RawPair, clean_pairs, is_sentence_like
@@ -26,7 +31,7 @@ from llink.data.harvest.debian import AptArchive, HarvestError, PackageArchive
 from llink.data.harvest.languages import LanguageSpec, language
 from llink.data.harvest.provenance import provenance_path, render_provenance, write_provenance
 from llink.data.harvest.sources import CLEAN_OPTIONS, HARVESTERS, SourceResult
-from llink.data.pairs import write_pairs
+from llink.data.pairs import Pair, write_pairs
 
 __all__ = [
     "SOURCES",
@@ -45,12 +50,56 @@ SOURCES = ("libreoffice-help", "gettext", "firefox")
 log = logging.getLogger(__name__)
 
 
-def rebuild_command(lang: str, out: Path, sources: Sequence[str]) -> str:
+def rebuild_command(
+    lang: str, out: Path, sources: Sequence[str], max_bytes: int | None = None
+) -> str:
     """The shell command that rebuilds a corpus with these arguments."""
     cmd = f"python -m llink.data.harvest --lang {lang} --out {out}"
     if tuple(sources) != SOURCES:
         cmd += " --sources " + ",".join(sources)
+    if max_bytes is not None:
+        cmd += f" --max-bytes {max_bytes}"
     return cmd
+
+
+def _gzip_size(pairs: Sequence[Pair]) -> int:
+    """Bytes of ``pairs`` written by :func:`write_pairs` to a ``.gz`` file (same writer)."""
+    buf = io.BytesIO()
+    gz = gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0)
+    with io.TextIOWrapper(gz, encoding="utf-8") as fh:
+        for p in pairs:
+            rec = {k: v for k, v in asdict(p).items() if v or k in ("en", "foreign")}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        fh.flush()
+        gz.close()
+        return len(buf.getvalue())
+
+
+def cap_pairs(pairs: list[Pair], max_bytes: int) -> tuple[list[Pair], int]:
+    """The most pairs whose gzipped corpus fits in ``max_bytes``; returns (kept, dropped).
+
+    Pairs that are not sentence-like go first, then sentence-like ones; within each,
+    in the order of a SHA-256 of the English. Kept pairs stay in their input order.
+    """
+    if _gzip_size(pairs) <= max_bytes:
+        return pairs, 0
+
+    def rank(i: int) -> tuple[bool, bytes]:
+        en = pairs[i].en
+        return (not is_sentence_like(en), hashlib.sha256(en.encode()).digest())
+
+    order = sorted(range(len(pairs)), key=rank)  # the pairs to keep first
+
+    def first(k: int) -> list[Pair]:
+        keep = set(order[:k])
+        return [p for i, p in enumerate(pairs) if i in keep]
+
+    lo, hi = 0, len(pairs)  # first(lo) fits, first(hi) does not
+    while hi - lo > max(1, len(pairs) // 1000):
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _gzip_size(first(mid)) <= max_bytes else (lo, mid)
+    kept = first(lo)
+    return kept, len(pairs) - len(kept)
 
 
 def harvest(
@@ -62,6 +111,7 @@ def harvest(
     *,
     archive: PackageArchive | None = None,
     provenance: bool = True,
+    max_bytes: int | None = None,
 ) -> dict[str, int]:
     """Build the English–``lang`` corpus at ``out`` from Debian packages; return counts.
 
@@ -72,7 +122,8 @@ def harvest(
 
     Counts: ``<source>.raw``, ``<source>.kept``, ``<source>.dropped.<reason>``,
     ``<source>.packages`` and ``<source>.unreadable_files`` per source; ``total`` and
-    ``sentence_like`` for the corpus.
+    ``sentence_like`` for the corpus; with ``max_bytes``, ``dropped_for_size`` and
+    ``dropped_for_size_sentence_like`` (see :func:`cap_pairs`).
     """
     return harvest_many(
         {lang: out},
@@ -81,6 +132,7 @@ def harvest(
         keep_workdir,
         archive=archive,
         provenance=provenance,
+        max_bytes=max_bytes,
     )[lang]
 
 
@@ -127,6 +179,7 @@ def harvest_many(
     *,
     archive: PackageArchive | None = None,
     provenance: bool = True,
+    max_bytes: int | None = None,
 ) -> dict[str, dict[str, int]]:
     """Build one corpus per language (``outs``: language → output path) in one pass.
 
@@ -165,6 +218,7 @@ def harvest_many(
             {source: by_source[source][spec.code] for source in sources},
             archive_description,
             provenance,
+            max_bytes,
         )
         for spec in specs
     }
@@ -177,10 +231,15 @@ def _write_corpus(
     results: dict[str, SourceResult],
     archive_description: str,
     provenance: bool,
+    max_bytes: int | None = None,
 ) -> dict[str, int]:
     """Clean one language's raw pairs, write its corpus (and provenance); return counts."""
     raw: list[RawPair] = [p for r in results.values() for p in r.pairs]
     pairs, tallies = clean_pairs(raw, spec, CLEAN_OPTIONS, list(sources))
+    dropped_for_size = sentence_like_before = 0
+    if max_bytes is not None:
+        sentence_like_before = sum(is_sentence_like(p.en) for p in pairs)
+        pairs, dropped_for_size = cap_pairs(pairs, max_bytes)
     counts: dict[str, int] = {}
     for source in sources:
         tally = tallies.get(source, Counter())
@@ -192,6 +251,9 @@ def _write_corpus(
         counts[f"{source}.unreadable_files"] = results[source].problems
     counts["total"] = write_pairs(out, pairs)
     counts["sentence_like"] = sum(is_sentence_like(p.en) for p in pairs)
+    if max_bytes is not None:
+        counts["dropped_for_size"] = dropped_for_size
+        counts["dropped_for_size_sentence_like"] = sentence_like_before - counts["sentence_like"]
     if provenance:
         text = render_provenance(
             out,
@@ -200,8 +262,9 @@ def _write_corpus(
             results,
             Counter(p.source for p in pairs),
             " ".join(f"U+{ord(c):04X}" for c in spec.strip_chars),
-            rebuild_command(spec.code, out, sources),
+            rebuild_command(spec.code, out, sources, max_bytes),
             archive_description,
+            max_bytes,
         )
         write_provenance(provenance_path(out), text)
     return counts

@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for downloads")
     parser.add_argument("--keep-workdir", action="store_true", help="keep downloads")
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=None,
+        help="cap each gzipped corpus at this size (non-sentence-like pairs are left out first)",
+    )
     args = parser.parse_args(argv)
     try:
         langs = parse_languages(args.lang)
@@ -46,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.monotonic()
     sources = tuple(s for s in args.sources.split(",") if s)
-    options = {"workdir": args.workdir, "keep_workdir": args.keep_workdir}
+    options = {
+        "workdir": args.workdir,
+        "keep_workdir": args.keep_workdir,
+        "max_bytes": args.max_bytes,
+    }
     if args.out is not None:  # one language, one file: the counts as before
         counts = harvest(langs[0], args.out, sources=sources, **options)
         print(json.dumps(counts, indent=2))

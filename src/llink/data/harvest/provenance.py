@@ -71,6 +71,7 @@ def render_provenance(
     deleted_chars: str,
     command: str,
     archive: str,
+    max_bytes: int | None = None,
 ) -> str:
     """The Markdown text of the provenance file."""
     lines = [
@@ -88,6 +89,23 @@ def render_provenance(
         "",
         f"    {command}",
         "",
+    ]
+    if max_bytes is not None:
+        dropped = counts.get("dropped_for_size", 0)
+        lines += [
+            f"Size cap: {max_bytes:,} bytes gzipped (`--max-bytes`). "
+            + (
+                f"{dropped:,} cleaned pairs did not fit and were left out "
+                f"({counts.get('dropped_for_size_sentence_like', 0):,} of them sentence-like): "
+                "pairs that are not sentence-like first, then sentence-like ones, each in the "
+                "order of a SHA-256 of the English (`cap_pairs` in `llink.data.harvest`). The "
+                "counts table below is before the cap; the pairs kept per package, after it."
+                if dropped
+                else "Every cleaned pair fits; none was left out."
+            ),
+            "",
+        ]
+    lines += [
         "## Counts",
         "",
     ]
