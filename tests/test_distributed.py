@@ -45,7 +45,10 @@ def _overrides(root: Path, enc: Path, dec: Path, pairs: Path, name: str,
         "stage_b.max_answer_tokens": 24, "eval.gen_n": 4, "eval.max_new_tokens": 4,
         "eval.baseline": True,  # `llink run` also trains the direct fine-tuning baseline
         "run_dir": root / name, "features_cache": root / f"features-{features or name}",
-        "device": "cpu", **extra,
+        "device": "cpu",
+        # the offline default's design (token slots, literals, inner-layer mean targets),
+        # at layers the 2-layer tiny models have
+        "model.token_layer": 1, "stage_a.teacher_layer": 1, **extra,
     }
     return [f"{k}={v}" for k, v in items.items()]
 
@@ -76,7 +79,10 @@ def _store_vectors(folder: Path) -> dict[str, dict[bytes, torch.Tensor]]:
         rows: dict[bytes, torch.Tensor] = {}
         for shard in store.glob("shard-*.safetensors"):
             data = load_file(shard)
-            for key, vec in zip(data["keys"].numpy(), data["vectors"], strict=True):
+            vectors = data["vectors"]
+            if "lengths" in data:  # ragged store (token states): one [T_i, D] block per text
+                vectors = torch.split(vectors, data["lengths"].tolist())
+            for key, vec in zip(data["keys"].numpy(), vectors, strict=True):
                 rows[key.tobytes()] = vec
         out[store.name] = rows
     return out

@@ -1,5 +1,6 @@
 """The frozen encoder and decoder wrappers, on tiny models built from configs."""
 
+import pytest
 import torch
 
 from llink.models.decoder import FrozenDecoder, reserved_token_strings
@@ -119,3 +120,15 @@ def test_stopping_at_an_inner_layer_gives_the_full_pass_states(tiny_decoder_dir)
         want = full[layer] if layer != -1 else base(input_ids=ids, attention_mask=mask
                                                     ).last_hidden_state
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_teacher_layer_the_decoder_lacks_is_named(tiny_decoder_dir, tmp_path):
+    from llink.config import ConfigError
+    from llink.features import teacher_vectors
+
+    dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
+    with pytest.raises(ConfigError, match=r"stage_a.teacher_layer=10, but the decoder .* has 2 "
+                       r"layers: use 1..2, or -1 for the last"):
+        teacher_vectors(dec, ["Hello."], tmp_path, progress=False, layer=10, pooling="mean")
+    assert teacher_vectors(dec, ["Hello."], tmp_path, progress=False, layer=2,
+                           pooling="mean").shape == (1, 64)

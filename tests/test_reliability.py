@@ -48,6 +48,10 @@ def overrides(root: Path, enc: Path, dec: Path, run: str = "run", **extra) -> li
         "stage_b.eval_every": 3, "stage_b.save_every": 2, "stage_b.eval_pairs": 6,
         "stage_b.lora_r": 4, "stage_b.lora_alpha": 4, "stage_b.max_answer_tokens": 24,
         "run_dir": root / run, "features_cache": root / "features", "device": "cpu",
+        # the paper's design, as in tests/test_stage_a.py
+        "model.slot_source": "pooled", "model.literals": "false", "stage_a.teacher_layer": -1,
+        "stage_a.teacher_pooling": "foreign_emb", "stage_b.contrast": "detached",
+        "stage_b.system_prompt": "none",
     }
     items.update(extra)
     return [f"{k}={v}" for k, v in items.items()]

@@ -60,6 +60,16 @@ def encoder_token_states(
                      desc=desc, progress=progress)
 
 
+def check_teacher_layer(decoder: FrozenDecoder, layer: int) -> None:
+    """Refuse a teacher layer the decoder does not have, naming the setting."""
+    layers = int(getattr(decoder.model.config, "num_hidden_layers", 0) or 0)
+    if layers and not (layer == -1 or 1 <= layer <= layers):
+        from llink.config import ConfigError
+
+        raise ConfigError(f"stage_a.teacher_layer={layer}, but the decoder {decoder.name} has "
+                          f"{layers} layers: use 1..{layers}, or -1 for the last")
+
+
 def teacher_vectors(
     decoder: FrozenDecoder,
     english: Sequence[str],
@@ -71,6 +81,7 @@ def teacher_vectors(
 ) -> torch.Tensor:
     """Teacher states of English sentences [N, d_dec]: at ``<foreign_emb>`` (METHOD.md) or
     mean-pooled over the sentence's tokens, after ``layer`` decoder blocks."""
+    check_teacher_layer(decoder, layer)
     store = FeatureStore(root, "teacher", decoder.teacher_settings(layer, pooling))
     return store.get(
         list(english),
