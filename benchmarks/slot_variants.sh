@@ -54,17 +54,17 @@ else
   stage_a a-default
   stage_b default
 fi
-stage_a a-default
-stage_a a-paper stage_a.teacher_layer=-1 stage_a.teacher_pooling=foreign_emb
-stage_b pooled model.slot_source=pooled model.literals=false
-stage_b tokens-no-literals model.literals=false
-stage_b all-tokens model.slot_source=all_tokens model.num_slots=64
-stage_b detached-contrast stage_b.contrast=detached
-stage_a a-english stage_a.english_fraction=0.3
 # the direct fine-tuning baseline and the base decoder, on the same items
 if [ -z "$MAIN" ] && [ ! -f "$OUT/default/baseline/baseline.json" ]; then
   log "baseline"; llink train baseline run_dir="$OUT/default"
 fi
-log "gen baseline, base"; gens "$OUT/default" llink,base,baseline
+log "gen default, base, baseline"; gens "$OUT/default" llink,base,baseline
+stage_a a-default
+stage_b pooled model.slot_source=pooled model.literals=false
+stage_b tokens-no-literals model.literals=false
+stage_a a-paper stage_a.teacher_layer=-1 stage_a.teacher_pooling=foreign_emb
+stage_b all-tokens model.slot_source=all_tokens model.num_slots=64
+stage_b detached-contrast stage_b.contrast=detached
+stage_a a-english stage_a.english_fraction=0.3
 python -m benchmarks.compare_gen "$OUT" --out benchmarks/results/slot_variants.md
 log done

@@ -655,6 +655,11 @@ def evaluate_generation(
     out = run_dir / "eval" / f"gen{tag}.json"
     write_json_atomic(out, result)
     print(format_gen_table(result))
+    if numbers_only:
+        print("numbers kept (every number of the reference in the output), 95% Wilson interval:")
+        for name, f in result["numbers"]["systems"].items():
+            print(f"  {name:<10} {f['hits']}/{len(items)} = {f['fraction']:.3f} "
+                  f"[{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]")
     print(f"written: {out} and {gen_dir}/<system>.jsonl")
     return result
 
