@@ -1,6 +1,7 @@
 """`llink eval gen|tokens|numbers` end to end on tiny models (all four systems)."""
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -177,3 +178,14 @@ def test_numbers_subset_keeps_only_references_with_numbers(run, monkeypatch):
     assert res["n"] == 3 and res["numbers"]["n_with_numbers"] == 3
     assert set(res["numbers"]["systems"]) == {"llink", "base"}
     assert (ev / "gen-numbers.json").exists()
+
+
+def test_saved_outputs_follow_the_model_content_not_its_path(run, tmp_path, capsys):
+    cfg, session, root = run
+    evaluate_generation(session, ["llink"], n=3, max_new_tokens=2, batch_size=3)
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "run", moved)  # same model files under another path
+    capsys.readouterr()
+    evaluate_generation(session, ["llink"], n=3, max_new_tokens=2, batch_size=3,
+                        model_dir=moved / "stage_b")
+    assert "discarding" not in capsys.readouterr().out

@@ -559,7 +559,8 @@ def model_identity(system: str, model_dir: Path, baseline_dir: Path) -> dict[str
                 "use_chat_template": meta["use_chat_template"],
                 "system_prompt": meta.get("system_prompt")}
     folder = baseline_dir if system == "baseline" else model_dir
-    return {"model": str(folder), "model_digest": folder_digest(folder)}
+    # by content only: a run folder that is moved, copied or linked keeps its outputs
+    return {"model_digest": folder_digest(folder)}
 
 
 def evaluate_generation(
