@@ -124,7 +124,7 @@ def gen_rows(runs: list[Path], pool: str) -> tuple[list[str], dict[str, Any]]:
         return "" if v is None or a == b else f"{v:.3f}"
 
     head = ["system", "chrF", "95% CI", "BLEU", *(f"{g} chrF (n={by[g]['n']})" for g in by),
-            "p vs baseline", "p vs base"]
+            "p vs default", "p vs baseline", "p vs base"]
     lines = [f"{POOLS.get(pool, pool)}: {len(refs)} items, greedy, 48 new tokens; paired "
              "bootstrap (1,000 resamples)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -133,6 +133,7 @@ def gen_rows(runs: list[Path], pool: str) -> tuple[list[str], dict[str, Any]]:
         s = res["systems"][n]
         cells = [n, f"{s['chrf']:.2f}", f"{s['chrf_ci'][0]:.2f}–{s['chrf_ci'][1]:.2f}",
                  f"{s['bleu']:.2f}", *(f"{by[g]['systems'][n]['chrf']:.2f}" for g in by),
+                 pval(n, "default") if "default" in outs else "",
                  pval(n, "baseline") if "baseline" in outs else "",
                  pval(n, "base") if "base" in outs else ""]
         lines.append("| " + " | ".join(cells) + " |")
