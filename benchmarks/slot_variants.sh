@@ -34,10 +34,10 @@ stage_a() {  # name, overrides...: Stage A and its retrieval on the test and UDH
   llink eval retrieval --no-baselines run_dir="$OUT/$name" "$@"
   llink eval retrieval --no-baselines --pairs "$UDHR" run_dir="$OUT/$name" "$@"
 }
-stage_b() {  # name, overrides...: Stage B on the default Stage A, then generation
+stage_b() {  # name, overrides...: Stage B on Stage A run $FROM (default a-default), then generation
   local name=$1; shift
   mkdir -p "$OUT/$name"
-  [ -d "$OUT/$name/stage_a" ] || cp -r "$OUT/a-default/stage_a" "$OUT/$name/stage_a"
+  [ -d "$OUT/$name/stage_a" ] || cp -r "$OUT/${FROM:-a-default}/stage_a" "$OUT/$name/stage_a"
   if [ ! -f "$OUT/$name/stage_b/llink.json" ]; then
     log "Stage B $name"; llink train stage-b run_dir="$OUT/$name" "$@"
   fi
@@ -63,7 +63,8 @@ stage_a a-default
 stage_b pooled model.slot_source=pooled model.literals=false
 stage_b tokens-no-literals model.literals=false
 stage_a a-paper stage_a.teacher_layer=-1 stage_a.teacher_pooling=foreign_emb
-stage_b all-tokens model.slot_source=all_tokens model.num_slots=64
+stage_a a-k64 model.num_slots=64  # K sets the reserved rows Stage A trains
+FROM=a-k64 stage_b all-tokens model.slot_source=all_tokens model.num_slots=64
 stage_b detached-contrast stage_b.contrast=detached
 stage_a a-english stage_a.english_fraction=0.3
 python -m benchmarks.compare_gen "$OUT" --out benchmarks/results/slot_variants.md
