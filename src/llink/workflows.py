@@ -657,10 +657,7 @@ def evaluate_generation(
     write_json_atomic(out, result)
     print(format_gen_table(result))
     if numbers_only:
-        print("numbers kept (every number of the reference in the output), 95% Wilson interval:")
-        for name, f in result["numbers"]["systems"].items():
-            print(f"  {name:<10} {f['hits']}/{len(items)} = {f['fraction']:.3f} "
-                  f"[{f['ci'][0]:.3f}, {f['ci'][1]:.3f}]")
+        print_numeric_fidelity(result["numbers"])
     print(f"written: {out} and {gen_dir}/<system>.jsonl")
     return result
 
@@ -768,6 +765,13 @@ def evaluate_numbers(session: Session, systems: Sequence[str] | None = None) -> 
     res["indices"] = [indices[i] for i in res["indices"]]
     out = run_dir / "eval" / "numbers.json"
     write_json_atomic(out, res)
+    print_numeric_fidelity(res)
+    print(f"written: {out}")
+    return res
+
+
+def print_numeric_fidelity(res: dict[str, Any]) -> None:
+    """Console lines for a :func:`numeric_fidelity` result: per system, overall and per source."""
     print(f"numeric fidelity on {res['n_with_numbers']} of {res['n']} test items whose "
           "reference has numbers (all its numbers in the output), 95% Wilson interval:")
     for name, s in res["systems"].items():
@@ -776,5 +780,3 @@ def evaluate_numbers(session: Session, systems: Sequence[str] | None = None) -> 
         per = ", ".join(f"{g} {r['systems'][name]['hits']}/{r['n_with_numbers']}"
                         for g, r in res["by_source"].items())
         print(f"  {name:<10} {frac} ({s['hits']} hits; {per})")
-    print(f"written: {out}")
-    return res
