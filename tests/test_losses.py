@@ -133,3 +133,22 @@ def test_lexical_loss_is_low_when_a_slot_sits_on_each_answer_word():
     slots = elsewhere.clone().requires_grad_(True)
     lexical_loss(slots, None, rows, torch.zeros(2, 50), 20.0).backward()
     assert slots.grad is not None and float(slots.grad.abs().sum()) == 0.0
+
+
+def test_info_nce_rows_sharing_an_english_are_not_negatives():
+    """One English sentence in two languages: with ``ids`` its two rows are not pushed
+    apart; the loss equals InfoNCE with those off-diagonal logits removed."""
+    torch.manual_seed(0)
+    p, h = torch.randn(4, 6), torch.randn(4, 6)
+    h[1] = h[0]  # rows 0 and 1: the same English
+    ids = torch.tensor([7, 7, 8, 9])
+    tau = 0.1
+    got = info_nce(p, h, tau, ids=ids)
+    logits = F.normalize(p, dim=-1) @ F.normalize(h, dim=-1).T / tau
+    logits[0, 1] = logits[1, 0] = float("-inf")
+    labels = torch.arange(4)
+    want = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    assert torch.allclose(got, want)
+    assert got < info_nce(p, h, tau)  # without ids the duplicate is a negative
+    # unique ids change nothing
+    assert torch.allclose(info_nce(p, h, tau, ids=torch.arange(4)), info_nce(p, h, tau))

@@ -47,3 +47,17 @@ def test_latin_overlap_floor():
 def test_format_table():
     text = format_table({"a": {"R@1": 0.5, "R@5": 1, "R@10": 1, "MRR": 0.75, "mean_rank": 1.5}})
     assert "R@1" in text and "0.500" in text and "1.5" in text
+
+
+def test_grouped_retrieval_ranks_each_query_within_its_own_group():
+    """Two languages with the same English keys: pooled together every query ties with
+    its twin; ranked within its language each finds its own key first."""
+    from llink.eval.retrieval import grouped_retrieval_metrics, retrieval_metrics
+
+    keys = torch.eye(4)
+    q = torch.cat([keys, keys]) + 0.01
+    k = torch.cat([keys, keys])
+    groups = ["km"] * 4 + ["th"] * 4
+    assert grouped_retrieval_metrics(q, k, groups)["R@1"] == 1.0
+    assert retrieval_metrics(q, k)["R@1"] == 0.0  # a tie with the twin: expected rank 1.5
+    assert grouped_retrieval_metrics(q, k, None) == retrieval_metrics(q, k)

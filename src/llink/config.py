@@ -68,6 +68,9 @@ class DataConfig:
     # Source groups (the part of a pair's `source` before ":", e.g. gettext) left out of
     # train and dev: a leave-one-source-out run (`llink eval holdout`); test keeps them.
     exclude_sources: list[str] = field(default_factory=list)
+    # Languages of data.pairs kept out of train and dev entirely (their test split stays):
+    # zero-shot through the multilingual encoder, reported beside the trained languages
+    zero_shot: list[str] = field(default_factory=list)
     # Monolingual English read through the encoder (llink.data.english): builtin:en-wordnet
     # or a .txt(.gz) file, one sentence per line; used where stage_a.english_fraction > 0
     english: str | None = "builtin:en-wordnet"
@@ -184,6 +187,9 @@ class EvalConfig:
     # an out-of-domain pair file the main job also evaluates (retrieval + generation);
     # "auto": the shipped UDHR set of data.lang (src/llink/corpora/eval/udhr-en-LANG.jsonl)
     ood_pairs: str | None = "auto"
+    # the retrieval table's reference rows beyond the encoder's own: decoder-native states
+    # (one decoder pass over every raw test text: the slowest row) and the Latin floor
+    retrieval_baselines: bool = True
     max_new_tokens: int = 48
     batch_size: int = 32  # prompts per generate call
     baseline: bool = False  # also train the direct fine-tuning baseline and generate with it

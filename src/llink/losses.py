@@ -11,14 +11,21 @@ def info_nce(
     h: torch.Tensor,
     tau: float,
     extra_negatives: torch.Tensor | None = None,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE between rows of ``p`` and ``h`` (row i of each is a positive pair).
 
     Both are L2-normalised. ``extra_negatives`` [M, D] join the negatives of the
-    p→h direction only, as in METHOD.md.
+    p→h direction only, as in METHOD.md. ``ids`` [B] names each row's English: rows
+    that share it (one sentence in two languages) are not each other's negatives.
     """
     p, h = F.normalize(p, dim=-1), F.normalize(h, dim=-1)
     logits = p @ h.T / tau
+    if ids is not None:
+        same = ids.unsqueeze(0) == ids.unsqueeze(1)
+        same.fill_diagonal_(False)
+        if same.any():
+            logits = logits.masked_fill(same, float("-inf"))
     labels = torch.arange(p.shape[0], device=p.device)
     logits_ph = logits
     if extra_negatives is not None and extra_negatives.numel():

@@ -29,6 +29,7 @@ from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
 from llink.eval.generation import (
     GenItem,
     format_gen_table,
+    format_group_chrf,
     generate_outputs,
     read_outputs,
     score_by_group,
@@ -217,25 +218,70 @@ def evaluate_retrieval(
     stage_a_dir = Path(stage_a_dir or Path(cfg.run_dir) / "stage_a")
     art = load_stage_a(stage_a_dir, expect=session.model_meta())
     pairs = evaluation_pairs(session, pairs_file)
-    ranks = pool_ranks(session, art, pairs, baselines)
+    langs = [p.lang for p in pairs]
+    several = len(set(langs)) > 1
+    ranks = language_pool_ranks(session, art, pairs, baselines) if several \
+        else pool_ranks(session, art, pairs, baselines)
+    pool = "each language's pairs" if several else "all"
     groups = [source_group(p.source) for p in pairs]
     rows = {name: metrics_from_ranks(r) for name, r in ranks.items()}
-    per_row = {name: metrics_by_group(r, groups) for name, r in ranks.items()}
-    by_source = {g: {name: per_row[name][g] for name in ranks} for g in per_row[next(iter(ranks))]}
+    record: dict[str, Any] = {"pool_size": len(pairs), "pool": pairs_file or "test split",
+                              "ranked_among": pool, "rows": rows}
+    for key, labels in (("by_source", groups), ("by_lang", langs if several else None)):
+        if labels is None:
+            continue
+        per_row = {name: metrics_by_group(r, labels) for name, r in ranks.items()}
+        record[key] = {g: {name: per_row[name][g] for name in ranks}
+                       for g in per_row[next(iter(ranks))]}
     tag = "-" + Path(pairs_file).name.split(".")[0] if pairs_file else ""
     out = Path(cfg.run_dir) / "eval" / f"retrieval{tag}.json"
     if dist.is_main():
-        write_json_atomic(out, {
-            "pool_size": len(pairs), "pool": pairs_file or "test split", "rows": rows,
-            "by_source": by_source, "stage_a": str(stage_a_dir),
-            "stage_a_digest": folder_digest(stage_a_dir)})
-        print(format_table(rows, title=f"Retrieval on {len(pairs)} held-out pairs (pool = all)"))
-        if len(by_source) > 1 and not pairs_file:
-            print(format_group_table(by_source, "R@1", title="R@1 per source (queries of the "
-                                     "source, ranked against the whole pool)"))
+        zero = set(cfg.data.zero_shot)
+        if several:
+            record["zero_shot"] = sorted(zero & set(langs))
+        write_json_atomic(out, {**record, "stage_a": str(stage_a_dir),
+                                "stage_a_digest": folder_digest(stage_a_dir)})
+        print(format_table(rows, title=f"Retrieval on {len(pairs)} held-out pairs "
+                                       f"(pool = {pool})"))
+        if len(record["by_source"]) > 1 and not pairs_file:
+            print(format_group_table(record["by_source"], "R@1", title="R@1 per source "
+                                     f"(queries of the source, ranked among {pool})"))
+        if several:
+            print(format_language_table(record["by_lang"], zero))
         print(f"written: {out}")
     dist.barrier()
     return rows
+
+
+def language_pool_ranks(
+    session: Session, art: StageAArtifact, pairs: list[Pair], baselines: bool = True
+) -> dict[str, torch.Tensor]:
+    """:func:`pool_ranks` with each query ranked among the pairs of its own language (one
+    English sentence is in several languages' pools), in the order of ``pairs``."""
+    out: dict[str, torch.Tensor] = {}
+    for lang in dict.fromkeys(p.lang for p in pairs):
+        rows = [i for i, p in enumerate(pairs) if p.lang == lang]
+        for name, r in pool_ranks(session, art, [pairs[i] for i in rows], baselines).items():
+            out.setdefault(name, torch.empty(len(pairs)))[torch.tensor(rows)] = r.float()
+    return out
+
+
+def format_language_table(by_lang: dict[str, dict[str, dict[str, float]]],
+                          zero_shot: set[str]) -> str:
+    """Per-language R@1: the projector beside the encoder's own on the same pool."""
+    ours = next(k for k in next(iter(by_lang.values())) if k.startswith("LLINK"))
+    enc = "encoder cross-lingual (reference)"
+    native = next((k for k in next(iter(by_lang.values())) if k.startswith("decoder-native")),
+                  None)
+    head = f"{'language':<10} {'pool':>5} {'LLINK R@1':>10} {'encoder':>8} {'diff':>7}"
+    lines = ["R@1 per language (each language's test pairs ranked among themselves)",
+             head + (f" {'dec-native':>10}" if native else "")]
+    for lang, r in sorted(by_lang.items(), key=lambda kv: (kv[0] in zero_shot, kv[0])):
+        name = f"{lang} (0-shot)" if lang in zero_shot else lang
+        a, e = r[ours]["R@1"], r[enc]["R@1"]
+        line = f"{name:<10} {r[ours]['n']:>5} {a:>10.3f} {e:>8.3f} {a - e:>+7.3f}"
+        lines.append(line + (f" {r[native]['R@1']:>10.3f}" if native else ""))
+    return "\n".join(lines)
 
 
 def evaluate_holdout(
@@ -307,7 +353,7 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     dist.on_main(write_json_atomic, Path(cfg.run_dir) / "data.json",
                  {"splits": prepared["splits"]})
     run_stage_a(session, resume=resume)
-    rows = evaluate_retrieval(session)
+    rows = evaluate_retrieval(session, baselines=cfg.eval.retrieval_baselines)
     ood = ood_pairs_file(cfg)
     if ood:
         evaluate_retrieval(session, pairs_file=ood, baselines=False)
@@ -384,7 +430,8 @@ def _stage_b_data(
     base = tokenize_examples(model, items, b.max_answer_tokens, raw_foreign=True) if with_base \
         else None
     return EncodedExamples(examples, enc, model.targets(teacher), base,
-                           groups=[source_group(it.source) for it in items], tokens=tokens)
+                           groups=[source_group(it.source) for it in items], tokens=tokens,
+                           langs=[it.lang for it in items])
 
 
 def stage_b_items(session: Session, split: str) -> list[TaskExample]:
@@ -501,7 +548,10 @@ def evaluate_nll_on_test(
         print(f"test NLL/token on {len(items)} pairs: injected {m['nll_injected']:.3f} | ablated "
               f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
               f"{m['nll_base_raw']:.3f}  ({out})")
-        for g, r in m["by_source"].items():
+        zero = set(cfg.data.zero_shot)
+        for g, r in [*m["by_source"].items(),
+                     *((f"{x} (zero-shot)" if x in zero else x, r)
+                       for x, r in m.get("by_lang", {}).items())]:
             print(f"  {g:<18} {r['examples']:>4} pairs: injected {r['nll_injected']:.3f} | "
                   f"ablated {r['nll_ablated']:.3f} | gap {r['usage_gap']:.3f} | base "
                   f"{r['nll_base_raw']:.3f}")
@@ -545,7 +595,7 @@ def test_items(session: Session, n: int | None = None) -> list[TaskExample]:
 
 def gen_items(session: Session, n: int | None = None) -> list[GenItem]:
     """The held-out test items of the generation evaluations (see :func:`test_items`)."""
-    return [GenItem(i, it.foreign, it.answer, source_group(it.source))
+    return [GenItem(i, it.foreign, it.answer, source_group(it.source), it.lang)
             for i, it in enumerate(test_items(session, n))]
 
 
@@ -593,7 +643,8 @@ def evaluate_generation(
     baseline_dir = Path(baseline_dir or run_dir / "baseline")
     if pairs_file:
         pairs = evaluation_pairs(session, pairs_file)[: n or None]
-        items = [GenItem(i, p.foreign, p.en, source_group(p.source)) for i, p in enumerate(pairs)]
+        items = [GenItem(i, p.foreign, p.en, source_group(p.source), p.lang)
+                 for i, p in enumerate(pairs)]
         tag = "-" + Path(pairs_file).name.split(".")[0]
         described = f"all {len(items)} pairs of {pairs_file}"
     elif numbers_only:
@@ -642,6 +693,8 @@ def evaluate_generation(
     refs = [it.reference for it in items]
     scores = score_systems(outputs, refs)
     by_source = score_by_group(outputs, refs, [it.group for it in items])
+    langs = [it.lang for it in items]
+    by_lang = score_by_group(outputs, refs, langs) if len(set(langs)) > 1 else None
     result = {
         "n": len(items),
         "settings": {"split": pairs_file or "test", "items": described,
@@ -650,12 +703,16 @@ def evaluate_generation(
                      **scores.pop("scoring")},
         **scores,
         "by_source": by_source,
+        **({"by_lang": by_lang} if by_lang else {}),
     }
     if numbers_only:
         result["numbers"] = numeric_fidelity(refs, outputs, [it.group for it in items])
     out = run_dir / "eval" / f"gen{tag}.json"
     write_json_atomic(out, result)
     print(format_gen_table(result))
+    if by_lang:
+        zero = {x: " (0-shot)" for x in cfg.data.zero_shot}
+        print(format_group_chrf(by_lang, "chrF per language (95% bootstrap CI)", zero))
     if numbers_only:
         print_numeric_fidelity(result["numbers"])
     print(f"written: {out} and {gen_dir}/<system>.jsonl")
@@ -746,14 +803,25 @@ def evaluate_tokens(session: Session, n: int | None = None) -> dict[str, Any]:
     cfg = session.cfg
     items = gen_items(session, n)
     tok = AutoTokenizer.from_pretrained(resolve_model(cfg.model.decoder, cfg.model.cache_dir))
-    res = {**token_budget(tok, [it.source for it in items], [it.reference for it in items],
-                          cfg.model.num_slots), "decoder": cfg.model.decoder}
+    def budget(sub: list[GenItem]) -> dict[str, Any]:
+        return token_budget(tok, [it.source for it in sub], [it.reference for it in sub],
+                            cfg.model.num_slots)
+
+    res = {**budget(items), "decoder": cfg.model.decoder}
+    langs = list(dict.fromkeys(it.lang for it in items))
+    if len(langs) > 1:  # tokenizer inflation differs by script
+        res["by_lang"] = {lang: budget([it for it in items if it.lang == lang])
+                          for lang in sorted(langs)}
     out = Path(cfg.run_dir) / "eval" / "tokens.json"
     write_json_atomic(out, res)
     f, e, r = res["foreign"], res["english"], res["ratio_foreign_to_slots"]
     print(f"tokens on {res['n']} test items ({cfg.model.decoder}): foreign median {f['median']:.0f}"
           f" / p90 {f['p90']:.0f}, English {e['median']:.0f} / {e['p90']:.0f}, slots "
           f"{res['slots']}; foreign / slots median {r['median']:.1f}x, p90 {r['p90']:.1f}x ({out})")
+    for lang, b in res.get("by_lang", {}).items():
+        print(f"  {lang:<4} {b['n']:>4} items: foreign median {b['foreign']['median']:.0f} "
+              f"tokens, English {b['english']['median']:.0f}, foreign / slots "
+              f"{b['ratio_foreign_to_slots']['median']:.1f}x")
     return res
 
 

@@ -205,12 +205,22 @@ def load_splits(cfg: DataConfig) -> Splits:
     chosen: dict[str, list[Pair]] = {}
     filtered: dict[str, dict[str, int]] = {}
     langs = list(dict.fromkeys(p.lang for p in pairs))  # in order of first appearance
+    unknown = sorted(set(cfg.zero_shot) - set(langs))
+    if unknown:
+        raise ValueError(f"data.zero_shot names language(s) {unknown} that data.pairs does not "
+                         f"hold; its languages: {', '.join(langs)}")
+    if cfg.zero_shot and not set(langs) - set(cfg.zero_shot):
+        raise ValueError("data.zero_shot leaves no language to train on")
     for s in SPLITS:
         pool = raw[s]
         excluded = 0
         if cfg.exclude_sources and s != "test":
             pool = [p for p in pool if source_group(p.source) not in cfg.exclude_sources]
             excluded = len(raw[s]) - len(pool)
+        zero_shot = 0
+        if cfg.zero_shot and s != "test":
+            kept_pool = [p for p in pool if p.lang not in cfg.zero_shot]
+            zero_shot, pool = len(pool) - len(kept_pool), kept_pool
         if len(langs) == 1:
             chosen[s], filtered[s] = _select(pool, cfg.sentence_like_only, limits[s],
                                              cfg.split_salt)
@@ -225,4 +235,6 @@ def load_splits(cfg: DataConfig) -> Splits:
             filtered[s] = dict(dropped)
         if excluded:
             filtered[s] = {"excluded_source": excluded, **filtered[s]}
+        if zero_shot:
+            filtered[s] = {"zero_shot_language": zero_shot, **filtered[s]}
     return Splits(chosen["train"], chosen["dev"], chosen["test"], report, filtered)

@@ -35,6 +35,7 @@ class GenItem:
     source: str
     reference: str
     group: str = ""
+    lang: str = ""  # the language of the source text
 
 
 def read_outputs(path: str | Path) -> dict[int, dict[str, Any]]:
@@ -86,7 +87,7 @@ def generate_outputs(
                 outs = generate([it.source for it in chunk])
                 for it, out in zip(chunk, outs, strict=True):
                     rec = {"index": it.index, "source": it.source, "reference": it.reference,
-                           "group": it.group, "output": out}
+                           "group": it.group, "lang": it.lang, "output": out}
                     done[it.index] = rec
                     fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 fh.flush()
@@ -175,6 +176,19 @@ def score_by_group(
         res.pop("scoring")
         out[g] = {"n": len(idx), **res}
     return out
+
+
+def format_group_chrf(by_group: dict[str, Any], title: str,
+                      marks: dict[str, str] | None = None) -> str:
+    """chrF with its 95% interval per group (e.g. per language) and system."""
+    systems = list(next(iter(by_group.values()))["systems"])
+    lines = [title, f"{'group':<14} {'n':>4} " + " ".join(f"{s:>22}" for s in systems)]
+    for g, r in by_group.items():
+        cells = [f"{r['systems'][s]['chrf']:6.2f} {_ci(r['systems'][s]['chrf_ci']):>15}"
+                 for s in systems]
+        name = f"{g}{(marks or {}).get(g, '')}"
+        lines.append(f"{name:<14} {r['n']:>4} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
 
 
 def _metric_key(name: str) -> str:

@@ -55,6 +55,21 @@ def retrieval_metrics(queries: torch.Tensor, keys: torch.Tensor) -> dict[str, fl
     return metrics_from_ranks(retrieval_ranks(queries, keys))
 
 
+def grouped_retrieval_metrics(
+    queries: torch.Tensor, keys: torch.Tensor, groups: Sequence[str] | None = None
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` with each query ranked among the keys of its own group
+    (e.g. its language: one English sentence is in several languages' pools); one group
+    or ``groups=None``: the whole pool."""
+    if not groups or len(set(groups)) < 2:
+        return retrieval_metrics(queries, keys)
+    ranks = torch.empty(queries.shape[0])
+    for g in dict.fromkeys(groups):
+        rows = torch.tensor([i for i, x in enumerate(groups) if x == g])
+        ranks[rows] = retrieval_ranks(queries[rows], keys[rows])
+    return metrics_from_ranks(ranks)
+
+
 def metrics_by_group(ranks: torch.Tensor, groups: Sequence[str]) -> dict[str, dict[str, float]]:
     """Metrics of the queries of each group (ranked in the whole pool), largest group first."""
     idx: dict[str, list[int]] = {}

@@ -26,8 +26,8 @@ from llink.artifacts import StageAArtifact, save_stage_a
 from llink.bridge import Projector
 from llink.config import Config
 from llink.data.english import read_english
-from llink.data.splits import Splits
-from llink.eval.retrieval import retrieval_metrics
+from llink.data.splits import Splits, english_key
+from llink.eval.retrieval import grouped_retrieval_metrics
 from llink.features import encoder_vectors, features_root, teacher_vectors
 from llink.losses import NegativeQueue, direction_mse, info_nce, linear_tau, log_norm_penalty
 from llink.models.decoder import FrozenDecoder
@@ -66,6 +66,18 @@ class StageAFeatures:
     dev_h: torch.Tensor
     english_x: torch.Tensor | None = None  # English sentences read through the encoder
     english_h: torch.Tensor | None = None  # and their teacher states
+    # the normalised English of each training row (then of each English sentence): rows
+    # that share it are one sentence in several languages, never each other's negatives
+    train_keys: list[str] | None = None
+    dev_langs: list[str] | None = None  # several languages: dev retrieval per language pool
+
+    def english_ids(self) -> torch.Tensor | None:
+        """An id per training row (foreign pairs, then English sentences), equal for rows
+        with the same normalised English; None without ``train_keys``."""
+        if self.train_keys is None:
+            return None
+        index: dict[str, int] = {}
+        return torch.tensor([index.setdefault(k, len(index)) for k in self.train_keys])
 
 
 def compute_features(
@@ -94,7 +106,9 @@ def compute_features(
                            a.teacher_batch_size, progress, a.teacher_layer, a.teacher_pooling)
         for s in ("train", "dev")
     }
-    feats = StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"])
+    feats = StageAFeatures(enc["train"], tgt["train"], enc["dev"], tgt["dev"],
+                           train_keys=[english_key(p.en) for p in splits.train],
+                           dev_langs=[p.lang for p in splits.dev])
     if a.english_fraction > 0:
         english = read_english(cfg.data, [*splits.dev, *splits.test])
         if not english:
@@ -104,6 +118,7 @@ def compute_features(
                                           progress, desc="encoder (English)")
         feats.english_h = teacher_vectors(decoder, english, root, a.teacher_batch_size,
                                           progress, a.teacher_layer, a.teacher_pooling)
+        feats.train_keys = [*feats.train_keys, *(english_key(t) for t in english)]
     return feats
 
 
@@ -143,6 +158,11 @@ def train_stage_a(
     train_x, train_h = train_x.to(device), targets(all_h).to(device)
     dev_x, dev_h = feats.dev_x.to(device), targets(feats.dev_h)
     n = feats.train_x.shape[0]
+    ids = feats.english_ids()
+    if ids is None or ids.shape[0] != n + n_en:
+        ids = torch.arange(n + n_en)
+    shared_english = int(ids.unique().numel()) < ids.numel()
+    ids = ids.to(device)
     groups = language_groups(langs, cfg.data.lang_alpha)
     n_english_rows = round(a.english_fraction * a.batch_size) if n_en else 0
     if n < 2:
@@ -190,7 +210,7 @@ def train_stage_a(
     def evaluate(step: int) -> dict[str, float]:
         projector.eval()
         with torch.no_grad():
-            m = retrieval_metrics(projector(dev_x).cpu(), dev_h)
+            m = grouped_retrieval_metrics(projector(dev_x).cpu(), dev_h, feats.dev_langs)
         projector.train()
         return m
 
@@ -223,8 +243,9 @@ def train_stage_a(
                 # this rank projects its slice; the loss sees the whole global batch
                 p = dist.gather_with_grad(projector(train_x[dist.local_slice(idx)]))
                 h = train_h[idx]
-                negs = queue.hard_negatives(p, a.queue_topk, exclude_ids=idx) if queue else None
-                nce = info_nce(p, h, tau, negs)
+                negs = queue.hard_negatives(p, a.queue_topk, exclude_ids=ids[idx]) \
+                    if queue else None
+                nce = info_nce(p, h, tau, negs, ids[idx] if shared_english else None)
                 loss = (
                     nce
                     + a.mse_weight * direction_mse(p, h)
@@ -232,7 +253,7 @@ def train_stage_a(
                 )
             runner.backward(loss / a.grad_accum)
             if queue is not None:
-                queue.push(h, idx)
+                queue.push(h, ids[idx])
             total["loss"] += float(loss.detach()) / a.grad_accum
             total["nce"] += float(nce.detach()) / a.grad_accum
         grad_norm = runner.step(opt, params, a.grad_clip)

@@ -66,6 +66,7 @@ class EncodedExamples:
     teacher: torch.Tensor  # teacher states of the English references, in the Stage A target space
     base: list[Example] | None = None  # same answers, raw foreign text in the prompt
     groups: list[str] | None = None  # source group of each example, for per-source reports
+    langs: list[str] | None = None  # language of each example, for per-language reports
     tokens: list[torch.Tensor] | None = None  # encoder token states (slot_source=tokens)
 
     def token_rows(self, rows: Any) -> list[torch.Tensor] | None:
@@ -129,7 +130,8 @@ def evaluate_nll(
 ) -> dict[str, Any]:
     """Answer NLL per token with slots, with slots ablated, their gap (and the base decoder).
 
-    With ``data.groups`` the same figures are also given per group under ``by_source``.
+    With ``data.groups`` the same figures are also given per group under ``by_source``,
+    and with ``data.langs`` naming several languages per language under ``by_lang``.
     Under N processes the batches are dealt out round-robin and the sums added up
     over ranks; every rank runs the same number of passes (collectives stay aligned).
     """
@@ -137,14 +139,20 @@ def evaluate_nll(
     model.eval()
     pad = int(model.tokenizer.pad_token_id)
     use_base = with_base and data.base is not None
-    groups = data.groups or ["all"] * len(data.examples)
+    n_rows = len(data.examples)
+    by_lang = data.langs is not None and len(set(data.langs)) > 1
+    # the report groups of each row: "" (all), "s:<source group>/", "l:<language>/"
+    tags = [["", f"s:{g}/"] for g in (data.groups or ["all"] * n_rows)]
+    if by_lang:
+        for t, lang in zip(tags, data.langs, strict=True):
+            t.append(f"l:{lang}/")
     keys = ["injected", "ablated", "tokens", "examples"] + (["base_raw"] if use_base else [])
     # every rank holds every key (collectives need the same keys), zero where it saw none
-    sums = {f"{g}{k}": 0.0 for g in ["", *(f"{x}/" for x in set(groups))] for k in keys}
+    sums = {f"{g}{k}": 0.0 for g in {t for ts in tags for t in ts} for k in keys}
 
     def add(key: str, rows: range, values: torch.Tensor) -> None:
         for r, v in zip(rows, values.tolist(), strict=True):
-            for g in ("", f"{groups[r]}/"):
+            for g in tags[r]:
                 sums[g + key] += v
 
     starts = list(range(0, len(data.examples), batch_size))
@@ -185,11 +193,16 @@ def evaluate_nll(
         out["examples"] = int(sums[g + "examples"])
         return out
 
+    def per(kind: str) -> dict[str, dict[str, float]]:
+        names = sorted({k[2:].split("/", 1)[0] for k in sums if k.startswith(kind)},
+                       key=lambda g: (-sums[f"{kind}{g}/examples"], g))
+        return {g: figures(f"{kind}{g}/") for g in names}
+
     result: dict[str, Any] = figures("")
     if data.groups:
-        names = sorted({k.split("/", 1)[0] for k in sums if "/" in k},
-                       key=lambda g: -sums[f"{g}/examples"])
-        result["by_source"] = {g: figures(f"{g}/") for g in names}
+        result["by_source"] = per("s:")
+    if by_lang:
+        result["by_lang"] = per("l:")
     return result
 
 
