@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from llink.artifacts import load_llink
 from llink.checkpoints import CheckpointError, load_json
 from llink.workflows import Session, run_stage_a, run_stage_b
 
+from .conftest import KHMER_ENGLISH
 from .reference import greedy_reference
 from .test_stage_a import _cfg, make_pair_file, pair_file  # noqa: F401  (fixture re-export)
 
@@ -424,3 +426,20 @@ def test_synthetic_rows_from_dev_or_test_are_refused(trained, tmp_path, capsys):
     assert "refused 2 of 3 synthetic rows" in capsys.readouterr().out
     assert [x.foreign for x in items[-1:]] == ["ថ្មី " + train_pair.foreign]
     assert all(x.en != test_pair.en and x.foreign != test_pair.foreign for x in items)
+
+
+def test_nll_on_a_pair_file_uses_its_pairs_and_writes_its_own_file(trained, tmp_path):
+    """`llink eval nll --pairs FILE`: the NLL gap on an out-of-domain set, beside the test
+    split's (its own output file; foreign texts outside 12-256 characters are left out)."""
+    from llink.data.pairs import Pair, write_pairs
+    from llink.workflows import evaluate_nll_on_test
+
+    cfg, session, _, _ = trained
+    pairs = [Pair(en, km) for en, km in KHMER_ENGLISH[:5]] + [Pair("Too short.", "ខ្លី")]
+    path = tmp_path / "ood-set.jsonl"
+    write_pairs(path, pairs)
+    m = evaluate_nll_on_test(session, pairs_file=str(path), limit=None)
+    kept = sum(12 <= len(p.foreign) <= 256 for p in pairs)
+    assert m["examples"] == kept < len(pairs)
+    saved = json.loads((Path(cfg.run_dir) / "eval" / "nll-ood-set.json").read_text())
+    assert saved["examples"] == kept and str(path) in saved["items"]

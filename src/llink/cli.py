@@ -221,7 +221,7 @@ def cmd_eval_nll(args: argparse.Namespace) -> None:
 
     session = _session(args)
     limit = args.limit if args.limit is not None else session.cfg.eval.nll_n
-    evaluate_nll_on_test(session, model_dir=args.model, limit=limit)
+    evaluate_nll_on_test(session, model_dir=args.model, limit=limit, pairs_file=args.pairs)
 
 
 def cmd_data_tasks(args: argparse.Namespace) -> None:
@@ -568,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int,
                    help="test pairs to use, a hash sample spread over the split "
                    "(default: eval.nll_n, 256)")
+    p.add_argument("--pairs", metavar="FILE",
+                   help="use the pairs of this file instead of the test split (e.g. the "
+                   "out-of-domain UDHR set) -> RUN_DIR/eval/nll-<name>.json")
     p = add(ev_sub, "gen", cmd_eval_gen,
             "generate on the test split per system, chrF/BLEU with bootstrap CIs and paired "
             "tests -> RUN_DIR/eval/gen.json (resumable)")

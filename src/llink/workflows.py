@@ -273,13 +273,13 @@ def format_language_table(by_lang: dict[str, dict[str, dict[str, float]]],
     enc = "encoder cross-lingual (reference)"
     native = next((k for k in next(iter(by_lang.values())) if k.startswith("decoder-native")),
                   None)
-    head = f"{'language':<10} {'pool':>5} {'LLINK R@1':>10} {'encoder':>8} {'diff':>7}"
+    head = f"{'language':<12} {'pool':>5} {'LLINK R@1':>10} {'encoder':>8} {'diff':>7}"
     lines = ["R@1 per language (each language's test pairs ranked among themselves)",
              head + (f" {'dec-native':>10}" if native else "")]
     for lang, r in sorted(by_lang.items(), key=lambda kv: (kv[0] in zero_shot, kv[0])):
         name = f"{lang} (0-shot)" if lang in zero_shot else lang
         a, e = r[ours]["R@1"], r[enc]["R@1"]
-        line = f"{name:<10} {r[ours]['n']:>5} {a:>10.3f} {e:>8.3f} {a - e:>+7.3f}"
+        line = f"{name:<12} {r[ours]['n']:>5} {a:>10.3f} {e:>8.3f} {a - e:>+7.3f}"
         lines.append(line + (f" {r[native]['R@1']:>10.3f}" if native else ""))
     return "\n".join(lines)
 
@@ -530,22 +530,37 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
 
 
 def evaluate_nll_on_test(
-    session: Session, model_dir: str | Path | None = None, limit: int | None = 200
+    session: Session, model_dir: str | Path | None = None, limit: int | None = 200,
+    pairs_file: str | None = None,
 ) -> dict[str, float]:
-    """Answer NLL per token on held-out test pairs: injected, ablated, base decoder on raw text."""
+    """Answer NLL per token on held-out test pairs (or the first ``limit`` pairs of
+    ``pairs_file``): injected, ablated, base decoder on raw text."""
     cfg = session.cfg
     model_dir = Path(model_dir or Path(cfg.run_dir) / "stage_b")
     model = load_llink(model_dir, cache_dir=cfg.model.cache_dir, device=session.device,
                        encoder=session.encoder)
-    items = test_items(session, limit)
+    if pairs_file:
+        items, dropped = translation_examples(evaluation_pairs(session, pairs_file))
+        if dropped:
+            print(f"{pairs_file}: {sum(dropped.values())} pair(s) outside the foreign-length "
+                  f"limits left out ({dict(dropped)})")
+        items = items[:limit] if limit else items
+        described, tag = f"{len(items)} pairs of {pairs_file}", \
+            "-" + Path(pairs_file).name.split(".")[0]
+    else:
+        items, tag = test_items(session, limit), ""
+        described = f"{len(items)} test pairs, a deterministic sample spread over the split"
+    if not items:
+        raise EvalError(f"no pairs to evaluate ({pairs_file or 'test split'})")
     data = _stage_b_data(session, model, items, with_base=True)
     m = evaluate_nll(model, data, cfg.stage_b.micro_batch, with_base=True)
-    out = Path(cfg.run_dir) / "eval" / "nll.json"
+    out = Path(cfg.run_dir) / "eval" / f"nll{tag}.json"
     dist.on_main(write_json_atomic, out, {
         "model": str(model_dir), "model_digest": folder_digest(model_dir),
-        "items": f"{len(items)} test pairs, a deterministic sample spread over the split", **m})
+        "items": described, **m})
     if dist.is_main():
-        print(f"test NLL/token on {len(items)} pairs: injected {m['nll_injected']:.3f} | ablated "
+        where = f"{len(items)} pairs of {pairs_file}" if pairs_file else f"{len(items)} pairs"
+        print(f"{'' if pairs_file else 'test '}NLL/token on {where}: injected {m['nll_injected']:.3f} | ablated "
               f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
               f"{m['nll_base_raw']:.3f}  ({out})")
         zero = set(cfg.data.zero_shot)
