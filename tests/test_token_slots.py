@@ -141,3 +141,51 @@ def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_
     model.train()
     lexical_warmup(model, cfg.stage_b, data, content, vocab, seed=0, log=None, progress=False)
     assert loss() < 0.9 * before
+
+
+@pytest.mark.parametrize("lexical", [0, 3])
+def test_stage_b_reads_token_states_only_for_the_rows_its_batches_draw(
+        tmp_path, tiny_encoder_dir, tiny_decoder_dir, monkeypatch, lexical):
+    """With K slots for every text, Stage B computes encoder token states for the rows
+    its steps (and lexical warm-up) will draw, not for every training example; every row
+    a batch asks for is one of them, and another row raises instead of reading nothing."""
+    import llink.train.stage_b as sb
+    import llink.workflows as wf
+
+    cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, make_pair_file(tmp_path),
+                 **{"model.slot_source": "tokens", "model.num_slots": 4, "model.token_layer": 1,
+                    "model.resampler_layers": 1, "stage_b.steps": 2, "stage_b.micro_batch": 2,
+                    "stage_b.bridge_warmup_steps": 1, "stage_b.eval_every": 2,
+                    "stage_b.lexical_steps": lexical, "stage_b.lexical_batch": 2,
+                    "stage_b.lexical_weight": 0.1 if lexical else 0.0})
+    session = Session(cfg, progress=False)
+    run_stage_a(session)
+    asked, seen = [], {}
+    real_rows, real_lex, real_train = sb.train_rows, sb.lexical_rows, wf.train_stage_b
+
+    def spy_rows(*a, **k):
+        idx = real_rows(*a, **k)
+        asked.extend(idx.tolist())
+        return idx
+
+    def spy_lex(*a, **k):
+        idx = real_lex(*a, **k)
+        asked.extend(idx.tolist())
+        return idx
+
+    def spy_train(cfg, model, train, dev, meta, **kw):
+        seen["train"] = train
+        return real_train(cfg, model, train, dev, meta, **kw)
+
+    monkeypatch.setattr(sb, "train_rows", spy_rows)
+    monkeypatch.setattr(sb, "lexical_rows", spy_lex)
+    monkeypatch.setattr(wf, "train_stage_b", spy_train)
+    run_stage_b(session)
+    train = seen["train"]
+    computed = {i for i, t in enumerate(train.tokens) if t is not None}
+    assert asked and set(asked) <= computed
+    assert computed == sb.rows_drawn(cfg, [""] * len(train.examples))
+    assert len(computed) < len(train.examples)
+    missing = next(i for i in range(len(train.examples)) if i not in computed)
+    with pytest.raises(RuntimeError, match="rows training draws"):
+        train.token_rows(torch.tensor([missing]))
