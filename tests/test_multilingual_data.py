@@ -203,3 +203,18 @@ def test_harvest_with_a_size_cap_writes_it_in_the_provenance(tmp_path, trees):  
     text = out.with_name("en-km.PROVENANCE.md").read_text()
     assert f"Size cap: {size - 100:,} bytes" in text and "--max-bytes" in text
     assert f"{counts['dropped_for_size']:,} cleaned pairs did not fit" in text
+
+
+def test_dev_and_test_take_the_languages_in_turn():
+    """A language whose capped pool came from a large split has low English hashes and
+    would crowd the front of a plain hash order; dev and test interleave the languages,
+    each in its own hash order, so the first N items hold them about equally."""
+    from llink.data.pairs import Pair
+    from llink.data.splits import interleave_languages
+
+    pairs = [Pair(f"km {i}", "x", "km") for i in range(6)] + \
+        [Pair(f"th {i}", "y", "th") for i in range(2)]
+    out = interleave_languages(pairs)
+    assert [p.lang for p in out] == ["km", "th", "km", "th", "km", "km", "km", "km"]
+    assert [p.en for p in out if p.lang == "km"] == [f"km {i}" for i in range(6)]
+    assert sorted(map(id, out)) == sorted(map(id, pairs))

@@ -167,6 +167,18 @@ def sample_order(pairs: list[Pair], salt: str) -> list[Pair]:
     return sorted(pairs, key=lambda p: unit_hash(p.en, salt + "/order"))
 
 
+def interleave_languages(pairs: list[Pair]) -> list[Pair]:
+    """Round-robin over the languages (sorted), each in its own order: the first N pairs
+    hold every language about equally, whatever the size of its pool. (In plain hash
+    order a language whose capped pool came from a large split crowds the front.)"""
+    by_lang: dict[str, list[Pair]] = {}
+    for p in pairs:
+        by_lang.setdefault(p.lang, []).append(p)
+    queues = [by_lang[k] for k in sorted(by_lang)]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues
+            if i < len(q)]
+
+
 def _select(
     pairs: list[Pair], sentence_like_only: bool, limit: int | None, salt: str
 ) -> tuple[list[Pair], dict[str, int]]:
@@ -195,7 +207,8 @@ def load_splits(cfg: DataConfig) -> Splits:
     """Read the configured pair file(s) and return their train/dev/test splits.
 
     Each language is selected on its own (de-duplication, filter, caps); with several
-    languages a split lists them merged in the order of the English hash.
+    languages the training split lists them merged in the order of the English hash,
+    dev and test take the languages in turn (:func:`interleave_languages`).
     """
     pairs, report = read_corpora(corpus_specs(cfg.pairs), cfg.max_chars)
     if not pairs:
@@ -232,6 +245,8 @@ def load_splits(cfg: DataConfig) -> Splits:
                 chosen[s] += kept
                 dropped.update(why)
             chosen[s] = sample_order(chosen[s], cfg.split_salt)  # stable: ties keep lang order
+            if s != "train":  # the first N of dev/test hold every language about equally
+                chosen[s] = interleave_languages(chosen[s])
             filtered[s] = dict(dropped)
         if excluded:
             filtered[s] = {"excluded_source": excluded, **filtered[s]}
