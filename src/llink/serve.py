@@ -1011,7 +1011,7 @@ def create_app(server: LLINKServer) -> FastAPI:
     settings, backend, batcher = server.settings, server.backend, server.batcher
     app = FastAPI(title="llink serve", summary="OpenAI-compatible chat completions (LLINK)",
                   max_body_size=settings.max_body_bytes)
-    def authorize(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+    async def authorize(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
                   ) -> None:
         key = settings.api_key
         if key is None:
@@ -1025,7 +1025,7 @@ def create_app(server: LLINKServer) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    def json_request(request: Request) -> None:
+    async def json_request(request: Request) -> None:
         """Only ``Content-Type: application/json``: a web page cannot send that to another
         origin without a CORS preflight, which this server never grants (no CSRF)."""
         raw = request.headers.get("content-type")
@@ -1073,13 +1073,13 @@ def create_app(server: LLINKServer) -> FastAPI:
             500, "internal server error (see the server log)", "internal_error", "server_error"))
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "kind": backend.kind, "model": backend.name,
                 **backend.describe(), "pending": batcher.pending,
                 "generate_calls": batcher.generate_calls, "completed": batcher.completed}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
-    def models() -> dict[str, Any]:
+    async def models() -> dict[str, Any]:
         card = {"id": backend.name, "object": "model", "created": server.created,
                 "owned_by": "llink", "kind": backend.kind}
         return {"object": "list", "data": [card]}
