@@ -4,7 +4,8 @@ It serves a trained LLINK folder or a plain Hugging Face causal LM (a baseline).
 Endpoints: ``GET /health``, ``GET /v1/models`` and ``POST /v1/chat/completions``
 (OpenAPI page at ``/docs``). FastAPI parses and validates the requests (pydantic models
 below), limits body sizes and answers errors in OpenAI's ``{"error": {...}}`` shape;
-uvicorn speaks HTTP. Our code is the batcher and the two backends.
+uvicorn speaks HTTP. Our own code is the LLINK request rules, the batcher and the two
+backends.
 
 A LLINK request names its foreign text either as a ``<foreign>…</foreign>`` span in the
 last user message (any other text of that message becomes a free-form question, task
@@ -25,7 +26,7 @@ Decoding: greedy unless ``temperature`` > 0; then generate samples at that tempe
 and ``top_p`` (top-k off). Sampled requests batch with those of the same temperature and
 top_p; a request with a ``seed`` runs in a generate call of its own under
 ``torch.manual_seed(seed)`` (RNG state restored afterwards), so its answer depends only
-on its prompt and seed, never on what else was queued. ``seed`` without sampling changes
+on the request itself, never on what else was queued. ``seed`` without sampling changes
 nothing (greedy decoding draws no random numbers). Other OpenAI parameters are ignored;
 ``n`` > 1 is refused.
 
@@ -1011,8 +1012,10 @@ def create_app(server: LLINKServer) -> FastAPI:
     settings, backend, batcher = server.settings, server.backend, server.batcher
     app = FastAPI(title="llink serve", summary="OpenAI-compatible chat completions (LLINK)",
                   max_body_size=settings.max_body_bytes)
-    async def authorize(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
-                  ) -> None:
+
+    async def authorize(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
         key = settings.api_key
         if key is None:
             return
