@@ -1,5 +1,6 @@
 """``llink serve`` at its limits (issue 15): many simultaneous connections, media types,
-CORS, bodies shorter or longer than declared. HTTP on 127.0.0.1 only."""
+CORS, bodies shorter or longer than declared, chunked bodies (uvicorn decodes them since
+the move to FastAPI, issue 17). HTTP on 127.0.0.1 only."""
 
 from __future__ import annotations
 
