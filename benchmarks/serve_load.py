@@ -31,6 +31,7 @@ from llink.serve import (
     Completion,
     LLINKBackend,
     LLINKServer,
+    OnText,
     Prepared,
     ServeSettings,
     make_server,
@@ -61,7 +62,8 @@ class StandInBackend:
     def prepare(self, job: ChatJob) -> Prepared:
         return Prepared(list(job.foreign.encode("utf-8")) if job.foreign else [0])
 
-    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]) -> list[Completion]:
+    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared],
+                 on_text: OnText | None = None) -> list[Completion]:
         time.sleep(self.batch_s + self.item_s * len(jobs))
         return [Completion(f"{j.task}: {j.foreign[::-1][: j.max_tokens]}", len(p.prompt),
                            min(j.max_tokens, len(j.foreign or "")), "length")
@@ -157,18 +159,9 @@ def load_test(server: LLINKServer, concurrency: int, rounds: int, max_tokens: in
 
 def _serve_and_test(backend: Any, settings: ServeSettings, concurrency: int, rounds: int,
                     max_tokens: int, backlog: int | None = None) -> dict[str, Any]:
-    server = make_server(backend, settings, "127.0.0.1", 0)
-    if backlog is not None:
-        server.socket.listen(backlog)  # Linux applies a new backlog to a listening socket
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with make_server(backend, settings, "127.0.0.1", 0, backlog=backlog) as server:
         res = load_test(server, concurrency, rounds, max_tokens)
-    finally:
-        server.shutdown()
-        server.close()
-        thread.join(10)
-    return {"listen_backlog": backlog or server.request_queue_size, **res}
+    return {"listen_backlog": server.listen_backlog, **res}
 
 
 def measure(model: str | None, concurrency: int, rounds: int, max_tokens: int,

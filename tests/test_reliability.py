@@ -306,13 +306,15 @@ def test_infer_argument_bounds(capsys, option, value):
 
 
 def test_gate_boost_bounds_are_the_servers():
-    from llink.serve import ApiError, _gate_boost
+    from pydantic import ValidationError
+
+    from llink.serve import LLINKFields
 
     args = build_parser().parse_args(["infer", "--gate-boost", "10", KM])
     assert args.gate_boost == 10.0
-    assert _gate_boost(10.0) == 10.0
-    with pytest.raises(ApiError):
-        _gate_boost(10.5)
+    assert LLINKFields(gate_boost=10.0).gate_boost == 10.0
+    with pytest.raises(ValidationError):
+        LLINKFields(gate_boost=10.5)
     for text in ("0", "2.5"):
         assert build_parser().parse_args(["infer", "--gate-boost", text, KM]).gate_boost \
             == float(text)

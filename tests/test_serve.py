@@ -74,15 +74,8 @@ def tiny_llink(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
 @contextmanager
 def serving(backend: Backend, **settings: Any) -> Iterator[LLINKServer]:
     """A server on an ephemeral port, run in a thread."""
-    server = make_server(backend, ServeSettings(**settings), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with make_server(backend, ServeSettings(**settings), "127.0.0.1", 0) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.close()
-        thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +174,7 @@ def _requests() -> list[dict[str, Any]]:
     return reqs
 
 
-def _send_all(srv: LLINKServer, reqs: list[dict[str, Any]]
+def _send_all(srv: LLINKServer, reqs: list[dict[str, Any]], sender: list[Any] | None = None
               ) -> tuple[list[threading.Thread], list[Any]]:
     """Each request from its own thread, to a held worker (``srv.batcher.hold()``): each is
     queued before the next is sent, so the queue holds them in order. The results list
@@ -189,7 +182,7 @@ def _send_all(srv: LLINKServer, reqs: list[dict[str, Any]]
     results: list[Any] = [None] * len(reqs)
 
     def post(i: int) -> None:
-        results[i] = call(srv, CHAT, reqs[i])
+        results[i] = (sender[i] if sender else call)(srv, CHAT, reqs[i])
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(len(reqs))]
     queued = srv.batcher.pending
@@ -206,13 +199,15 @@ def _joined(threads: list[threading.Thread], results: list[Any]) -> list[Any]:
     return results
 
 
-def _as_one_batch(srv: LLINKServer, reqs: list[dict[str, Any]]) -> list[Any]:
+def _as_one_batch(srv: LLINKServer, reqs: list[dict[str, Any]],
+                  sender: list[Any] | None = None) -> list[Any]:
     """Queue the requests, in order, with the worker held, then let it go: they reach the
     worker together (one generate call per batch key, ``max_batch`` allowing), however
-    slowly the machine runs them. No clock involved."""
+    slowly the machine runs them. No clock involved. ``sender``: a function per request
+    (default :func:`call`)."""
     srv.batcher.hold()
     try:
-        threads, results = _send_all(srv, reqs)
+        threads, results = _send_all(srv, reqs, sender)
     finally:
         srv.batcher.release()
     return _joined(threads, results)
@@ -280,7 +275,17 @@ BAD_REQUESTS = [
     ({**_ok(), "max_tokens": 0}, 400, "max_tokens_out_of_range"),
     ({**_ok(), "max_tokens": 65}, 400, "max_tokens_out_of_range"),
     ({**_ok(), "max_tokens": "8"}, 400, "max_tokens_out_of_range"),
-    ({**_ok(), "stream": True}, 400, "unsupported_stream"),
+    ({**_ok(), "stream": "yes"}, 400, "invalid_stream"),
+    ({**_ok(), "n": 2}, 400, "unsupported_n"),
+    ({**_ok(), "temperature": 2.5}, 400, "invalid_temperature"),
+    ({**_ok(), "top_p": 0}, 400, "invalid_top_p"),
+    ({**_ok(), "seed": 1.5}, 400, "invalid_seed"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400,
+     "invalid_content"),
+    ({"messages": [{"role": "system", "content": "Be brief."}]}, 400, "missing_user_message"),
+    (user(f"What is <f0>? <foreign>{FOREIGN[0]}</foreign>"), 400, "reserved_token"),
+    (user("", llink={"foreign": FOREIGN[0], "question": "Is </foreign> here?"}), 400,
+     "reserved_token"),
     (_ok("ក" * 201), 413, "foreign_too_large"),
     (json.dumps(_ok("x" * 30_000)).encode(), 413, "body_too_large"),
 ]
@@ -296,6 +301,10 @@ def test_bad_requests(server, body, status, code):
     if code == "unknown_task":
         assert "translate_to_english" in resp["error"]["message"]
         assert "ask" in resp["error"]["message"]
+    if code == "invalid_llink":
+        assert "colour" in resp["error"]["message"] and "gate_boost" in resp["error"]["message"]
+    if code == "reserved_token":
+        assert "<f0>" in resp["error"]["message"] or "</foreign>" in resp["error"]["message"]
 
 
 def test_wrong_path_and_method(server):
@@ -373,6 +382,142 @@ def test_context_length_exceeded_is_a_400_for_that_request_only(server, tiny_lli
     assert ok_status == 200 and answer(ok_body) == tiny_llink.generate([FOREIGN[0]],
                                                                        max_new_tokens=4)[0]
     assert server.generate_calls == calls + 1  # the other request still ran, in one call
+
+
+def test_a_bad_request_fails_alone_in_its_batch(server, tiny_llink):
+    """A question holding a reserved slot string (``<f0>``) gets a 400 naming it; the
+    requests queued with it, streamed or not, are answered in one generate call."""
+    calls = server.generate_calls
+    reqs = [_ok(FOREIGN[1]), user(f"What is <f0>? <foreign>{FOREIGN[0]}</foreign>",
+                                  max_tokens=4), _ok(FOREIGN[2])]
+    results = _as_one_batch(server, [*reqs, {**_ok(FOREIGN[3]), "stream": True}],
+                            sender=[call, call, call, stream_call])
+    (s1, b1, _), (bad, err, _), (s2, b2, _), (s3, events, _) = results
+    assert (bad, err["error"]["code"]) == (400, "reserved_token") and "<f0>" in str(err)
+    assert (s1, s2, s3) == (200, 200, 200)
+    want = tiny_llink.generate(FOREIGN[1:4], max_new_tokens=4)
+    assert [answer(b1), answer(b2), streamed_text(events)] == want
+    assert server.generate_calls == calls + 1
+
+
+def test_a_failing_batch_is_run_again_one_at_a_time(server, monkeypatch):
+    """Should a batched generate call fail anyway, its requests run again one by one:
+    only the one that fails alone gets an error, a generic 500."""
+    real = server.backend.generate
+
+    def picky(jobs, prepared, on_text=None):
+        if any(j.foreign == FOREIGN[5] for j in jobs):
+            raise RuntimeError("this one")
+        return real(jobs, prepared, on_text)
+
+    monkeypatch.setattr(server.backend, "generate", picky)
+    calls = server.generate_calls
+    results = _as_one_batch(server, [_ok(FOREIGN[0]), _ok(FOREIGN[5]), _ok(FOREIGN[1])])
+    assert [s for s, _, _ in results] == [200, 500, 200]
+    assert results[1][1]["error"]["code"] == "internal_error"
+    assert server.generate_calls == calls + 4  # the batch, then each request alone
+
+
+# --------------------------------------------------------------------------- sampling
+def _sampled(text: str, seed: int | None, **extra: Any) -> dict[str, Any]:
+    return {**user(f"<foreign>{text}</foreign>", max_tokens=10), "temperature": 1.5,
+            "top_p": 0.9, **({"seed": seed} if seed is not None else {}), **extra}
+
+
+def test_seeded_sampling_is_transformers_sampling_under_that_seed(server, tiny_llink):
+    """A seeded request's answer is what LLINK.generate samples (do_sample, temperature,
+    top_p, top-k off) right after torch.manual_seed(seed); the server's RNG state is
+    left as it was."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    status, body, _ = call(server, CHAT, _sampled(FOREIGN[0], seed=7))
+    assert status == 200 and torch.equal(state, torch.random.get_rng_state())
+    torch.manual_seed(7)
+    want = tiny_llink.generate([FOREIGN[0]], max_new_tokens=10, do_sample=True,
+                               temperature=1.5, top_p=0.9, top_k=0)[0]
+    assert answer(body) == want
+    greedy = tiny_llink.generate([FOREIGN[0]], max_new_tokens=10)[0]
+    others = {answer(call(server, CHAT, _sampled(FOREIGN[0], seed=s))[1]) for s in (1, 2, 3)}
+    assert len(others | {want, greedy}) > 2  # sampling does change the answers
+
+
+def test_a_batch_mixing_greedy_and_sampled_requests(server, tiny_llink):
+    """Queued together: greedy requests (temperature absent or 0) share one generate call
+    and answer as alone; each seeded request runs alone and answers as it does alone;
+    unseeded sampled requests of equal temperature and top_p share one call."""
+    seeded = _sampled(FOREIGN[2], seed=11)
+    alone = answer(call(server, CHAT, seeded)[1])
+    reqs = [_ok(FOREIGN[0]), seeded, {**_ok(FOREIGN[1]), "temperature": 0, "seed": 3},
+            _sampled(FOREIGN[3], None), _sampled(FOREIGN[4], None), {**seeded, "seed": 12}]
+    calls = server.generate_calls
+    results = _as_one_batch(server, reqs)
+    assert [s for s, _, _ in results] == [200] * len(reqs)
+    assert server.generate_calls == calls + 4  # greedy, seed 11, unseeded pair, seed 12
+    greedy = tiny_llink.generate(FOREIGN[:2], max_new_tokens=4)
+    assert [answer(results[0][1]), answer(results[2][1])] == greedy
+    assert answer(results[1][1]) == alone
+
+
+# --------------------------------------------------------------------------- streaming
+def stream_call(server: LLINKServer, path: str, body: dict[str, Any]
+                ) -> tuple[int, list[Any], Any]:
+    """(status, the server-sent events' data, headers); an error's JSON instead of events."""
+    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            text = resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), text
+    data = [e.removeprefix("data: ") for e in events]
+    return 200, [d if d == "[DONE]" else json.loads(d) for d in data], resp.headers
+
+
+def streamed_text(events: list[Any]) -> str:
+    return "".join(e["choices"][0]["delta"].get("content", "") for e in events
+                   if isinstance(e, dict) and e.get("choices"))
+
+
+def test_streamed_answer(server, tiny_llink):
+    """stream=true: chat.completion.chunk events (role first, then the text in pieces,
+    then the finish reason and llink info, the usage when asked, then [DONE]); the pieces
+    add up to the answer the same request gets without streaming."""
+    req = user(f"Who? <foreign>{FOREIGN[0]}</foreign>", max_tokens=12)
+    plain = call(server, CHAT, req)[1]
+    status, events, _ = stream_call(server, CHAT, {**req, "stream": True,
+                                                   "stream_options": {"include_usage": True}})
+    assert status == 200 and events[-1] == "[DONE]"
+    chunks, usage = events[:-2], events[-2]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["model"] == "tiny-llink"
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+    assert chunks[-1]["llink"]["task"] == "ask"
+    assert streamed_text(events) == answer(plain) and len(chunks) > 3  # several pieces
+    assert usage["choices"] == [] and usage["usage"] == plain["usage"]
+
+
+def test_stream_errors_before_the_first_token_are_plain_errors(server):
+    question = " ".join(["Open the file menu and save the document."] * 150)
+    req = {**user(f"{question} <foreign>{FOREIGN[0]}</foreign>", max_tokens=4), "stream": True}
+    status, body, _ = stream_call(server, CHAT, req)
+    assert (status, body["error"]["code"]) == (400, "context_length_exceeded")
+
+
+def test_text_stream_pieces_add_up_to_the_answer():
+    from llink.serve import TextStream
+
+    pieces: list[str] = []
+    stream = TextStream(pieces.append)
+    for text in [" ", " Hel", " Hello ", " Hello wor\ufffd", " Hello world", " Hello world. "]:
+        stream.update(text)
+    stream.finish("Hello world.")
+    assert pieces == ["Hel", "lo", " wor", "ld", "."]
 
 
 def test_internal_error_is_a_generic_500(server, monkeypatch):

@@ -652,8 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", metavar="VAR",
                    help="require 'Authorization: Bearer KEY', KEY read from env variable VAR")
     p.add_argument("--read-timeout", type=_positive_float, default=30.0, metavar="S",
-                   help="seconds a client may take to send its request; a shorter body than "
-                   "its Content-Length gets a 408 after that (default 30)")
+                   help="seconds a client may take to send its request body; a shorter body "
+                   "than its Content-Length gets a 408 after that (default 30)")
     return parser
 
 

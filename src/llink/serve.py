@@ -1,8 +1,11 @@
-"""``llink serve``: an HTTP server with an OpenAI-compatible chat-completions endpoint.
+"""``llink serve``: an OpenAI-compatible chat-completions server on FastAPI and uvicorn.
 
-Standard library only. It serves a trained LLINK folder or a plain Hugging Face causal
-LM (a baseline). Endpoints: ``GET /health``, ``GET /v1/models`` and
-``POST /v1/chat/completions``.
+It serves a trained LLINK folder or a plain Hugging Face causal LM (a baseline).
+Endpoints: ``GET /health``, ``GET /v1/models`` and ``POST /v1/chat/completions``
+(OpenAPI page at ``/docs``). FastAPI parses and validates the requests (pydantic models
+below), limits body sizes and answers errors in OpenAI's ``{"error": {...}}`` shape;
+uvicorn speaks HTTP. Our own code is the LLINK request rules, the batcher and the two
+backends.
 
 A LLINK request names its foreign text either as a ``<foreign>…</foreign>`` span in the
 last user message (any other text of that message becomes a free-form question, task
@@ -10,35 +13,60 @@ last user message (any other text of that message becomes a free-form question, 
 "question"}``. The plain model answers ordinary chats; given foreign text, it gets the
 same instruction LLINK would, with the text written out.
 
-HTTP handler threads only parse and validate. One worker thread owns the model: it takes
-up to ``max_batch`` queued requests (waiting at most ``batch_wait_ms`` for more), groups
-those that can share a decoder batch (same ``gate_boost`` and ``max_tokens``; prompts may
-differ) and runs one batched, greedy generate call per group. Each handler waits on the
-future of its own request. Sampling parameters (temperature, top_p, ...) are ignored;
-streaming and n > 1 are refused.
+Batching: request handlers only validate and queue. One worker thread owns the model: it
+takes up to ``max_batch`` queued requests (waiting at most ``batch_wait_ms`` for more),
+groups those that can share a decoder batch (:attr:`ChatJob.batch_key`: same
+``gate_boost``, ``max_tokens`` and decoding; prompts may differ) and runs one batched
+generate call per group. A request that fails its own checks (too long for the context,
+reserved tokens in its question) fails alone with a 4xx before the group runs; if a
+batched call still fails, its requests are run again one at a time, so that one bad
+request cannot take the others down.
+
+Decoding: greedy unless ``temperature`` > 0; then generate samples at that temperature
+and ``top_p`` (top-k off). Sampled requests batch with those of the same temperature and
+top_p; a request with a ``seed`` runs in a generate call of its own under
+``torch.manual_seed(seed)`` (RNG state restored afterwards), so its answer depends only
+on the request itself, never on what else was queued. ``seed`` without sampling changes
+nothing (greedy decoding draws no random numbers). Other OpenAI parameters are ignored;
+``n`` > 1 is refused.
+
+Streaming (``stream: true``): server-sent ``chat.completion.chunk`` events ending with
+``data: [DONE]``. Tokens are streamed as they are generated, from inside the batched
+generate call: a stopping criterion that never stops sees every row after every decoding
+step and hands each streaming row its text so far to the request, whatever else shares
+the batch (transformers' ``TextIteratorStreamer`` takes one row only, so it does not fit
+a batcher). The deltas are the final, stripped answer in pieces: white space at either end
+and an incomplete character wait for the next token. Errors found before the first token
+are ordinary JSON error responses; a later one ends the stream with an error event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
-import math
 import os
 import re
-import signal
+import socket
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llink.config import MAX_GATE_BOOST, ConfigError
 from llink.inject import TASKS, instruction_text
@@ -47,11 +75,8 @@ log = logging.getLogger("llink.serve")
 
 VALID_TASKS = (*TASKS, "ask")
 FOREIGN_SPAN = re.compile(r"<foreign>(.*?)</foreign>", re.DOTALL)
-LLINK_FIELDS = frozenset({"foreign", "task", "strict", "gate_boost", "question"})
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-_SMALL_BODY = 1 << 16  # unread bodies up to this size are read before replying (keep-alive)
-_DRAIN_LIMIT = 1 << 30  # larger ones are read and discarded after the reply, up to this size
 JSON_TYPE = "application/json"
+ENDPOINTS = "GET /health, GET /v1/models, POST /v1/chat/completions"
 
 
 class ServeError(ConfigError):
@@ -93,9 +118,9 @@ class ServeSettings:
     max_tokens: int = 512  # the largest max_tokens a request may ask for
     default_max_tokens: int = 128
     api_key: str | None = None
-    request_timeout_s: float = 300.0
+    request_timeout_s: float = 300.0  # until the answer (streaming: its first token)
     max_pending: int = 256
-    read_timeout_s: float = 30.0  # how long a client may take to send its request
+    read_timeout_s: float = 30.0  # how long a client may take to send its request body
     listen_backlog: int = 1024  # connections the kernel queues before the server accepts them
 
     def __post_init__(self) -> None:
@@ -121,10 +146,119 @@ class ServeSettings:
             )
 
 
-# --------------------------------------------------------------------------- requests
+# --------------------------------------------------------------------------- request models
+class TextPart(BaseModel):
+    """A text part of a message's content list (the only kind served)."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message; fields other than role and content (name, tool_calls, ...) are ignored."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
+        return self.content or ""
+
+
+class LLINKFields(BaseModel):
+    """The extra ``llink`` object of a request (LLINK's own options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    foreign: str | None = None
+    task: str | None = None
+    strict: StrictBool = False
+    gate_boost: float = Field(1.0, ge=0.0, le=MAX_GATE_BOOST, strict=True, allow_inf_nan=False)
+    question: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class ChatRequest(BaseModel):
+    """The body of ``POST /v1/chat/completions``; unknown OpenAI parameters are ignored."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, strict=True)
+    seed: StrictInt | None = Field(None, ge=-(1 << 63), lt=1 << 64)
+    n: Literal[1] | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    llink: LLINKFields | None = None
+
+
+_FIELD_CODES = {
+    "llink": "invalid_llink",
+    "max_tokens": "max_tokens_out_of_range",
+    "max_completion_tokens": "max_tokens_out_of_range",
+    "temperature": "invalid_temperature",
+    "top_p": "invalid_top_p",
+    "seed": "invalid_seed",
+    "n": "unsupported_n",
+    "stream": "invalid_stream",
+    "stream_options": "invalid_stream",
+    "model": "invalid_model",
+}
+
+
+def _error_code(loc: tuple[Any, ...], kind: str) -> str:
+    if not loc:
+        return "invalid_body"
+    head = loc[0]
+    if head == "messages":
+        if len(loc) == 1:
+            return "missing_messages" if kind == "missing" else "empty_messages"
+        return "invalid_content" if loc[2:3] == ("content",) else "invalid_message"
+    if head == "llink" and len(loc) > 1 and loc[1] in ("gate_boost", "strict"):
+        return f"invalid_{loc[1]}"
+    return _FIELD_CODES.get(str(head), "invalid_request")
+
+
+def _where(loc: Sequence[Any]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def validation_error(errors: Sequence[Any], prefix: int = 0) -> ApiError:
+    """pydantic's (or FastAPI's) first validation error as an :class:`ApiError`: the code
+    names the field, the message is pydantic's. ``prefix`` location parts are dropped
+    (FastAPI's start with ``"body"``)."""
+    err = errors[0]
+    if err["type"] == "json_invalid":
+        return _bad(f"the body is not valid JSON: {err.get('ctx', {}).get('error', '')}",
+                    "invalid_json")
+    loc = tuple(err["loc"])[prefix:]
+    code = _error_code(loc, err["type"])
+    fixed = {
+        "invalid_body": "the request body must be a JSON object",
+        "missing_messages": "'messages' is required: a non-empty list of {role, content}",
+        "empty_messages": "'messages' must be a non-empty list of {role, content}",
+        "invalid_content": f"{_where(loc[:3])} must be a string or a list of text parts",
+        "unsupported_n": "only n=1 is supported",
+    }
+    if code in fixed:
+        return _bad(fixed[code], code)
+    if err["type"] == "extra_forbidden":
+        return _bad(f"unknown field {_where(loc)}; known: {', '.join(LLINKFields.model_fields)}",
+                    code)
+    return _bad(f"{_where(loc)}: {err['msg']}", code)
+
+
+# --------------------------------------------------------------------------- jobs
 @dataclass(frozen=True)
 class ChatJob:
-    """A validated chat request: the conversation and, for LLINK, the foreign-text task."""
+    """A validated chat request: the conversation, decoding and, for LLINK, the task."""
 
     messages: tuple[tuple[str, str], ...]  # (role, text)
     max_tokens: int
@@ -133,11 +267,22 @@ class ChatJob:
     strict: bool = False
     gate_boost: float = 1.0
     question: str | None = None
+    temperature: float | None = None  # set (> 0) only when sampling
+    top_p: float | None = None
+    seed: int | None = None
+    stream: bool = False
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature is not None
 
     @property
     def batch_key(self) -> Hashable:
-        """Jobs with equal keys can share one batched generate call."""
-        return (self.gate_boost, self.max_tokens)
+        """Jobs with equal keys can share one batched generate call: same gate_boost,
+        max_tokens and decoding. A seeded sampled job's key is its own: it runs alone."""
+        decoding = (self.temperature, self.top_p) if self.sampled else None
+        alone = id(self) if self.sampled and self.seed is not None else None
+        return (self.gate_boost, self.max_tokens, decoding, alone)
 
     def instruction(self) -> str:
         """The LLINK user message with the foreign text written out (plain models)."""
@@ -146,17 +291,35 @@ class ChatJob:
 
 
 def parse_chat_request(body: Any, settings: ServeSettings, needs_foreign: bool) -> ChatJob:
-    """Validate a chat-completions body; raise :class:`ApiError` with a clear message."""
-    if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object", "invalid_body")
-    _check_unsupported(body)
-    messages = _messages(body.get("messages"))
-    fields = _llink_fields(body.get("llink"))
+    """Validate a chat-completions body (decoded JSON); raise :class:`ApiError`."""
+    try:
+        req = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False)) from None
+    return chat_job(req, settings, needs_foreign)
+
+
+def chat_job(req: ChatRequest, settings: ServeSettings, needs_foreign: bool) -> ChatJob:
+    """The job of a validated request: what pydantic cannot check (foreign text, task,
+    the server's limits); raise :class:`ApiError` with a clear message."""
+    messages = tuple((m.role, m.text) for m in req.messages)
+    fields = req.llink or LLINKFields()
     last_user = next((text for role, text in reversed(messages) if role == "user"), None)
     if last_user is None:
         raise _bad("messages need at least one message with role 'user'", "missing_user_message")
     foreign, question = _foreign_and_question(last_user, fields)
-    max_tokens = _max_tokens(body, settings)
+    max_tokens = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+    max_tokens = settings.default_max_tokens if max_tokens is None else max_tokens
+    if max_tokens > settings.max_tokens:
+        raise _bad(f"max_tokens must be an integer from 1 to {settings.max_tokens}",
+                   "max_tokens_out_of_range")
+    sampled = bool(req.temperature)  # None or 0: greedy
+    decoding = {
+        "temperature": req.temperature if sampled else None,
+        "top_p": req.top_p if sampled and req.top_p is not None and req.top_p < 1 else None,
+        "seed": req.seed if sampled else None,
+        "stream": bool(req.stream),
+    }
     if foreign is None:
         if needs_foreign:
             raise _bad(
@@ -164,93 +327,24 @@ def parse_chat_request(body: Any, settings: ServeSettings, needs_foreign: bool) 
                 "message, or in the field llink.foreign",
                 "missing_foreign",
             )
-        return ChatJob(tuple(messages), max_tokens)
+        return ChatJob(messages, max_tokens, **decoding)
     _check_foreign(foreign, settings.max_foreign_chars)
-    task = _task(fields.get("task"), question)
-    strict = fields.get("strict", False)
-    if not isinstance(strict, bool):
-        raise _bad("llink.strict must be true or false", "invalid_strict")
-    return ChatJob(
-        tuple(messages),
-        max_tokens,
-        foreign.strip(),
-        task,
-        strict,
-        _gate_boost(fields.get("gate_boost", 1.0)),
-        question,
-    )
+    task = _task(fields.task, question)
+    return ChatJob(messages, max_tokens, foreign.strip(), task, fields.strict,
+                   fields.gate_boost, question, **decoding)
 
 
-def _check_unsupported(body: dict[str, Any]) -> None:
-    if body.get("stream"):
-        raise _bad("stream=true is not supported; send stream=false", "unsupported_stream")
-    if body.get("n") not in (None, 1):
-        raise _bad("only n=1 is supported", "unsupported_n")
-
-
-def _messages(value: Any) -> list[tuple[str, str]]:
-    if value is None:
-        raise _bad(
-            "'messages' is required: a non-empty list of {role, content}", "missing_messages"
-        )
-    if not isinstance(value, list) or not value:
-        raise _bad("'messages' must be a non-empty list of {role, content}", "empty_messages")
-    out = []
-    for i, msg in enumerate(value):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES:
-            raise _bad(
-                f"messages[{i}] must be an object with a role among {', '.join(sorted(ROLES))}",
-                "invalid_message",
-            )
-        out.append((msg["role"], _text_content(msg.get("content"), i)))
-    return out
-
-
-def _text_content(content: Any, index: int) -> str:
-    """A message's text: a string, or the text parts of a content list."""
-    if isinstance(content, str):
-        return content
-    if content is None:
-        return ""
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    raise _bad(
-        f"messages[{index}].content must be a string or a list of text parts", "invalid_content"
-    )
-
-
-def _llink_fields(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _bad("'llink' must be an object", "invalid_llink")
-    unknown = sorted(set(value) - LLINK_FIELDS)
-    if unknown:
-        raise _bad(
-            f"unknown llink field(s) {', '.join(unknown)}; known: "
-            f"{', '.join(sorted(LLINK_FIELDS))}",
-            "invalid_llink",
-        )
-    for key in ("foreign", "task", "question"):
-        if value.get(key) is not None and not isinstance(value[key], str):
-            raise _bad(f"llink.{key} must be a string", "invalid_llink")
-    return value
-
-
-def _foreign_and_question(text: str, fields: dict[str, Any]) -> tuple[str | None, str | None]:
+def _foreign_and_question(text: str, fields: LLINKFields) -> tuple[str | None, str | None]:
     """Foreign text and question from a ``<foreign>`` span or the llink fields."""
     spans = FOREIGN_SPAN.findall(text)
-    question = fields.get("question") or None
+    question = fields.question or None
     if not spans:
         if "<foreign>" in text:
             raise _bad("unclosed <foreign> span in the last user message", "invalid_foreign")
-        return fields.get("foreign"), question
+        return fields.foreign, question
     if len(spans) > 1:
         raise _bad("the last user message has more than one <foreign> span", "invalid_foreign")
-    if fields.get("foreign") is not None:
+    if fields.foreign is not None:
         raise _bad(
             "foreign text given twice: in a <foreign> span and in llink.foreign", "invalid_foreign"
         )
@@ -270,7 +364,7 @@ def _check_foreign(foreign: str, limit: int) -> None:
         )
 
 
-def _task(task: Any, question: str | None) -> str:
+def _task(task: str | None, question: str | None) -> str:
     task = task or ("ask" if question else "translate_to_english")
     if task not in VALID_TASKS:
         raise _bad(f"unknown task {task!r}; valid tasks: {', '.join(VALID_TASKS)}", "unknown_task")
@@ -280,31 +374,6 @@ def _task(task: Any, question: str | None) -> str:
             "missing_question",
         )
     return task
-
-
-def _gate_boost(value: Any) -> float:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or not 0.0 <= value <= MAX_GATE_BOOST:
-        raise _bad(
-            f"llink.gate_boost must be a number in [0, {MAX_GATE_BOOST:g}]", "invalid_gate_boost"
-        )
-    return float(value)
-
-
-def _max_tokens(body: dict[str, Any], settings: ServeSettings) -> int:
-    value = body.get("max_tokens", body.get("max_completion_tokens"))
-    if value is None:
-        return settings.default_max_tokens
-    if (
-        not isinstance(value, int)
-        or isinstance(value, bool)
-        or not 1 <= value <= (settings.max_tokens)
-    ):
-        raise _bad(
-            f"max_tokens must be an integer from 1 to {settings.max_tokens}",
-            "max_tokens_out_of_range",
-        )
-    return value
 
 
 # --------------------------------------------------------------------------- backends
@@ -327,8 +396,13 @@ class Completion:
     warnings: list[str] = field(default_factory=list)
 
 
+#: ``on_text(row, text_so_far)``: a streaming row's answer so far, after each decoding step
+OnText = Callable[[int, str], None]
+
+
 class Backend(Protocol):
-    """A model behind the server. ``prepare`` and ``generate`` run on the worker thread."""
+    """A model behind the server. ``prepare`` and ``generate`` run on the worker thread;
+    ``prepare`` raises :class:`ApiError` for a job that cannot run."""
 
     kind: str
     name: str
@@ -339,7 +413,7 @@ class Backend(Protocol):
     def prepare(self, job: ChatJob) -> Prepared: ...
 
     def generate(
-        self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]
+        self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared], on_text: OnText | None = None
     ) -> list[Completion]: ...
 
 
@@ -358,21 +432,65 @@ def _generated(row: list[int], eos_ids: set[int]) -> tuple[int, str]:
     return (len(row), "length") if stop is None else (stop + 1, "stop")
 
 
-class _LastIds:
-    """A stopping criterion that never stops; it keeps the ids generated so far."""
+def decoding_kwargs(job: ChatJob) -> dict[str, Any]:
+    """generate() arguments of a job's decoding: greedy, or sampling at its temperature
+    and top_p with top-k off (a model's generation config may set a top_k)."""
+    if not job.sampled:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": job.temperature, "top_p": job.top_p or 1.0,
+            "top_k": 0}
 
-    def __init__(self) -> None:
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: Any) -> Iterator[None]:
+    """Within: the random number generators seeded with ``seed`` (None: untouched); the
+    previous RNG state comes back afterwards."""
+    if seed is None:
+        yield
+        return
+    import torch
+
+    on_cpu = device.type == "cpu"
+    with torch.random.fork_rng(devices=[] if on_cpu else [device],
+                               device_type="cuda" if on_cpu else device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Steps:
+    """A stopping criterion that never stops. After each decoding step it keeps the ids
+    generated so far (``ids``, the prompt left out) and hands each streaming row its text
+    so far to ``on_text`` (once more only when the row has a new token)."""
+
+    def __init__(self, start: int, streaming: Sequence[int], text: Callable[[list[int]], str],
+                 eos: set[int], on_text: OnText | None) -> None:
+        self.start, self.text, self.eos, self.on_text = start, text, eos, on_text
+        self.streaming = list(streaming) if on_text is not None else []
         self.ids: Any = None
+        self._seen: dict[int, int] = {}
 
     def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
         import torch
 
-        self.ids = input_ids
+        self.ids = input_ids[:, self.start:]
+        if self.streaming:
+            for i, row in zip(self.streaming, self.ids[self.streaming].tolist(), strict=True):
+                n, _ = _generated(row, self.eos)
+                if self._seen.get(i) != n:
+                    self._seen[i] = n
+                    self.on_text(i, self.text(row[:n]))  # type: ignore[misc]
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def rows(self, n: int) -> list[list[int]]:
+        return self.ids.tolist() if self.ids is not None else [[] for _ in range(n)]
+
+
+def _streaming(jobs: Sequence[ChatJob]) -> list[int]:
+    return [i for i, j in enumerate(jobs) if j.stream]
 
 
 class LLINKBackend:
-    """A trained LLINK model: slots from the foreign text, greedy decoding."""
+    """A trained LLINK model: slots from the foreign text."""
 
     kind = "llink"
     needs_foreign = True
@@ -380,6 +498,11 @@ class LLINKBackend:
     def __init__(self, model: Any, name: str) -> None:
         self.model = model.eval()
         self.name = name
+        tok = model.tokenizer
+        self._reserved = set(model.decoder.reserved.ids)
+        self._reserved_strings = tok.convert_ids_to_tokens(model.decoder.reserved.ids)
+        # reserved tokens a prompt holds by itself (its slot span)
+        self._span_reserved = self._count_reserved(model.prompt_ids("translate_to_english"))
 
     @classmethod
     def load(
@@ -405,6 +528,9 @@ class LLINKBackend:
             "tasks": list(VALID_TASKS),
         }
 
+    def _count_reserved(self, ids: list[int]) -> int:
+        return sum(t in self._reserved for t in ids)
+
     def _prompt(self, job: ChatJob, num_slots: int | None = None) -> list[int]:
         """The prompt :meth:`LLINK.generate` builds: the model's literals of the foreign
         text and, for models whose texts take fewer than K slots, that many slots."""
@@ -415,6 +541,13 @@ class LLINKBackend:
 
     def prepare(self, job: ChatJob) -> Prepared:
         prompt = self._prompt(job)  # K slots: the longest this prompt can be
+        if self._count_reserved(prompt) != self._span_reserved:
+            found = [s for s in self._reserved_strings if s in (job.question or "")]
+            raise _bad(
+                f"the question contains {', '.join(found) or 'reserved tokens'}: the model "
+                "reserves these for its slot span; remove them from the question",
+                "reserved_token",
+            )
         config = self.model.decoder.model.config
         _check_context(
             len(prompt), job.max_tokens, getattr(config, "max_position_embeddings", None)
@@ -428,13 +561,18 @@ class LLINKBackend:
             )
         return Prepared(prompt, notes)
 
-    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]) -> list[Completion]:
+    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared],
+                 on_text: OnText | None = None) -> list[Completion]:
         import torch
         from transformers import StoppingCriteriaList
 
-        m, last = self.model, _LastIds()
+        m, tok = self.model, self.model.tokenizer
+        eos = {int(tok.eos_token_id)}
+        # generating from embeddings, the ids seen by the criterion are the new tokens only
+        steps = _Steps(0, _streaming(jobs), lambda ids: tok.decode(ids, skip_special_tokens=True),
+                       eos, on_text)
         prompts = [p.prompt for p in prepared]
-        with torch.no_grad():
+        with torch.no_grad(), seeded(jobs[0].seed, m.device):
             enc, tokens = m.read([j.foreign for j in jobs])
             counts = m.slot_counts(tokens)
             if counts is not None:
@@ -444,12 +582,11 @@ class LLINKBackend:
                 prompts,
                 slots,
                 max_new_tokens=jobs[0].max_tokens,
-                stopping_criteria=StoppingCriteriaList([last]),
+                stopping_criteria=StoppingCriteriaList([steps]),
+                **decoding_kwargs(jobs[0]),
             )
-        # generating from embeddings, the ids seen by the criterion are the new tokens only
-        rows = last.ids.tolist() if last.ids is not None else [[] for _ in jobs]
-        eos = {int(m.tokenizer.eos_token_id)}
         out = []
+        rows = steps.rows(len(jobs))
         for text, row, prompt, p in zip(texts, rows, prompts, prepared, strict=True):
             n, reason = _generated(row, eos)
             out.append(Completion(text, len(prompt), n, reason, p.warnings))
@@ -457,7 +594,7 @@ class LLINKBackend:
 
 
 class HFBackend:
-    """A plain Hugging Face causal LM with its chat template, greedy decoding."""
+    """A plain Hugging Face causal LM with its chat template."""
 
     kind = "hf"
     needs_foreign = False
@@ -524,35 +661,67 @@ class HFBackend:
         )
         return Prepared(prompt)
 
-    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]) -> list[Completion]:
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared],
+                 on_text: OnText | None = None) -> list[Completion]:
         import torch
+        from transformers import StoppingCriteriaList
 
         from llink.inject import pad_batch
 
         pad = int(self.tokenizer.pad_token_id)
         ids, mask = pad_batch([p.prompt for p in prepared], pad, side="left")
-        dev, max_tokens = self.model.device, jobs[0].max_tokens
-        with torch.no_grad():
+        steps = _Steps(ids.shape[1], _streaming(jobs), self._text, self.eos_ids, on_text)
+        dev = self.model.device
+        with torch.no_grad(), seeded(jobs[0].seed, dev):
             out = self.model.generate(
                 input_ids=ids.to(dev),
                 attention_mask=mask.to(dev),
-                max_new_tokens=max_tokens,
-                do_sample=False,
+                max_new_tokens=jobs[0].max_tokens,
                 num_beams=1,
                 pad_token_id=pad,
+                stopping_criteria=StoppingCriteriaList([steps]),
+                **decoding_kwargs(jobs[0]),
             )
         completions = []
-        for row, p in zip(out[:, ids.shape[1] :].tolist(), prepared, strict=True):
+        for row, p in zip(out[:, ids.shape[1]:].tolist(), prepared, strict=True):
             n, reason = _generated(row, self.eos_ids)
-            text = self.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
-            completions.append(Completion(text, len(p.prompt), n, reason))
+            completions.append(Completion(self._text(row[:n]).strip(), len(p.prompt), n, reason))
         return completions
 
 
 # --------------------------------------------------------------------------- batching
+class TextStream:
+    """A streaming request's answer as deltas: ``update`` takes the text so far after each
+    step, ``finish`` the final answer; the deltas handed to ``emit`` add up to the final
+    (stripped) answer. White space at the end and an incomplete character wait."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self.sent = ""
+
+    def update(self, text: str) -> None:
+        safe = text.strip()
+        while safe.endswith("\ufffd"):  # a multi-byte character cut between tokens
+            safe = safe[:-1].rstrip()
+        if len(safe) > len(self.sent) and safe.startswith(self.sent):
+            self.emit(safe[len(self.sent):])
+            self.sent = safe
+
+    def finish(self, final: str) -> None:
+        if not final.startswith(self.sent):  # decoding a prefix gave other text: rare
+            log.warning("streamed text %r is not a prefix of the answer %r", self.sent, final)
+        elif len(final) > len(self.sent):
+            self.emit(final[len(self.sent):])
+        self.sent = final
+
+
 @dataclass
 class _Pending:
     job: ChatJob
+    stream: TextStream | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -575,7 +744,7 @@ class Batcher:
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.max_pending = max_pending
-        self.generate_calls = 0  # batched generate calls run so far
+        self.generate_calls = 0  # generate calls run so far
         self.completed = 0  # jobs answered so far
         self.submitted = 0  # jobs accepted so far
         self._jobs: deque[_Pending] = deque()
@@ -591,9 +760,10 @@ class Batcher:
         with self._cond:
             return len(self._jobs)
 
-    def submit(self, job: ChatJob) -> Future:
-        """Queue a job; its future gets a :class:`Completion` or an :class:`ApiError`."""
-        item = _Pending(job)
+    def submit(self, job: ChatJob, emit: Callable[[str], None] | None = None) -> Future:
+        """Queue a job; its future gets a :class:`Completion` or an :class:`ApiError`.
+        With ``emit``, the answer's text also comes in pieces as it is generated."""
+        item = _Pending(job, TextStream(emit) if emit is not None else None)
         with self._cond:
             if self._closed:
                 raise ApiError(503, "the server is shutting down", "shutting_down", "server_error")
@@ -660,26 +830,48 @@ class Batcher:
             return batch
 
     def _run(self, group: list[_Pending]) -> None:
-        ready = [p for p in group if p.future.set_running_or_notify_cancel()]
-        prepared = []
-        for p in list(ready):
+        items, prepared = [], []
+        for p in group:
+            if not p.future.set_running_or_notify_cancel():
+                continue  # timed out while queued: nobody waits for it
             try:
                 prepared.append(self.backend.prepare(p.job))
+                items.append(p)
             except Exception as exc:
-                ready.remove(p)
                 self._fail([p], exc)
-        if not ready:
-            return
+        if items:
+            self._generate(items, prepared)
+
+    def _generate(self, items: list[_Pending], prepared: list[Prepared]) -> None:
+        """One generate call for ``items``; if it fails, each item again on its own
+        (unless its stream has begun), so that only the cause fails."""
+        streams = {i: p.stream for i, p in enumerate(items) if p.stream is not None}
+
+        def on_text(i: int, text: str) -> None:
+            streams[i].update(text)
+
         try:
-            outs = self.backend.generate([p.job for p in ready], prepared)
+            outs = self.backend.generate([p.job for p in items], prepared,
+                                         on_text if streams else None)
         except Exception as exc:
-            self._fail(ready, exc)
-            return
-        finally:
             self.generate_calls += 1
-        for p, out in zip(ready, outs, strict=True):
+            if len(items) == 1:
+                self._fail(items, exc)
+                return
+            log.warning("a generate call of %d requests failed (%s); running them one at a "
+                        "time", len(items), type(exc).__name__)
+            for p, prep in zip(items, prepared, strict=True):
+                if p.stream is not None and p.stream.sent:
+                    self._fail([p], exc)  # part of its answer is out: it cannot start over
+                else:
+                    self._generate([p], [prep])
+            return
+        self.generate_calls += 1
+        for p, out in zip(items, outs, strict=True):
+            if p.stream is not None:
+                p.stream.finish(out.text)
             p.future.set_result(out)
-        self.completed += len(ready)
+        self.completed += len(items)
 
     @staticmethod
     def _fail(items: list[_Pending], exc: Exception) -> None:
@@ -695,7 +887,20 @@ class Batcher:
             p.future.set_exception(exc)
 
 
-# --------------------------------------------------------------------------- HTTP
+# --------------------------------------------------------------------------- responses
+def _llink_info(job: ChatJob, done: Completion) -> dict[str, Any]:
+    return {"task": job.task, "strict": job.strict, "gate_boost": job.gate_boost,
+            "warnings": done.warnings}
+
+
+def _usage(done: Completion) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
 def chat_response(name: str, job: ChatJob, done: Completion) -> dict[str, Any]:
     """The OpenAI ``chat.completion`` object for one answer."""
     resp: dict[str, Any] = {
@@ -710,124 +915,111 @@ def chat_response(name: str, job: ChatJob, done: Completion) -> dict[str, Any]:
                 "finish_reason": done.finish_reason,
             }
         ],
-        "usage": {
-            "prompt_tokens": done.prompt_tokens,
-            "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens,
-        },
+        "usage": _usage(done),
     }
     if job.foreign is not None:
-        resp["llink"] = {
-            "task": job.task,
-            "strict": job.strict,
-            "gate_boost": job.gate_boost,
-            "warnings": done.warnings,
-        }
+        resp["llink"] = _llink_info(job, done)
     return resp
 
 
-class LLINKServer(ThreadingHTTPServer):
-    """The HTTP server; ``generate_calls`` counts the batched generate calls run."""
-
-    # Handler threads are joined on close: a daemon thread still freeing tensors while the
-    # interpreter exits aborts the process (torch re-takes the GIL in its destructors).
-    daemon_threads = False
-
-    def __init__(self, address: tuple[str, int], backend: Backend, settings: ServeSettings) -> None:
-        # socketserver's default backlog of 5 makes the kernel drop connections when many
-        # clients connect at once (resets under ~50 concurrent requests): the listen queue
-        # must hold at least as many connections as the batcher queues requests
-        self.request_queue_size = max(settings.listen_backlog, settings.max_pending)
-        super().__init__(address, _Handler)
-        self.backend = backend
-        self.settings = settings
-        self.created = int(time.time())
-        self.batcher = Batcher(
-            backend, settings.max_batch, settings.batch_wait_ms / 1000, settings.max_pending
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-    @property
-    def generate_calls(self) -> int:
-        return self.batcher.generate_calls
-
-    def close(self) -> None:
-        """Finish queued requests, then wait for the handler threads and close the socket."""
-        self.batcher.close(timeout=self.settings.request_timeout_s)
-        self.server_close()
+_END = object()  # the job's future is done: no more deltas
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: LLINKServer
-    server_version = "llink-serve"
-    timeout = 30  # seconds a client may take to send its request (ServeSettings.read_timeout_s)
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-    def setup(self) -> None:
-        self.timeout = self.server.settings.read_timeout_s
-        super().setup()
 
-    def do_GET(self) -> None:
-        self._dispatch()
+async def _chunks(name: str, job: ChatJob, first: Any, queue: asyncio.Queue, future: Future,
+                  include_usage: bool) -> AsyncIterator[str]:
+    """The server-sent events of a streamed answer: a role chunk, the deltas as they come,
+    a chunk with the finish reason (and ``llink`` info), the usage if asked, ``[DONE]``."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": name}
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = do_GET
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
+    yield _sse(chunk({"role": "assistant", "content": ""}))
+    item = first
+    while item is not _END:
+        yield _sse(chunk({"content": item}))
+        item = await queue.get()
+    try:
+        done: Completion = future.result()
+    except ApiError as err:
+        yield _sse(err.body())  # OpenAI clients raise this as an APIError
+        return
+    last = chunk({}, done.finish_reason)
+    if job.foreign is not None:
+        last["llink"] = _llink_info(job, done)
+    yield _sse(last)
+    if include_usage:
+        yield _sse({**base, "choices": [], "usage": _usage(done)})
+    yield "data: [DONE]\n\n"
 
-    # --- dispatch --------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        self._body_read = False
-        try:
-            self._route()
-        except ApiError as err:
-            self._reply(err.status, err.body(), err.headers)
-        except Exception:
-            log.exception("internal error on %s %s", self.command, self.path)
-            err = ApiError(
-                500, "internal server error (see the server log)", "internal_error", "server_error"
-            )
-            self._reply(err.status, err.body())
 
-    def _route(self) -> None:
-        routes: dict[str, dict[str, Callable[[], None]]] = {
-            "/health": {"GET": self._health},
-            "/v1/models": {"GET": self._models},
-            "/v1/chat/completions": {"POST": self._chat},
-        }
-        path = urlsplit(self.path).path.rstrip("/") or "/"
-        methods = routes.get(path)
-        if methods is None:
-            raise ApiError(
-                404,
-                f"no endpoint {path}; endpoints: GET /health, GET /v1/models, "
-                "POST /v1/chat/completions",
-                "not_found",
-                "not_found_error",
-            )
-        if self.command not in methods:
-            allowed = ", ".join(methods)
-            raise ApiError(
-                405,
-                f"{self.command} is not allowed on {path}; use {allowed}",
-                "method_not_allowed",
-                headers={"Allow": allowed},
-            )
-        if path != "/health":
-            self._authorize()
-        methods[self.command]()
+# --------------------------------------------------------------------------- HTTP
+class _Limits:
+    """ASGI middleware around the FastAPI app: a declared body over the limit gets a 413 at
+    once (uvicorn drops the unread body); a body not complete within ``read_timeout_s``
+    gets a 408 and the connection is closed (uvicorn waits for a body as long as the client
+    keeps the connection open). Bodies without a declared length are limited by FastAPI's
+    ``max_body_size``; FastAPI answers a declared one itself only in plain text."""
 
-    def _authorize(self) -> None:
-        key = self.server.settings.api_key
+    def __init__(self, app: ASGIApp, settings: ServeSettings) -> None:
+        self.app, self.limit, self.seconds = app, settings.max_body_bytes, settings.read_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode()
+        if declared.isdigit() and int(declared) > self.limit:
+            err = ApiError(413, f"the request body has {declared} bytes; the limit is "
+                           f"{self.limit}", "body_too_large")
+            await JSONResponse(err.body(), err.status)(scope, receive, send)
+            return
+        deadline = asyncio.get_running_loop().time() + self.seconds
+        got, complete = 0, False
+
+        async def receive_in_time() -> Message:
+            nonlocal got, complete
+            if complete:
+                return await receive()  # waiting for a disconnect is not limited
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                log.warning("%s %s: request body incomplete after %gs (%d of %s bytes); "
+                            "answered 408", scope["method"], scope["path"], self.seconds, got,
+                            declared or "?")
+                raise HTTPException(408, f"the request body ended early: Content-Length is "
+                                    f"{declared or '?'} bytes, {got} arrived within "
+                                    f"{self.seconds:g} s", headers={"Connection": "close"}
+                                    ) from None
+            got += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body")
+            return message
+
+        await self.app(scope, receive_in_time, send)
+
+
+_BEARER = HTTPBearer(auto_error=False)
+
+
+def create_app(server: LLINKServer) -> FastAPI:
+    """The FastAPI application of ``server`` (its backend, settings and batcher)."""
+    settings, backend, batcher = server.settings, server.backend, server.batcher
+    app = FastAPI(title="llink serve", summary="OpenAI-compatible chat completions (LLINK)",
+                  max_body_size=settings.max_body_bytes)
+
+    async def authorize(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> None:
+        key = settings.api_key
         if key is None:
             return
-        scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), key.encode()
-        ):
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), key.encode()):
             raise ApiError(
                 401,
                 "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -836,207 +1028,187 @@ class _Handler(BaseHTTPRequestHandler):
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    # --- endpoints -------------------------------------------------------------------
-    def _health(self) -> None:
-        b, batcher = self.server.backend, self.server.batcher
-        self._reply(
-            200,
-            {
-                "status": "ok",
-                "kind": b.kind,
-                "model": b.name,
-                **b.describe(),
-                "pending": batcher.pending,
-                "generate_calls": batcher.generate_calls,
-                "completed": batcher.completed,
-            },
-        )
-
-    def _models(self) -> None:
-        b = self.server.backend
-        card = {
-            "id": b.name,
-            "object": "model",
-            "created": self.server.created,
-            "owned_by": "llink",
-            "kind": b.kind,
-        }
-        self._reply(200, {"object": "list", "data": [card]})
-
-    def _chat(self) -> None:
-        server = self.server
-        self._require_json()
-        job = parse_chat_request(self._read_json(), server.settings, server.backend.needs_foreign)
-        future = server.batcher.submit(job)
-        limit = server.settings.request_timeout_s
-        try:
-            done = future.result(timeout=limit)
-        except FutureTimeout:
-            future.cancel()  # still queued: the worker drops it instead of generating for nobody
-            raise ApiError(
-                504, f"no answer within the request timeout of {limit:g} s; retry later",
-                "timeout", "server_error",
-            ) from None
-        self._reply(200, chat_response(server.backend.name, job, done))
-
-    # --- bodies ----------------------------------------------------------------------
-    def _content_length(self) -> int | None:
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            return None
-        try:
-            n = int(raw)
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise _bad(f"invalid Content-Length {raw!r}", "invalid_content_length")
-        return n
-
-    def _require_json(self) -> None:
+    async def json_request(request: Request) -> None:
         """Only ``Content-Type: application/json``: a web page cannot send that to another
         origin without a CORS preflight, which this server never grants (no CSRF)."""
-        raw = self.headers.get("Content-Type")
-        media = (raw or "").split(";", 1)[0].strip().lower()
-        if media != JSON_TYPE:
+        raw = request.headers.get("content-type")
+        if (raw or "").split(";", 1)[0].strip().lower() != JSON_TYPE:
             got = f"Content-Type {raw!r}" if raw else "no Content-Type"
             raise ApiError(
                 415,
                 f"the request has {got}; send the JSON body with 'Content-Type: {JSON_TYPE}'",
                 "unsupported_media_type",
             )
+        if "content-length" not in request.headers and "transfer-encoding" not in request.headers:
+            raise ApiError(411, "a Content-Length header is required", "length_required",
+                           headers={"Connection": "close"})
 
-    def _read_json(self) -> Any:
-        # a body this server cannot frame stays on the socket: answer, then close (_reply)
-        coding = self.headers.get("Transfer-Encoding")
-        if coding is not None:
-            raise _length_required(
-                f"request bodies with Transfer-Encoding {coding!r} (chunked) are not supported; "
-                "send the body with a Content-Length header"
-            )
-        n = self._content_length()
-        if n is None:
-            raise _length_required("a Content-Length header is required")
-        limit = self.server.settings.max_body_bytes
-        if n > limit:
-            raise _too_large(n, limit)
-        data = self._read_body(n)
-        try:
-            return json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _bad(f"the body is not valid JSON: {exc}", "invalid_json") from None
-        except RecursionError:
-            raise _bad("the body is nested too deeply", "invalid_json") from None
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
-    def _read_body(self, n: int) -> bytes:
-        """Exactly ``n`` body bytes, within ``read_timeout_s`` in all; a client that declares
-        more than it sends gets a 408 (after the timeout) or a 400 (when it closes)."""
-        self._body_read = True
-        timeout = self.server.settings.read_timeout_s
-        deadline = time.monotonic() + timeout
-        data = bytearray()
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await api_error(request, validation_error(exc.errors(), prefix=1))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            err = ApiError(404, f"no endpoint {request.url.path}; endpoints: {ENDPOINTS}",
+                           "not_found", "not_found_error")
+        elif exc.status_code == 405:
+            err = ApiError(405, f"{request.method} is not allowed on {request.url.path}; use "
+                           f"{headers.get('Allow', '')}", "method_not_allowed")
+        elif exc.status_code == 413:  # a body of undeclared length (chunked)
+            err = ApiError(413, f"the request body is larger than the limit of "
+                           f"{settings.max_body_bytes} bytes", "body_too_large")
+        elif exc.status_code == 408:
+            err = ApiError(408, str(exc.detail), "request_timeout")
+        else:
+            err = ApiError(exc.status_code, str(exc.detail), "http_error")
+        err.headers = headers
+        return await api_error(request, err)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        return await api_error(request, ApiError(
+            500, "internal server error (see the server log)", "internal_error", "server_error"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "kind": backend.kind, "model": backend.name,
+                **backend.describe(), "pending": batcher.pending,
+                "generate_calls": batcher.generate_calls, "completed": batcher.completed}
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    async def models() -> dict[str, Any]:
+        card = {"id": backend.name, "object": "model", "created": server.created,
+                "owned_by": "llink", "kind": backend.kind}
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize), Depends(json_request)],
+              response_model=None)
+    async def chat(req: ChatRequest) -> JSONResponse | StreamingResponse:
+        job = chat_job(req, settings, backend.needs_foreign)
+        limit = settings.request_timeout_s
+        if not job.stream:
+            future = batcher.submit(job)
+            try:
+                done = await asyncio.wait_for(asyncio.wrap_future(future), limit)
+            except TimeoutError:
+                future.cancel()  # still queued: the worker drops it instead of generating
+                raise _timeout(limit) from None
+            return JSONResponse(chat_response(backend.name, job, done))
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+
+        def emit(item: Any) -> None:  # from the worker thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        future = batcher.submit(job, emit)
+        future.add_done_callback(lambda _: emit(_END))
         try:
-            while len(data) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                self.connection.settimeout(left)
-                chunk = self.rfile.read1(min(n - len(data), 1 << 16))
-                if not chunk:
-                    break
-                data += chunk
+            first = await asyncio.wait_for(queue.get(), limit)
         except TimeoutError:
-            self.close_connection = True
-            log.warning("%s %s %s: request body incomplete after %gs (%d of %d bytes); "
-                        "answered 408", self.address_string(), self.command, self.path,
-                        timeout, len(data), n)
-            raise ApiError(
-                408,
-                f"the request body ended early: Content-Length is {n} bytes, {len(data)} "
-                f"arrived within {timeout:g} s",
-                "request_timeout",
-                headers={"Connection": "close"},
-            ) from None
-        finally:
-            self.connection.settimeout(timeout)
-        if len(data) < n:
-            self.close_connection = True
-            raise _bad(
-                f"the request body ended early: Content-Length is {n} bytes, the client sent "
-                f"{len(data)}",
-                "incomplete_body",
-            )
-        return bytes(data)
+            future.cancel()
+            raise _timeout(limit) from None
+        if first is _END:
+            future.result()  # an error before the first token: a plain error response
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(
+            _chunks(backend.name, job, first, queue, future, include_usage),
+            media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    def _unread_body(self) -> int:
-        """Bytes of a request body nobody has read (0 once read or drained)."""
-        if self._body_read or self.command in ("GET", "HEAD"):
-            return 0
-        if self.headers.get("Transfer-Encoding") is not None:
-            return 0  # not framed by Content-Length: the connection is closed instead
+    return app
+
+
+def _timeout(limit: float) -> ApiError:
+    return ApiError(504, f"no answer within the request timeout of {limit:g} s; retry later",
+                    "timeout", "server_error")
+
+
+class LLINKServer:
+    """A bound socket, the FastAPI app and its uvicorn server; ``generate_calls`` counts
+    the generate calls run. Serve with :meth:`serve_forever` (blocks) or :meth:`start`
+    (a background thread); :meth:`close` finishes queued requests and stops."""
+
+    def __init__(self, backend: Backend, settings: ServeSettings, host: str = "127.0.0.1",
+                 port: int = 8000, backlog: int | None = None) -> None:
+        import uvicorn
+
+        # the listen queue must hold at least as many connections as the batcher queues
+        # requests, or the kernel drops connections when many clients connect at once
+        self.listen_backlog = backlog or max(settings.listen_backlog, settings.max_pending)
         try:
-            return self._content_length() or 0
-        except ApiError:
-            return 0
+            self.socket = socket.create_server((host, port), backlog=self.listen_backlog)
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self.backend = backend
+        self.settings = settings
+        self.created = int(time.time())
+        self.batcher = Batcher(
+            backend, settings.max_batch, settings.batch_wait_ms / 1000, settings.max_pending
+        )
+        self.app = create_app(self)
+        # h11 and asyncio: the protocol the tests exercise, whatever else is installed
+        config = uvicorn.Config(_Limits(self.app, settings), host=host, port=self.server_address[1], http="h11",
+                                loop="asyncio", lifespan="off", log_config=None,
+                                backlog=self.listen_backlog)
+        self._uvicorn = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+        self._closed = False
 
-    def _discard(self, n: int) -> bool:
-        """Read and drop ``n`` body bytes (at most ``_DRAIN_LIMIT``, within the read timeout);
-        True when all of them were read, so that closing the socket does not reset the
-        reply the client has not read yet."""
-        self._body_read = True
-        if n > _DRAIN_LIMIT:
-            return False
-        deadline = time.monotonic() + self.server.settings.read_timeout_s
-        try:
-            while n > 0 and time.monotonic() < deadline:
-                self.connection.settimeout(max(0.01, deadline - time.monotonic()))
-                chunk = self.rfile.read1(min(n, 1 << 16))
-                if not chunk:
-                    return False
-                n -= len(chunk)
-        except OSError:
-            return False
-        return n == 0
+    @property
+    def server_address(self) -> tuple[str, int]:
+        host, port = self.socket.getsockname()[:2]
+        return host, port
 
-    def _reply(
-        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> None:
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        headers = dict(headers or {})
-        if not self._body_read and self.headers.get("Transfer-Encoding") is not None:
-            headers["Connection"] = "close"  # an unread chunked body: its bytes are no request
-        if headers.get("Connection") == "close":
-            self.close_connection = True
-        unread = self._unread_body()
-        try:
-            if 0 < unread <= _SMALL_BODY and not self._discard(unread):
-                self.close_connection = True
-            large = unread > _SMALL_BODY
-            if large:  # answer first, then read and drop the body, then close
-                self.close_connection = True
-                headers["Connection"] = "close"
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            if large:
-                self.wfile.flush()
-                self._discard(unread)
-        except OSError as exc:  # the client went away
-            log.info("could not answer %s %s: %s", self.command, self.path, exc)
-            self.close_connection = True
+    @property
+    def url(self) -> str:
+        host, port = self.server_address
+        return f"http://{host}:{port}"
 
+    @property
+    def generate_calls(self) -> int:
+        return self.batcher.generate_calls
 
-def _length_required(message: str) -> ApiError:
-    return ApiError(411, message, "length_required", headers={"Connection": "close"})
+    def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` (or, in the main thread, Ctrl-C / SIGTERM)."""
+        self._uvicorn.run(sockets=[self.socket])
 
+    def start(self) -> LLINKServer:
+        """Serve from a background thread; return once the server accepts requests."""
+        self._thread = threading.Thread(target=self.serve_forever, name="llink-serve",
+                                        daemon=True)
+        self._thread.start()
+        while not self._uvicorn.started and self._thread.is_alive():
+            time.sleep(0.01)
+        if not self._uvicorn.started:
+            raise ServeError("the server did not start (see the log)")
+        return self
 
-def _too_large(n: int, limit: int) -> ApiError:
-    return _bad(f"the request body has {n} bytes; the limit is {limit}", "body_too_large",
-                status=413)
+    def shutdown(self) -> None:
+        """Stop accepting connections, answer the queued requests (a hold is lifted), and
+        wait for the serving thread started by :meth:`start`."""
+        self._uvicorn.should_exit = True
+        self.batcher.close(timeout=self.settings.request_timeout_s)
+        if self._thread is not None:
+            self._thread.join(self.settings.request_timeout_s)
+
+    def close(self) -> None:
+        """:meth:`shutdown`, then release the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self.shutdown()
+        self.socket.close()
+
+    def __enter__(self) -> LLINKServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------- running
@@ -1067,18 +1239,20 @@ def api_key_from_env(var: str | None) -> str | None:
 
 
 def make_server(
-    backend: Backend, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000
+    backend: Backend, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000,
+    backlog: int | None = None,
 ) -> LLINKServer:
-    """A bound server (port 0: any free port); call ``serve_forever`` and ``close``."""
-    try:
-        return LLINKServer((host, port), backend, settings)
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from exc
+    """A bound server (port 0: any free port): ``with server:`` serves from a thread;
+    :func:`run_server` serves in the foreground."""
+    return LLINKServer(backend, settings, host, port, backlog)
 
 
 def run_server(server: LLINKServer) -> None:
     """Serve until Ctrl-C (or SIGTERM), then finish queued requests and stop."""
+    import signal
+
     if threading.current_thread() is threading.main_thread():
+        # uvicorn handles the signal, then raises it again once it has stopped
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     b = server.backend
     print(
@@ -1089,6 +1263,7 @@ def run_server(server: LLINKServer) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("llink serve: shutting down, finishing queued requests", flush=True)
+        pass
     finally:
+        print("llink serve: stopped", flush=True)
         server.close()
