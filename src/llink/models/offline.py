@@ -20,7 +20,8 @@ The packages' names say nothing about what they carry, so every file read from t
 pinned by SHA-256 (:data:`PINNED`, taken from the releases the install scripts name): a
 source is hashed before it is converted and refused on a mismatch
 (:class:`SourceHashMismatch`), and a cached conversion counts only if its manifest records
-the pinned hashes.
+the pinned hashes and its sources still have the size and mtime recorded there (else they
+are hashed again).
 """
 
 from __future__ import annotations
