@@ -187,6 +187,8 @@ def test_a_copy_outside_its_run_keeps_its_card(run, tmp_path):
     changed = model.save_pretrained(tmp_path / "changed")
     text = (changed / CARD_FILE).read_text(encoding="utf-8")
     assert "| LLINK (this model) |" not in text and "No held-out evaluation" in text
+    # without its run folder, the card reads the data settings Stage B kept in llink.json
+    assert "# LLINK: Khmer (km) → English" in text and "Pairs per split" in text
 
 
 def test_save_pretrained_needs_llink_metadata(run, tmp_path):
