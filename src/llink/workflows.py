@@ -22,7 +22,7 @@ from llink.checkpoints import check_folder, folder_digest, load_json
 from llink.config import Config, DataConfig
 from llink.data.english import read_english
 from llink.data.pairs import Pair, read_pairs, source_group
-from llink.data.splits import Splits, is_held_out, load_splits
+from llink.data.splits import Splits, corpus_specs, is_held_out, load_splits
 from llink.data.tasks import TaskExample, foreign_length_ok, read_task_file, translation_examples
 from llink.eval import EvalError
 from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
@@ -370,6 +370,10 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     if e.baseline:
         result["baseline"] = run_baseline(session, resume=resume)
     result.update(dist.on_main(_main_evaluations, session) or {})
+    if dist.is_main():  # the model card again, now with the held-out results
+        from llink.reporting.card import write_model_card
+
+        print(f"model card: {write_model_card(Path(cfg.run_dir) / 'stage_b', cfg.run_dir)}")
     minutes = (time.time() - t0) / 60
     print(f"main job finished in {minutes:.1f} min; run folder: {cfg.run_dir}")
     if e.report and dist.is_main():
@@ -536,6 +540,10 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
         "targets": stage_a.meta["targets"],
         **stage_a.targets.spec(),
         "stage_a_dev": stage_a.meta.get("dev_metrics"),
+        # what the model card says of the data when the run folder is not at hand
+        "data": {"pairs": corpus_specs(cfg.data.pairs), "lang": cfg.data.lang,
+                 "sentence_like_only": cfg.data.sentence_like_only,
+                 "splits": session.splits.counts()},
     }
     summary = train_stage_b(cfg, model, train, dev, meta, resume=resume,
                             progress=session.progress, langs=[it.lang for it in train_items])
@@ -545,6 +553,10 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
               f"{f['nll_ablated']:.3f} (gap {f['usage_gap']:.3f}), base decoder on raw text "
               f"{f.get('nll_base_raw', float('nan')):.3f} -> {Path(cfg.run_dir) / 'stage_b'}")
     dist.on_main(write_json_atomic, Path(cfg.run_dir) / "stage_b.summary.json", summary)
+    if dist.is_main():
+        from llink.reporting.card import write_model_card  # imports the plotting library
+
+        write_model_card(Path(cfg.run_dir) / "stage_b", cfg.run_dir)
     return summary
 
 

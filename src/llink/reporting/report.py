@@ -21,7 +21,8 @@ from llink.reporting.runs import STAGES, RunFolder, load_run
 
 @dataclass
 class Block:
-    """One element of a report: ``kind`` is h2, h3, p, table, img or pre."""
+    """One element of a report: ``kind`` is h1, h2, h3, p, table, img, pre (JSON) or code
+    (Python)."""
 
     kind: str
     text: str = ""
@@ -232,7 +233,7 @@ def render_html(blocks: list[Block]) -> str:
     for b in blocks:
         if b.kind in ("h1", "h2", "h3", "p"):
             parts.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
-        elif b.kind == "pre":
+        elif b.kind in ("pre", "code"):
             parts.append(f"<pre>{html.escape(b.text)}</pre>")
         elif b.kind == "table":
             head = "".join(f"<th>{html.escape(h)}</th>" for h in b.headers)
@@ -258,8 +259,8 @@ def render_markdown(blocks: list[Block], relative_to: Path) -> str:
             lines += ["#" * int(b.kind[1]) + " " + b.text, ""]
         elif b.kind == "p":
             lines += [b.text, ""]
-        elif b.kind == "pre":
-            lines += ["```json", b.text, "```", ""]
+        elif b.kind in ("pre", "code"):
+            lines += ["```json" if b.kind == "pre" else "```python", b.text, "```", ""]
         elif b.kind == "table":
             lines.append("| " + " | ".join(_md_cell(h) for h in b.headers) + " |")
             lines.append("|" + "---|" * len(b.headers))
