@@ -5,7 +5,8 @@
 #   MULTI=runs/multilingual KHMER=runs/quickstart bash benchmarks/multilingual_vs_khmer.sh
 #
 # MULTI: a finished `llink run --config configs/multilingual.yaml`; KHMER: a finished
-# main job (`bash scripts/main.sh`). Writes $OUT/{multi,khmer}/eval/*.json:
+# main job (`bash scripts/main.sh`). Writes $OUT/{multi,khmer}/eval/*.json and the tables
+# benchmarks/results/multilingual_vs_khmer.md (python -m benchmarks.compare_languages):
 #   - retrieval of both Stage A projectors on every language's 200 test pairs (the Khmer
 #     projector on the other languages is a zero-shot reference);
 #   - on the 200 Khmer test pairs of the multilingual config: Khmer retrieval, the answer
@@ -31,22 +32,4 @@ for who in multi khmer; do
   llink eval gen --quiet --config $ML --model "$src/stage_b" --systems $systems --n 200 \
     "${KM[@]}" run_dir="$OUT/$who-km"
 done
-python - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-def load(p): return json.loads((out / p).read_text())
-ret = {w: load(f"{w}/eval/retrieval.json") for w in ("multi", "khmer")}
-key = next(k for k in ret["multi"]["rows"] if k.startswith("LLINK"))
-enc = "encoder cross-lingual (reference)"
-print("R@1 per language: multilingual model | Khmer-only model | encoder")
-for lang, r in ret["multi"]["by_lang"].items():
-    k = ret["khmer"]["by_lang"][lang]
-    print(f"  {lang:<4} {r[key]['R@1']:.3f} | {k[key]['R@1']:.3f} | {r[enc]['R@1']:.3f}")
-for w in ("multi", "khmer"):
-    n, g = load(f"{w}-km/eval/nll.json"), load(f"{w}-km/eval/gen.json")
-    s = g["systems"]
-    print(f"{w}: Khmer (200 test pairs) NLL injected {n['nll_injected']:.3f} ablated "
-          f"{n['nll_ablated']:.3f} gap {n['usage_gap']:.3f}; chrF LLINK {s['llink']['chrf']:.2f}"
-          + (f", base {s['base']['chrf']:.2f}" if "base" in s else ""))
-PY
+python -m benchmarks.compare_languages "$OUT" --out benchmarks/results/multilingual_vs_khmer.md
