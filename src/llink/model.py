@@ -293,12 +293,6 @@ class LLINK(PromptedDecoder):
         """What the prompt copies from ``foreign`` as text (None unless ``literals``)."""
         return extract_literals(foreign) if self.literals else None
 
-    @property
-    def slot_counts_vary(self) -> bool:
-        """Whether texts take different numbers of slots (read from their token states)."""
-        return self.reader is not None and (isinstance(self.reader, TokenProjector)
-                                            or self.slots_per_token > 0)
-
     def slot_counts(self, tokens: list[torch.Tensor] | None) -> list[int] | None:
         """Slots each text takes: K; one per encoder token up to K (``all_tokens``); or,
         with ``slots_per_token`` r > 0, ceil(r · tokens) between 1 and K (``tokens``: short

@@ -64,13 +64,7 @@ from llink.models.loading import load_decoder, load_encoder, resolve_device
 from llink.runlog import write_run_info
 from llink.train.baseline import train_baseline
 from llink.train.stage_a import compute_features, train_stage_a
-from llink.train.stage_b import (
-    EncodedExamples,
-    evaluate_nll,
-    rows_drawn,
-    tokenize_examples,
-    train_stage_b,
-)
+from llink.train.stage_b import EncodedExamples, evaluate_nll, tokenize_examples, train_stage_b
 
 
 @dataclass
@@ -422,12 +416,8 @@ def _main_evaluations(session: Session) -> dict[str, Any]:
 
 def _stage_b_data(
     session: Session, model: LLINK, items: list[TaskExample], with_base: bool = False,
-    rows: set[int] | None = None,
 ) -> EncodedExamples:
-    """Tokenize task examples and attach their cached encoder vectors and teacher states.
-
-    ``rows``: the only items whose encoder token states are needed (the rows training
-    draws; the others hold None), where every text takes the same number of slots."""
+    """Tokenize task examples and attach their cached encoder vectors and teacher states."""
     cfg, root = session.cfg, features_root(session.cfg.features_cache)
     a, b = cfg.stage_a, cfg.stage_b
     enc = encoder_vectors(session.encoder, [it.foreign for it in items], root,
@@ -437,13 +427,8 @@ def _stage_b_data(
                               model.targets.pooling)
     tokens = None
     if model.reader is not None:
-        need = sorted(rows) if rows is not None and not model.slot_counts_vary \
-            else range(len(items))
-        states = encoder_token_states(session.encoder, [items[i].foreign for i in need], root,
+        tokens = encoder_token_states(session.encoder, [it.foreign for it in items], root,
                                       model.token_layer, a.encoder_batch_size, session.progress)
-        tokens = [None] * len(items)
-        for i, t in zip(need, states, strict=True):
-            tokens[i] = t
     examples = tokenize_examples(model, items, b.max_answer_tokens,
                                  slot_counts=model.slot_counts(tokens))
     base = tokenize_examples(model, items, b.max_answer_tokens, raw_foreign=True) if with_base \
@@ -525,11 +510,7 @@ def run_stage_b(session: Session, resume: bool = False) -> dict[str, Any]:
     train_items = stage_b_items(session, "train")
     dev_items = stage_b_items(session, "dev")[: cfg.stage_b.eval_pairs]
     print(f"Stage B: {len(train_items)} training examples, {len(dev_items)} dev examples")
-    drawn = rows_drawn(cfg, [it.lang for it in train_items])
-    if model.reader is not None and len(drawn) < len(train_items):
-        print(f"Stage B: {cfg.stage_b.steps} steps draw {len(drawn)} of the {len(train_items)} "
-              "training examples; encoder token states are computed for those")
-    train = _stage_b_data(session, model, train_items, rows=drawn)
+    train = _stage_b_data(session, model, train_items)
     dev = _stage_b_data(session, model, dev_items, with_base=True)
     meta = {
         **session.model_meta(),

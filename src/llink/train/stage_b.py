@@ -70,44 +70,12 @@ class EncodedExamples:
     tokens: list[torch.Tensor] | None = None  # encoder token states (slot_source=tokens)
 
     def token_rows(self, rows: Any) -> list[torch.Tensor] | None:
-        """Token states of the given rows (a slice or index tensor), or None.
-
-        ``tokens`` may hold None for rows no batch draws (see :func:`rows_drawn`); asking
-        for one of those is a bug, not a silent zero."""
+        """Token states of the given rows (a slice or index tensor), or None."""
         if self.tokens is None:
             return None
-        got = self.tokens[rows] if isinstance(rows, slice) else \
-            [self.tokens[i] for i in rows.tolist()]
-        if any(t is None for t in got):
-            raise RuntimeError("token states were computed only for the rows training draws; "
-                               "a batch asked for another row (rows_drawn is out of step "
-                               "with the training loop)")
-        return got
-
-
-def train_rows(n: int, b: StageBConfig, seed: int, step: int, micro: int,
-               groups: Any = None) -> torch.Tensor:
-    """The global batch of Stage B's (step, micro-step): rows of the training examples."""
-    return batch_indices(n, b.micro_batch, seed, step, micro + 17, groups)
-
-
-def rows_drawn(cfg: Config, langs: Sequence[str]) -> set[int]:
-    """Every training row a Stage B run with ``cfg`` will draw (all steps, micro-steps and
-    the lexical warm-up): the rows whose encoder token states it needs."""
-    b, n = cfg.stage_b, len(langs)
-    groups = language_groups(langs, cfg.data.lang_alpha)
-    rows: set[int] = set()
-    for step in range(b.steps):
-        for micro in range(b.grad_accum):
-            rows.update(train_rows(n, b, cfg.seed, step, micro, groups).tolist())
-    for step in range(b.lexical_steps):
-        rows.update(lexical_rows(n, b, cfg.seed, step).tolist())
-    return rows
-
-
-def lexical_rows(n: int, b: StageBConfig, seed: int, step: int) -> torch.Tensor:
-    """The batch of the lexical warm-up's ``step``."""
-    return batch_indices(n, b.lexical_batch, seed, step, 7)
+        if isinstance(rows, slice):
+            return self.tokens[rows]
+        return [self.tokens[i] for i in rows.tolist()]
 
 
 def tokenize_examples(
@@ -399,7 +367,7 @@ def train_stage_b(
         torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
-            idx = dist.local_slice(train_rows(n, b, cfg.seed, step, micro, groups))
+            idx = dist.local_slice(batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17, groups))
             batch = collate([train.examples[i] for i in idx], pad)
             with runner.autocast():
                 loss, parts = _step_loss(
@@ -487,7 +455,7 @@ def lexical_warmup(
                      unit="step"):
         for g in opt.param_groups:
             g["lr"] = warmup_linear(step, warm, b.lexical_steps, base_lr)
-        idx = lexical_rows(n, b, seed, step)
+        idx = batch_indices(n, b.lexical_batch, seed, step, 7)
         labels = collate([train.examples[i] for i in idx.tolist()], pad)["labels"]
         slots = model.slots(train.enc[idx], tokens=train.token_rows(idx))
         loss = _lexical_term(model, b, slots, labels, content, vocab, train.token_rows(idx))
