@@ -61,6 +61,7 @@ fi
 log "gen default, base, baseline"; gens "$OUT/default" llink,base,baseline
 stage_a a-default
 stage_b pooled model.slot_source=pooled model.literals=false
+stage_b pooled-literals model.slot_source=pooled model.literals=true
 stage_b tokens-no-literals model.literals=false
 stage_a a-paper stage_a.teacher_layer=-1 stage_a.teacher_pooling=foreign_emb
 stage_a a-k64 model.num_slots=64  # K sets the reserved rows Stage A trains
