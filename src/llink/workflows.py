@@ -41,10 +41,12 @@ from llink.eval.judge import write_records as write_judge_records
 from llink.eval.numbers import extract_numbers, numeric_fidelity
 from llink.eval.retrieval import (
     format_group_table,
+    format_language_table,
     format_table,
     latin_overlap_ranks,
     metrics_by_group,
     metrics_from_ranks,
+    ranks_within_groups,
     retrieval_ranks,
 )
 from llink.eval.tokens import token_budget
@@ -157,6 +159,11 @@ def run_stage_a(session: Session, resume: bool = False) -> StageAArtifact:
     return art
 
 
+def pairs_tag(pairs_file: str | None) -> str:
+    """What an evaluation of a pair file adds to its output names: ``-udhr-en-km``."""
+    return "-" + Path(pairs_file).name.split(".")[0] if pairs_file else ""
+
+
 def evaluation_pairs(session: Session, pairs_file: str | None) -> list[Pair]:
     """The retrieval pool: a given pair file, or the held-out test split."""
     if pairs_file:
@@ -220,8 +227,11 @@ def evaluate_retrieval(
     pairs = evaluation_pairs(session, pairs_file)
     langs = [p.lang for p in pairs]
     several = len(set(langs)) > 1
-    ranks = language_pool_ranks(session, art, pairs, baselines) if several \
-        else pool_ranks(session, art, pairs, baselines)
+    if several:  # each query among its own language's pairs
+        ranks = ranks_within_groups(
+            langs, lambda rows: pool_ranks(session, art, [pairs[i] for i in rows], baselines))
+    else:
+        ranks = pool_ranks(session, art, pairs, baselines)
     pool = "each language's pairs" if several else "all"
     groups = [source_group(p.source) for p in pairs]
     rows = {name: metrics_from_ranks(r) for name, r in ranks.items()}
@@ -233,7 +243,7 @@ def evaluate_retrieval(
         per_row = {name: metrics_by_group(r, labels) for name, r in ranks.items()}
         record[key] = {g: {name: per_row[name][g] for name in ranks}
                        for g in per_row[next(iter(ranks))]}
-    tag = "-" + Path(pairs_file).name.split(".")[0] if pairs_file else ""
+    tag = pairs_tag(pairs_file)
     out = Path(cfg.run_dir) / "eval" / f"retrieval{tag}.json"
     if dist.is_main():
         zero = set(cfg.data.zero_shot)
@@ -251,37 +261,6 @@ def evaluate_retrieval(
         print(f"written: {out}")
     dist.barrier()
     return rows
-
-
-def language_pool_ranks(
-    session: Session, art: StageAArtifact, pairs: list[Pair], baselines: bool = True
-) -> dict[str, torch.Tensor]:
-    """:func:`pool_ranks` with each query ranked among the pairs of its own language (one
-    English sentence is in several languages' pools), in the order of ``pairs``."""
-    out: dict[str, torch.Tensor] = {}
-    for lang in dict.fromkeys(p.lang for p in pairs):
-        rows = [i for i, p in enumerate(pairs) if p.lang == lang]
-        for name, r in pool_ranks(session, art, [pairs[i] for i in rows], baselines).items():
-            out.setdefault(name, torch.empty(len(pairs)))[torch.tensor(rows)] = r.float()
-    return out
-
-
-def format_language_table(by_lang: dict[str, dict[str, dict[str, float]]],
-                          zero_shot: set[str]) -> str:
-    """Per-language R@1: the projector beside the encoder's own on the same pool."""
-    ours = next(k for k in next(iter(by_lang.values())) if k.startswith("LLINK"))
-    enc = "encoder cross-lingual (reference)"
-    native = next((k for k in next(iter(by_lang.values())) if k.startswith("decoder-native")),
-                  None)
-    head = f"{'language':<12} {'pool':>5} {'LLINK R@1':>10} {'encoder':>8} {'diff':>7}"
-    lines = ["R@1 per language (each language's test pairs ranked among themselves)",
-             head + (f" {'dec-native':>10}" if native else "")]
-    for lang, r in sorted(by_lang.items(), key=lambda kv: (kv[0] in zero_shot, kv[0])):
-        name = f"{lang} (0-shot)" if lang in zero_shot else lang
-        a, e = r[ours]["R@1"], r[enc]["R@1"]
-        line = f"{name:<12} {r[ours]['n']:>5} {a:>10.3f} {e:>8.3f} {a - e:>+7.3f}"
-        lines.append(line + (f" {r[native]['R@1']:>10.3f}" if native else ""))
-    return "\n".join(lines)
 
 
 def evaluate_holdout(
@@ -557,11 +536,12 @@ def evaluate_nll_on_test(
             print(f"{pairs_file}: {sum(dropped.values())} pair(s) outside the foreign-length "
                   f"limits left out ({dict(dropped)})")
         items = items[:limit] if limit else items
-        described, tag = f"{len(items)} pairs of {pairs_file}", \
-            "-" + Path(pairs_file).name.split(".")[0]
+        described, tag = f"{len(items)} pairs of {pairs_file}", pairs_tag(pairs_file)
+        heading = f"NLL/token on {described}"
     else:
         items, tag = test_items(session, limit), ""
         described = f"{len(items)} test pairs, a deterministic sample spread over the split"
+        heading = f"test NLL/token on {len(items)} pairs"
     if not items:
         raise EvalError(f"no pairs to evaluate ({pairs_file or 'test split'})")
     data = _stage_b_data(session, model, items, with_base=True)
@@ -571,8 +551,7 @@ def evaluate_nll_on_test(
         "model": str(model_dir), "model_digest": folder_digest(model_dir),
         "items": described, **m})
     if dist.is_main():
-        where = f"{len(items)} pairs of {pairs_file}" if pairs_file else f"{len(items)} pairs"
-        print(f"{'' if pairs_file else 'test '}NLL/token on {where}: injected {m['nll_injected']:.3f} | ablated "
+        print(f"{heading}: injected {m['nll_injected']:.3f} | ablated "
               f"{m['nll_ablated']:.3f} | gap {m['usage_gap']:.3f} | base decoder, raw text "
               f"{m['nll_base_raw']:.3f}  ({out})")
         zero = set(cfg.data.zero_shot)
@@ -672,7 +651,7 @@ def evaluate_generation(
         pairs = evaluation_pairs(session, pairs_file)[: n or None]
         items = [GenItem(i, p.foreign, p.en, source_group(p.source), p.lang)
                  for i, p in enumerate(pairs)]
-        tag = "-" + Path(pairs_file).name.split(".")[0]
+        tag = pairs_tag(pairs_file)
         described = f"all {len(items)} pairs of {pairs_file}"
     elif numbers_only:
         items = [it for it in gen_items(session) if extract_numbers(it.reference)][: n or None]
@@ -739,7 +718,8 @@ def evaluate_generation(
     print(format_gen_table(result))
     if by_lang:
         zero = {x: " (0-shot)" for x in cfg.data.zero_shot}
-        print(format_group_chrf(by_lang, "chrF per language (95% bootstrap CI)", zero))
+        print(format_group_chrf(by_lang, "chrF per language (95% bootstrap CI)", "language",
+                                zero))
     if numbers_only:
         print_numeric_fidelity(result["numbers"])
     print(f"written: {out} and {gen_dir}/<system>.jsonl")

@@ -19,6 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from llink.batching import length_sorted_batches
+from llink.eval.stats import group_indices
 from llink.fileio import atomic_path, read_jsonl, write_json_atomic
 
 #: Systems ``llink eval gen`` knows, in report order.
@@ -156,14 +157,6 @@ def score_systems(
     return {"systems": {n: systems[n] for n in names}, "paired": paired, "scoring": settings}
 
 
-def group_indices(groups: Sequence[str]) -> dict[str, list[int]]:
-    """Item indices per group, largest group first."""
-    out: dict[str, list[int]] = {}
-    for i, g in enumerate(groups):
-        out.setdefault(g or "unknown", []).append(i)
-    return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), kv[0])))
-
-
 def score_by_group(
     outputs: dict[str, list[str]], references: list[str], groups: Sequence[str],
     n_samples: int = BOOTSTRAP_SAMPLES,
@@ -178,16 +171,17 @@ def score_by_group(
     return out
 
 
-def format_group_chrf(by_group: dict[str, Any], title: str,
+def format_group_chrf(by_group: dict[str, Any], title: str, label: str = "group",
                       marks: dict[str, str] | None = None) -> str:
-    """chrF with its 95% interval per group (e.g. per language) and system."""
+    """chrF with its 95% interval per group (a source, a language) and system; ``marks``
+    are appended to group names (e.g. " (0-shot)")."""
     systems = list(next(iter(by_group.values()))["systems"])
-    lines = [title, f"{'group':<14} {'n':>4} " + " ".join(f"{s:>22}" for s in systems)]
+    lines = [title, f"{label:<18} {'n':>5} " + " ".join(f"{s:>22}" for s in systems)]
     for g, r in by_group.items():
         cells = [f"{r['systems'][s]['chrf']:6.2f} {_ci(r['systems'][s]['chrf_ci']):>15}"
                  for s in systems]
         name = f"{g}{(marks or {}).get(g, '')}"
-        lines.append(f"{name:<14} {r['n']:>4} " + " ".join(f"{c:>22}" for c in cells))
+        lines.append(f"{name:<18} {r['n']:>5} " + " ".join(f"{c:>22}" for c in cells))
     return "\n".join(lines)
 
 
@@ -212,15 +206,9 @@ def format_gen_table(result: dict[str, Any]) -> str:
     for p in result["paired"]:
         lines.append(f"  {p['a']} vs {p['b']} {p['metric']}: {p['a_score']:.2f} vs "
                      f"{p['b_score']:.2f} (delta {p['delta']:+.2f}, p = {p['p_value']:.4f})")
-    by = result.get("by_source") or {}
-    if by:
-        names = list(result["systems"])
-        lines.append("chrF per source (95% CI):")
-        lines.append(f"{'source':<18} {'n':>5} " + " ".join(f"{n:>22}" for n in names))
-        for g, r in by.items():
-            cells = [f"{r['systems'][n]['chrf']:6.2f} {_ci(r['systems'][n]['chrf_ci']):>15}"
-                     for n in names]
-            lines.append(f"{g:<18} {r['n']:>5} " + " ".join(f"{c:>22}" for c in cells))
+    if result.get("by_source"):
+        lines.append(format_group_chrf(result["by_source"], "chrF per source (95% CI):",
+                                       "source"))
     return "\n".join(lines)
 
 

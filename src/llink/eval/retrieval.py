@@ -8,10 +8,12 @@ under random tie-breaking), which matters for sparse scores such as token overla
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from llink.eval.stats import group_indices
 
 METRIC_NAMES = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
 _LATIN = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*[A-Za-z0-9]|[A-Za-z]")
@@ -55,19 +57,29 @@ def retrieval_metrics(queries: torch.Tensor, keys: torch.Tensor) -> dict[str, fl
     return metrics_from_ranks(retrieval_ranks(queries, keys))
 
 
+def ranks_within_groups(
+    groups: Sequence[str], rank_rows: Callable[[list[int]], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Ranks computed group by group, each query among its own group's pairs (e.g. its
+    language: one English sentence is in several languages' pools), put back in the order
+    of ``groups``. ``rank_rows(rows)`` gives {system: ranks of those rows}."""
+    out: dict[str, torch.Tensor] = {}
+    for rows in group_indices(groups).values():
+        for name, r in rank_rows(rows).items():
+            out.setdefault(name, torch.empty(len(groups)))[torch.tensor(rows)] = r.float()
+    return out
+
+
 def grouped_retrieval_metrics(
     queries: torch.Tensor, keys: torch.Tensor, groups: Sequence[str] | None = None
 ) -> dict[str, float]:
-    """:func:`retrieval_metrics` with each query ranked among the keys of its own group
-    (e.g. its language: one English sentence is in several languages' pools); one group
-    or ``groups=None``: the whole pool."""
+    """:func:`retrieval_metrics` with each query ranked among the keys of its own group;
+    one group or ``groups=None``: the whole pool."""
     if not groups or len(set(groups)) < 2:
         return retrieval_metrics(queries, keys)
-    ranks = torch.empty(queries.shape[0])
-    for g in dict.fromkeys(groups):
-        rows = torch.tensor([i for i, x in enumerate(groups) if x == g])
-        ranks[rows] = retrieval_ranks(queries[rows], keys[rows])
-    return metrics_from_ranks(ranks)
+    ranks = ranks_within_groups(
+        groups, lambda rows: {"": retrieval_ranks(queries[rows], keys[rows])})
+    return metrics_from_ranks(ranks[""])
 
 
 def metrics_by_group(ranks: torch.Tensor, groups: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -129,6 +141,25 @@ def format_group_table(by_group: dict[str, dict[str, dict[str, float]]], metric:
         n = int(next(iter(rows.values()))["n"]) if rows else 0
         lines.append(f"{g:<{width}}  {n:>5}  " + "  ".join(
             f"{rows[s][metric]:>16.3f}" for s in systems))
+    return "\n".join(lines)
+
+
+def format_language_table(by_lang: dict[str, dict[str, dict[str, float]]],
+                          zero_shot: set[str]) -> str:
+    """Per-language R@1: the projector beside the encoder's own on the same pool (and the
+    decoder-native row where there is one); zero-shot languages last, marked."""
+    first = next(iter(by_lang.values()))
+    ours = next(k for k in first if k.startswith("LLINK"))
+    enc = next(k for k in first if k.startswith("encoder"))
+    native = next((k for k in first if k.startswith("decoder-native")), None)
+    head = f"{'language':<12} {'pool':>5} {'LLINK R@1':>10} {'encoder':>8} {'diff':>7}"
+    lines = ["R@1 per language (each language's test pairs ranked among themselves)",
+             head + (f" {'dec-native':>10}" if native else "")]
+    for lang, r in sorted(by_lang.items(), key=lambda kv: (kv[0] in zero_shot, kv[0])):
+        name = f"{lang} (0-shot)" if lang in zero_shot else lang
+        a, e = r[ours]["R@1"], r[enc]["R@1"]
+        line = f"{name:<12} {r[ours]['n']:>5} {a:>10.3f} {e:>8.3f} {a - e:>+7.3f}"
+        lines.append(line + (f" {r[native]['R@1']:>10.3f}" if native else ""))
     return "\n".join(lines)
 
 

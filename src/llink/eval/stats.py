@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+
+def group_indices(groups: Sequence[str]) -> dict[str, list[int]]:
+    """Item indices per group, largest group first."""
+    out: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g or "unknown", []).append(i)
+    return dict(sorted(out.items(), key=lambda kv: (-len(kv[1]), kv[0])))
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:

@@ -159,8 +159,11 @@ def train_stage_a(
     dev_x, dev_h = feats.dev_x.to(device), targets(feats.dev_h)
     n = feats.train_x.shape[0]
     ids = feats.english_ids()
-    if ids is None or ids.shape[0] != n + n_en:
+    if ids is None:
         ids = torch.arange(n + n_en)
+    elif ids.shape[0] != n + n_en:
+        raise ValueError(f"Stage A features: {ids.shape[0]} English keys for {n + n_en} "
+                         "training rows")
     shared_english = int(ids.unique().numel()) < ids.numel()
     ids = ids.to(device)
     groups = language_groups(langs, cfg.data.lang_alpha)
