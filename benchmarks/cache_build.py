@@ -38,9 +38,9 @@ def _build(rank: int, world: int, port: int, pairs: int, threads: int, feat: str
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
-    from llink import distributed as dist
     from llink.config import load_config
-    from llink.features import encoder_vectors, teacher_vectors
+    from llink.storage.cached_features import encoder_vectors, teacher_vectors
+    from llink.train import distributed as dist
     from llink.workflows import Session
 
     session = Session(load_config(None, ["device=cpu"]), progress=False)

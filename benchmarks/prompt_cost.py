@@ -37,10 +37,10 @@ from benchmarks.common import (
     write_results,
 )
 from llink import LLINK
+from llink.backbones.encoder import mean_pool
 from llink.config import DataConfig
 from llink.data.splits import load_splits
-from llink.inject import slot_span
-from llink.models.encoder import mean_pool
+from llink.method.inject import slot_span
 
 TASK = "translate_to_english"
 BUCKETS = ((0, 40), (40, 80), (80, 160), (160, 100_000))  # foreign length in characters

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.common import machine_description, pct, row, write_results
-from llink.serve import (
+from llink.inference.serve import (
     ChatJob,
     Completion,
     LLINKBackend,

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import machine_description, row, set_threads, write_results
-from llink.bridge import Projector
 from llink.config import load_config
-from llink.losses import info_nce, linear_tau
+from llink.method.bridge import Projector
+from llink.method.losses import info_nce, linear_tau
 from llink.workflows import Session
 
 

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from benchmarks.common import machine_description, row, set_threads, write_results
-from llink.artifacts import StageAArtifact
-from llink.bridge import BagOfWordsHead, Projector
+from llink.backbones.loading import load_decoder
 from llink.config import Config, load_config
-from llink.inject import collate
-from llink.models.loading import load_decoder
-from llink.targets import TargetTransform
+from llink.method.bridge import BagOfWordsHead, Projector
+from llink.method.inject import collate
+from llink.method.targets import TargetTransform
+from llink.storage.model_folders import StageAArtifact
 from llink.train.loop import StepRunner
 from llink.train.stage_b import _step_loss, content_token_mask
 from llink.workflows import Session, _stage_b_data, build_llink, stage_b_items

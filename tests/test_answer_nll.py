@@ -9,9 +9,9 @@ without the LoRA adapters when asked to.
 import pytest
 import torch
 
-from llink.inject import IGNORE_INDEX, PromptFormat, build_example, collate, slot_span
-from llink.model import PromptedDecoder
-from llink.models.decoder import FrozenDecoder
+from llink.backbones.decoder import FrozenDecoder
+from llink.method.inject import IGNORE_INDEX, PromptFormat, build_example, collate, slot_span
+from llink.method.model import PromptedDecoder
 
 ANSWERS = ["I love my family.", "Open the file menu, then save the document before closing.",
            "OK"]

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from llink.artifacts import load_baseline
-from llink.checkpoints import CheckpointError
-from llink.inject import collate
+from llink.method.inject import collate
+from llink.method.model import load_baseline
+from llink.storage.checkpoints import CheckpointError
 from llink.workflows import Session, run_baseline, stage_b_items
 
 from .reference import greedy_reference
@@ -123,7 +123,7 @@ def test_baseline_refuses_another_decoder(trained, tmp_path):
 ])
 def test_baseline_refuses_other_frozen_decoders(trained, tiny_decoder_dir, tmp_path, case,
                                                 keys):
-    from llink.models.decoder import FrozenDecoder
+    from llink.backbones.decoder import FrozenDecoder
 
     _, _, _, root = trained
     if case == "decoder weights":

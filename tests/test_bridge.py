@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from llink.bridge import (
+from llink.method.bridge import (
     BagOfWordsHead,
     ForeignScale,
     GatedAdapter,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llink.cache import FeatureStore
+from llink.storage.feature_cache import FeatureStore
 
 
 def _fake_compute(calls):

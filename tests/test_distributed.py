@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llink.artifacts import load_stage_a
 from llink.config import load_config
-from llink.features import encoder_vectors
+from llink.storage.cached_features import encoder_vectors
+from llink.storage.model_folders import load_stage_a
 from llink.workflows import Session, run_main
 
 from .test_stage_a import make_pair_file
@@ -212,9 +212,9 @@ def _loss_grads_worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from llink import distributed as dist
-    from llink.bridge import Projector
-    from llink.losses import NegativeQueue, info_nce
+    from llink.method.bridge import Projector
+    from llink.method.losses import NegativeQueue, info_nce
+    from llink.train import distributed as dist
 
     assert dist.init_from_env("cpu") and dist.world_size() == world
     torch.manual_seed(0)

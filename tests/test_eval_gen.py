@@ -8,8 +8,8 @@ import pytest
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from llink.artifacts import load_baseline, load_llink
 from llink.cli import main
+from llink.method.model import load_baseline, load_llink
 from llink.workflows import (
     Session,
     evaluate_generation,
@@ -107,8 +107,8 @@ def test_numbers_and_tokens_commands(run, capsys):
 
 
 def test_retrained_model_in_the_same_folder_is_generated_again(run, capsys):
-    from llink.artifacts import load_llink, save_llink
-    from llink.checkpoints import load_json
+    from llink.method.model import load_llink, save_llink
+    from llink.storage.checkpoints import load_json
 
     cfg, session, root = run
     ev = root / "run" / "eval"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llink.models.decoder import FrozenDecoder, reserved_token_strings
-from llink.models.encoder import FrozenEncoder, clip_text, mean_pool
+from llink.backbones.decoder import FrozenDecoder, reserved_token_strings
+from llink.backbones.encoder import FrozenEncoder, clip_text, mean_pool
 
 KM = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "ចុចប៊ូតុង OK ។" * 3]
 
@@ -80,7 +80,7 @@ def test_fingerprint_is_the_same_in_float32_and_bfloat16(tiny_decoder_dir):
     assert a.fingerprint == b.fingerprint
     from transformers import AutoModelForCausalLM
 
-    from llink.models.fingerprint import module_fingerprint
+    from llink.backbones.fingerprint import module_fingerprint
 
     raw = AutoModelForCausalLM.from_pretrained(tiny_decoder_dir)
     assert module_fingerprint(raw) == a.fingerprint
@@ -90,7 +90,7 @@ def test_fingerprint_is_the_same_in_float32_and_bfloat16(tiny_decoder_dir):
 
 
 def test_teacher_states_at_a_layer_mean_pooled(tiny_decoder_dir):
-    from llink.models.decoder import FrozenDecoder
+    from llink.backbones.decoder import FrozenDecoder
 
     dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
     texts = ["I love my family.", "Open the file menu now please."]
@@ -107,7 +107,7 @@ def test_teacher_states_at_a_layer_mean_pooled(tiny_decoder_dir):
 
 
 def test_stopping_at_an_inner_layer_gives_the_full_pass_states(tiny_decoder_dir):
-    from llink.models.decoder import FrozenDecoder
+    from llink.backbones.decoder import FrozenDecoder
 
     dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
     base = dec.model.get_decoder()
@@ -124,7 +124,7 @@ def test_stopping_at_an_inner_layer_gives_the_full_pass_states(tiny_decoder_dir)
 
 def test_a_teacher_layer_the_decoder_lacks_is_named(tiny_decoder_dir, tmp_path):
     from llink.config import ConfigError
-    from llink.features import teacher_vectors
+    from llink.storage.cached_features import teacher_vectors
 
     dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=4)
     with pytest.raises(ConfigError, match=r"stage_a.teacher_layer=10, but the decoder .* has 2 "

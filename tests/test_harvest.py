@@ -20,7 +20,6 @@ from llink.data.harvest.clean import (
     clean_pairs,
     clean_text,
     is_credits,
-    is_sentence_like,
     strip_accelerators,
 )
 from llink.data.harvest.debian import FetchedPackage, PackageInfo, unpack
@@ -35,7 +34,7 @@ from llink.data.harvest.gettext_catalogs import find_catalogues, read_catalogue
 from llink.data.harvest.languages import language
 from llink.data.harvest.libreoffice_help import align_help, help_root, parse_help_file
 from llink.data.harvest.licences import licence_from_copyright
-from llink.data.pairs import read_pairs
+from llink.data.pairs import is_sentence_like, read_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debian"
 KM = language("km")

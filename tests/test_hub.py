@@ -19,12 +19,12 @@ from types import SimpleNamespace
 import pytest
 from huggingface_hub.errors import HTTPError
 
-import llink.hub as hub
+import llink.storage.hub as hub
 from llink import LLINK
-from llink.checkpoints import CARD_FILE, HASH_KEY, CheckpointError, folder_digest
 from llink.cli import main
-from llink.hub import HubError
 from llink.reporting.card import corpus_licences, model_card, write_model_card
+from llink.storage.checkpoints import CARD_FILE, HASH_KEY, CheckpointError, folder_digest
+from llink.storage.hub import HubError
 from llink.workflows import (
     Session,
     evaluate_generation,

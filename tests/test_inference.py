@@ -7,7 +7,7 @@ import torch
 
 from llink import LLINK
 from llink.cli import main
-from llink.diagnostics import (
+from llink.inference.diagnostics import (
     WARN_UNUSED,
     InputError,
     batch_diversity,
@@ -15,7 +15,7 @@ from llink.diagnostics import (
     compare,
     lexeme_probe,
 )
-from llink.inject import UnknownTaskError
+from llink.method.inject import UnknownTaskError
 
 from .reference import greedy_reference
 from .test_stage_b import (  # noqa: F401  (module fixtures: a tiny trained model)

@@ -2,7 +2,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from llink.inject import (
+from llink.backbones.decoder import add_reserved_tokens, reserved_token_strings
+from llink.method.inject import (
     IGNORE_INDEX,
     TASKS,
     PromptFormat,
@@ -15,7 +16,6 @@ from llink.inject import (
     slot_positions,
     slot_span,
 )
-from llink.models.decoder import add_reserved_tokens, reserved_token_strings
 
 
 def test_slot_span_and_instruction():
@@ -110,7 +110,7 @@ def test_prompt_format_and_labels_on_tiny_decoder(tiny_decoder_dir):
 
 
 def test_collate_pads_labels_with_ignore_index():
-    from llink.inject import Example
+    from llink.method.inject import Example
 
     b = collate([Example([1, 2, 3], [-100, 2, 3]), Example([4], [4])], pad_id=0)
     assert b["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]

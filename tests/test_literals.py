@@ -2,8 +2,8 @@
 
 import pytest
 
-from llink.inject import instruction_text, slot_span
-from llink.literals import ascii_digits, extract_literals, literal_line
+from llink.method.inject import instruction_text, slot_span
+from llink.method.literals import ascii_digits, extract_literals, literal_line
 
 
 @pytest.mark.parametrize("text, want", [

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llink.losses import (
+from llink.method.losses import (
     NegativeQueue,
     direction_mse,
     info_nce,
@@ -114,7 +114,7 @@ def test_queue_state_round_trip():
 
 
 def test_lexical_loss_is_low_when_a_slot_sits_on_each_answer_word():
-    from llink.losses import lexical_loss
+    from llink.method.losses import lexical_loss
 
     torch.manual_seed(0)
     rows = torch.randn(50, 16)

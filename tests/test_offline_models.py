@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llink.models import offline
-from llink.models.e5_bin import Q4_0_BLOCK, dequantize_q4_0, read_e5_bin
-from llink.models.offline import (
+from llink.backbones import offline
+from llink.backbones.e5_bin import Q4_0_BLOCK, dequantize_q4_0, read_e5_bin
+from llink.backbones.offline import (
     E5_NAME,
     MANIFEST,
     MARKER,

@@ -20,11 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from llink.artifacts import load_llink
-from llink.checkpoints import HASH_KEY, CheckpointError, save_folder, stale_temporaries
+from llink.backbones.offline import ModelUnavailable
 from llink.cli import build_parser, main
 from llink.config import RANGES, Config, load_config
-from llink.models.offline import ModelUnavailable
+from llink.method.model import load_llink
+from llink.storage.checkpoints import HASH_KEY, CheckpointError, save_folder, stale_temporaries
 from llink.train.state import load_state, save_state
 from llink.workflows import Session, run_stage_a, run_stage_b
 
@@ -308,7 +308,7 @@ def test_infer_argument_bounds(capsys, option, value):
 def test_gate_boost_bounds_are_the_servers():
     from pydantic import ValidationError
 
-    from llink.serve import LLINKFields
+    from llink.inference.serve import LLINKFields
 
     args = build_parser().parse_args(["infer", "--gate-boost", "10", KM])
     assert args.gate_boost == 10.0
@@ -439,7 +439,7 @@ import json, os, signal, sys
 
 mode, argv = sys.argv[1], sys.argv[2:]
 if mode == "log":  # die half-way through writing the record of step 5
-    import llink.runlog as runlog
+    import llink.storage.runlog as runlog
 
     real_log = runlog.MetricsLog.log
 
@@ -453,7 +453,7 @@ if mode == "log":  # die half-way through writing the record of step 5
 
     runlog.MetricsLog.log = log
 else:  # die half-way through writing the second training-state checkpoint (step 4)
-    import llink.checkpoints as checkpoints
+    import llink.storage.checkpoints as checkpoints
 
     real_save, calls = checkpoints.save_file, []
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from llink.cli import main
-from llink.fileio import JsonFileError, read_jsonl
 from llink.reporting.logs import summarise_logs
 from llink.reporting.plots import smooth
 from llink.reporting.report import write_report
 from llink.reporting.runs import load_run
+from llink.storage.fileio import JsonFileError, read_jsonl
 
 
 def _jsonl(path: Path, records: list[dict]) -> None:

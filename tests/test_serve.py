@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from llink.artifacts import load_llink
-from llink.serve import (
+from llink.inference.serve import (
     Backend,
     HFBackend,
     LLINKBackend,
@@ -25,6 +24,7 @@ from llink.serve import (
     make_server,
     parse_chat_request,
 )
+from llink.method.model import load_llink
 from llink.workflows import Session, run_stage_a, run_stage_b
 
 from .conftest import KHMER_ENGLISH
@@ -350,7 +350,7 @@ def test_usage_counts_are_exact_in_a_batch(server, tiny_llink):
 
 
 def test_served_prompt_is_the_models_prompt_with_literals(server, tiny_llink, monkeypatch):
-    """A model that copies literals into its prompt (llink.literals) gets the same prompt
+    """A model that copies literals into its prompt (llink.method.literals) gets the same prompt
     from the server as from LLINK.generate: same answer, prompt_tokens counts the literals."""
     monkeypatch.setattr(tiny_llink, "literals", True)
     text = FOREIGN[4]
@@ -510,7 +510,7 @@ def test_stream_errors_before_the_first_token_are_plain_errors(server):
 
 
 def test_text_stream_pieces_add_up_to_the_answer():
-    from llink.serve import TextStream
+    from llink.inference.serve import TextStream
 
     pieces: list[str] = []
     stream = TextStream(pieces.append)

@@ -102,7 +102,7 @@ def _head(length: int) -> bytes:
 
 
 def test_body_shorter_than_declared_gets_408_and_one_log_line(stand_in, caplog):
-    caplog.set_level(logging.INFO, logger="llink.serve")
+    caplog.set_level(logging.INFO, logger="llink.inference.serve")
     reply, seconds = _raw(stand_in, _head(100), b'{"messages": [')
     status_line, _, rest = reply.partition(b"\r\n")
     assert b" 408 " in status_line, reply[:200]
@@ -148,7 +148,7 @@ def test_listen_backlog_covers_the_queue(stand_in):
 def test_100_simultaneous_requests_no_resets_same_answers(tiny_llink):  # noqa: F811
     """100 connections at once against the tiny LLINK model: every one answered, each
     answer the one the same request gets alone (batched generation changes nothing)."""
-    from llink.serve import LLINKBackend
+    from llink.inference.serve import LLINKBackend
 
     backend = LLINKBackend(tiny_llink, "tiny-llink")
     with serving(backend, batch_wait_ms=20, max_batch=8, **LIMITS) as srv:

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from llink.serve import ChatJob, Completion, HFBackend, LLINKBackend, Prepared
+from llink.inference.serve import ChatJob, Completion, HFBackend, LLINKBackend, Prepared
 
 from .test_serve import FOREIGN, LIMITS, serving, tiny_llink  # noqa: F401 (module fixture)
 

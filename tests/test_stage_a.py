@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from llink.artifacts import load_stage_a
-from llink.bridge import Projector
-from llink.checkpoints import CheckpointError
 from llink.config import load_config
 from llink.data.pairs import Pair, write_pairs
 from llink.eval.retrieval import retrieval_metrics
+from llink.method.bridge import Projector
+from llink.storage.checkpoints import CheckpointError
+from llink.storage.model_folders import load_stage_a
 from llink.train.stage_a import compute_features
 from llink.workflows import Session, evaluate_retrieval, run_stage_a
 
@@ -167,7 +167,7 @@ def test_artifact_mismatch_is_reported(tmp_path, tiny_encoder_dir, tiny_decoder_
 
 
 def test_leave_one_source_out_retrieval(tmp_path, tiny_encoder_dir, tiny_decoder_dir):
-    from llink.features import encoder_vectors, features_root, teacher_vectors
+    from llink.storage.cached_features import encoder_vectors, features_root, teacher_vectors
     from llink.workflows import evaluate_holdout
 
     pairs = []

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llink.artifacts import load_llink
-from llink.checkpoints import CheckpointError, load_json
+from llink.method.model import load_llink
+from llink.storage.checkpoints import CheckpointError, load_json
 from llink.workflows import Session, run_stage_a, run_stage_b
 
 from .conftest import KHMER_ENGLISH
@@ -197,7 +197,7 @@ def other_model(src, kind, **config):
 
 def other_decoder(src, dst, num_slots=4, **config):
     """A decoder folder like ``src`` (same tokenizer) with other weights or shape, loaded."""
-    from llink.models.decoder import FrozenDecoder
+    from llink.backbones.decoder import FrozenDecoder
 
     shutil.copytree(src, dst, dirs_exist_ok=True)
     other_model(src, "decoder", **config).save_pretrained(dst)
@@ -218,8 +218,8 @@ def refused_keys(err) -> set[str]:
 ])
 def test_loading_onto_other_frozen_models_is_refused(trained, tiny_encoder_dir, tiny_decoder_dir,
                                                      tmp_path, case, keys):
-    from llink.models.decoder import FrozenDecoder
-    from llink.models.encoder import FrozenEncoder
+    from llink.backbones.decoder import FrozenDecoder
+    from llink.backbones.encoder import FrozenEncoder
 
     _, session, _, root = trained
     enc, dec = session.encoder, None
@@ -347,7 +347,7 @@ def test_best_checkpoint_holds_the_lowest_dev_nll(trained, tiny_encoder_dir, tin
 def test_artifact_keeps_the_system_prompt(trained, tmp_path):
     from dataclasses import replace
 
-    from llink.artifacts import save_llink
+    from llink.method.model import save_llink
 
     _, session, _, root = trained
     model = load_llink(root / "run" / "stage_b", encoder=session.encoder)

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llink.bridge import BagOfWordsHead, Projector, SlotBridge
+from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.encoder import FrozenEncoder
 from llink.config import StageBConfig
 from llink.data.tasks import TaskExample
-from llink.inject import IGNORE_INDEX, PromptFormat, collate
-from llink.model import LLINK
-from llink.models.decoder import FrozenDecoder
-from llink.models.encoder import FrozenEncoder
-from llink.targets import TargetTransform
+from llink.method.bridge import BagOfWordsHead, Projector, SlotBridge
+from llink.method.inject import IGNORE_INDEX, PromptFormat, collate
+from llink.method.model import LLINK
+from llink.method.targets import TargetTransform
 from llink.train.stage_b import (
     STOP_WORDS,
     _step_loss,

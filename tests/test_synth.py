@@ -22,19 +22,18 @@ from llink.data.synth import (
     PROMPT_VERSION,
     PROMPTS,
     SYNTH_TASKS,
-    EndpointError,
     EndpointTeacher,
     HFTeacher,
     SynthError,
     build_prompt,
-    chat_completions_url,
     check_reply,
     parse_qa,
     scan_output,
     synthesize,
 )
 from llink.data.tasks import read_task_file
-from llink.inject import TASKS, UnknownTaskError
+from llink.method.inject import TASKS, UnknownTaskError
+from llink.remote.chat_client import EndpointError, chat_completions_url
 
 from .conftest import KHMER_ENGLISH
 
@@ -329,7 +328,7 @@ def test_endpoint_teacher_errors(server, monkeypatch):
     with pytest.raises(EndpointError, match="404 \\(not found\\)"):
         EndpointTeacher(server.url + "/nope/chat/completions", "m").complete(["hi"])
     monkeypatch.delenv("SYNTH_TEST_KEY")
-    with pytest.raises(SynthError, match="SYNTH_TEST_KEY.*not set"):
+    with pytest.raises(EndpointError, match="SYNTH_TEST_KEY.*not set"):
         EndpointTeacher(server.url, "m", api_key_env="SYNTH_TEST_KEY")
 
 

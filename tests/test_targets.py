@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llink.targets import TargetTransform
+from llink.method.targets import TargetTransform
 
 
 def _anisotropic(n=2000, d=16):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from llink.artifacts import load_llink
-from llink.bridge import TokenProjector, TokenResampler, build_token_reader, pad_states
-from llink.cache import FeatureStore
+from llink.method.bridge import TokenProjector, TokenResampler, build_token_reader, pad_states
+from llink.method.model import load_llink
+from llink.storage.feature_cache import FeatureStore
 from llink.workflows import Session, run_stage_a, run_stage_b
 
 from .test_stage_a import make_pair_file
@@ -112,7 +112,7 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
 
 def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_encoder_dir,
                                                                 tiny_decoder_dir):
-    from llink.artifacts import load_stage_a
+    from llink.storage.model_folders import load_stage_a
     from llink.train.stage_b import _lexical_term, content_token_mask, lexical_warmup
     from llink.workflows import _stage_b_data, build_llink, stage_b_items
 
@@ -126,7 +126,7 @@ def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_
     data = _stage_b_data(session, model, stage_b_items(session, "train"))
     vocab = model.lm.get_output_embeddings().weight.shape[0]
     content = content_token_mask(model.tokenizer, vocab)
-    from llink.inject import collate
+    from llink.method.inject import collate
 
     labels = collate(data.examples, 0)["labels"]
     idx = torch.arange(len(data.examples))

@@ -16,10 +16,10 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llink.checkpoints import CheckpointError
 from llink.config import MAX_GATE_BOOST, Config, ConfigError, load_config
 from llink.data.harvest import SOURCES as HARVEST_SOURCES
 from llink.data.pairs import PairFileError
+from llink.storage.checkpoints import CheckpointError
 
 EPILOG = """\
 settings: every command that takes --config also takes KEY=VALUE overrides, with
@@ -156,7 +156,7 @@ def cmd_data_split(args: argparse.Namespace) -> None:
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> None:
-    from llink.models.offline import resolve_model
+    from llink.backbones.offline import resolve_model
 
     cfg = _config(args)
     for role, name in (("encoder", cfg.model.encoder), ("decoder", cfg.model.decoder)):
@@ -250,11 +250,11 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from llink.hub import from_pretrained
-    from llink.models.loading import resolve_device
+    from llink.backbones.loading import resolve_device
+    from llink.method.model import LLINK
 
     name = args.model or str(Path(Config().run_dir) / "stage_b")
-    return from_pretrained(name, device=resolve_device(args.device))
+    return LLINK.from_pretrained(name, device=resolve_device(args.device))
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -272,7 +272,7 @@ def _read_texts(args: argparse.Namespace) -> list[str]:
 
 def _require_utf8(text: str, where: str) -> None:
     """Undecodable bytes reach Python as lone surrogates (argv, stdin): refuse them here."""
-    from llink.diagnostics import InputError
+    from llink.inference.diagnostics import InputError
 
     try:
         text.encode("utf-8")
@@ -292,7 +292,7 @@ def _read_stdin() -> str:
 
 def _read_text_file(name: str) -> str:
     """A ``--file`` argument's text, or an :class:`InputError` saying what is wrong."""
-    from llink.diagnostics import InputError
+    from llink.inference.diagnostics import InputError
 
     path = Path(name)
     if path.is_dir():
@@ -309,7 +309,7 @@ def _read_text_file(name: str) -> str:
 
 
 def cmd_infer(args: argparse.Namespace) -> None:
-    from llink.diagnostics import InputError, check_inputs, compare
+    from llink.inference.diagnostics import InputError, check_inputs, compare
 
     texts = _read_texts(args)
     if args.task == "ask" and not args.question:
@@ -334,7 +334,7 @@ def cmd_infer(args: argparse.Namespace) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
-    from llink.diagnostics import check_inputs, lexeme_probe
+    from llink.inference.diagnostics import check_inputs, lexeme_probe
 
     _require_utf8(args.text, "the text argument")
     model = _load_model(args)
@@ -363,7 +363,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
 
 
 def cmd_batch(args: argparse.Namespace) -> None:
-    from llink.diagnostics import batch_diversity, check_inputs
+    from llink.inference.diagnostics import batch_diversity, check_inputs
 
     texts = _read_texts(args)
     model = _load_model(args)
@@ -409,7 +409,7 @@ def cmd_card(args: argparse.Namespace) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    from llink.hub import push_folder
+    from llink.storage.hub import push_folder
 
     token = None
     if args.token_env:
@@ -434,7 +434,7 @@ def cmd_logs(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
-    from llink import serve
+    from llink.inference import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     settings = serve.ServeSettings(
@@ -697,24 +697,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _task_names() -> list[str]:
-    from llink.inject import TASKS
+    from llink.method.inject import TASKS
 
     return list(TASKS)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from llink.backbones.offline import ModelUnavailable, OfflineModelUnavailable
     from llink.data.harvest import HarvestError
     from llink.data.synth import SynthError
-    from llink.diagnostics import InputError
     from llink.eval import EvalError
-    from llink.fileio import JsonFileError
-    from llink.hub import HubError
-    from llink.inject import UnknownTaskError
-    from llink.models.offline import ModelUnavailable, OfflineModelUnavailable
+    from llink.inference.diagnostics import InputError
+    from llink.inference.serve import ServeError
+    from llink.method.inject import UnknownTaskError
+    from llink.remote.chat_client import EndpointError
+    from llink.storage.fileio import JsonFileError
+    from llink.storage.hub import HubError
 
     return (ConfigError, PairFileError, CheckpointError, FileNotFoundError,
             OfflineModelUnavailable, ModelUnavailable, HarvestError, UnknownTaskError,
-            SynthError, InputError, JsonFileError, EvalError, HubError)
+            SynthError, EndpointError, InputError, ServeError, JsonFileError, EvalError,
+            HubError)
 
 
 def _quiet_transformers() -> None:
@@ -738,8 +741,8 @@ def _quiet_library_deprecations() -> None:
 
 def _leave_process_group() -> None:
     """End a `torchrun` / `accelerate launch` run cleanly (no-op in a single process)."""
-    if "llink.distributed" in sys.modules:  # imported by every command that could start one
-        sys.modules["llink.distributed"].shutdown()
+    if "llink.train.distributed" in sys.modules:  # imported by every command that could start one
+        sys.modules["llink.train.distributed"].shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,7 +143,7 @@ class StageBConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
     bow_weight: float = 0.1
-    # Lexical alignment (llink.losses.lexical_loss): each answer word should be the nearest
+    # Lexical alignment (llink.method.losses.lexical_loss): each answer word should be the nearest
     # decoder embedding row of some slot. A weight in every step, and a warm-up of
     # lexical_steps cheap steps (no decoder pass) before the decoder steps.
     lexical_weight: float = 0.0

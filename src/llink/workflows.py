@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from llink import distributed as dist
-from llink.artifacts import StageAArtifact, load_baseline, load_llink, load_stage_a
-from llink.bridge import SlotBridge, build_token_reader
-from llink.checkpoints import check_folder, folder_digest, load_json
+from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.encoder import FrozenEncoder
+from llink.backbones.loading import load_decoder, load_encoder, resolve_device
 from llink.config import Config, DataConfig
 from llink.data.english import read_english
 from llink.data.pairs import Pair, read_pairs, source_group
@@ -50,20 +49,21 @@ from llink.eval.retrieval import (
     retrieval_ranks,
 )
 from llink.eval.tokens import token_budget
-from llink.features import (
+from llink.method.bridge import SlotBridge, build_token_reader
+from llink.method.inject import PromptFormat
+from llink.method.model import LLINK, PromptedDecoder, load_baseline, load_llink
+from llink.storage.cached_features import (
     decoder_native_vectors,
     encoder_token_states,
     encoder_vectors,
     features_root,
     teacher_vectors,
 )
-from llink.fileio import read_jsonl, write_json_atomic
-from llink.inject import PromptFormat
-from llink.model import LLINK, PromptedDecoder
-from llink.models.decoder import FrozenDecoder
-from llink.models.encoder import FrozenEncoder
-from llink.models.loading import load_decoder, load_encoder, resolve_device
-from llink.runlog import write_run_info
+from llink.storage.checkpoints import check_folder, folder_digest, load_json
+from llink.storage.fileio import read_jsonl, write_json_atomic
+from llink.storage.model_folders import StageAArtifact, load_stage_a
+from llink.storage.runlog import write_run_info
+from llink.train import distributed as dist
 from llink.train.baseline import train_baseline
 from llink.train.stage_a import compute_features, train_stage_a
 from llink.train.stage_b import EncodedExamples, evaluate_nll, tokenize_examples, train_stage_b
@@ -805,7 +805,7 @@ def evaluate_tokens(session: Session, n: int | None = None) -> dict[str, Any]:
     """Decoder tokens of the test foreign texts vs their English references vs K + 2 slots."""
     from transformers import AutoTokenizer
 
-    from llink.models.offline import resolve_model
+    from llink.backbones.offline import resolve_model
 
     cfg = session.cfg
     items = gen_items(session, n)

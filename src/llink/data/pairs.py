@@ -12,17 +12,41 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from llink.fileio import atomic_path
+from llink.storage.fileio import atomic_path
 
 #: Aliases accepted for the two sides in JSONL files.
 EN_KEYS = ("en", "english", "tgt", "target")
 FOREIGN_KEYS = ("foreign", "src", "source_text", "xx")
+
+
+#: A printf/Qt/Fluent/shell-style placeholder in UI text.
+PLACEHOLDER = re.compile(
+    r"%(?:\d+\$)?[-+#0]*\d*(?:\.\d+)?[A-Za-z]\w*"  # printf %s %1$s %.2f %PRODUCTNAME
+    r"|%\d+"  # %1 (Qt, LibreOffice)
+    r"|%\(\w+\)"  # Python %(name)s
+    r"|\{[^{}]*\}"  # {0} {name} { $count }
+    r"|\$\(?\{?[A-Za-z_]\w*"  # $var ${var} $(ARG1)
+    r"|\$\d"  # $1
+    r"|#\d"  # Firefox plural #1
+)
+
+
+def has_placeholder(text: str) -> bool:
+    """True when ``text`` has a printf/Qt/Fluent/shell-style placeholder."""
+    return PLACEHOLDER.search(text) is not None
+
+
+def is_sentence_like(en: str) -> bool:
+    """At least five English words (tokens with a letter) and no placeholders."""
+    words = sum(1 for tok in en.split() if any(ch.isalpha() for ch in tok))
+    return words >= 5 and not has_placeholder(en)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from llink.config import DataConfig
-from llink.data.harvest.clean import is_sentence_like
-from llink.data.pairs import Pair, ReadReport, read_pairs, source_group
+from llink.data.pairs import Pair, ReadReport, is_sentence_like, read_pairs, source_group
 
 _NON_WORD = re.compile(r"\W+")
 SPLITS = ("train", "dev", "test")

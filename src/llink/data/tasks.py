@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llink.data.pairs import Pair, PairFileError
-from llink.fileio import atomic_path
-from llink.inject import TASKS
+from llink.method.inject import TASKS
+from llink.storage.fileio import atomic_path
 
 MIN_FOREIGN_CHARS = 12
 MAX_FOREIGN_CHARS = 256

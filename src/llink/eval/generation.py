@@ -18,9 +18,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llink.batching import length_sorted_batches
+from llink.data.batching import length_sorted_batches
 from llink.eval.stats import group_indices
-from llink.fileio import atomic_path, read_jsonl, write_json_atomic
+from llink.storage.fileio import atomic_path, read_jsonl, write_json_atomic
 
 #: Systems ``llink eval gen`` knows, in report order.
 SYSTEMS = ("llink", "base", "baseline", "ablated")

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from llink.eval import EvalError
 from llink.eval.stats import wilson_interval
-from llink.fileio import atomic_path
+from llink.remote.chat_client import ChatEndpoint
+from llink.storage.fileio import atomic_path
 
 PROMPT_VERSION = "judge_v1"
 LABELS = ("A", "B", "tie")
@@ -96,9 +97,7 @@ class EndpointJudge:
 
     def __init__(self, url: str, model: str, api_key_env: str | None = None,
                  timeout: float = 60.0, max_tokens: int = 8) -> None:
-        from llink.data.synth import EndpointTeacher
-
-        self.client = EndpointTeacher(url, model, api_key_env=api_key_env, timeout=timeout,
+        self.client = ChatEndpoint(url, model, api_key_env=api_key_env, timeout=timeout,
                                       max_tokens=max_tokens)
         self.name = f"{self.client.url} ({model})"
 
@@ -114,8 +113,8 @@ class HFJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llink.models.loading import resolve_device, resolve_dtype
-        from llink.models.offline import resolve_model
+        from llink.backbones.loading import resolve_device, resolve_dtype
+        from llink.backbones.offline import resolve_model
 
         path = resolve_model(model, Path(cache_dir) if cache_dir else None)
         self.device = resolve_device(device)
@@ -156,7 +155,7 @@ class HFJudge:
 
     def judge(self, queries: Sequence[JudgeQuery]) -> list[Verdict]:
         torch = self._torch
-        from llink.inject import pad_batch
+        from llink.method.inject import pad_batch
 
         if not queries:
             return []

@@ -7,7 +7,7 @@ held-out figure appears only if it was measured on these very weights: an evalua
 file records the digest of the folder it evaluated, which must be the run's ``stage_b``
 folder, and that folder's ``llink.json`` must equal this folder's (the same weight hashes
 and settings); Stage A retrieval counts when the run's ``stage_a`` projector is this
-model's. The card is left out of :func:`~llink.checkpoints.folder_digest`, so writing it
+model's. The card is left out of :func:`~llink.storage.checkpoints.folder_digest`, so writing it
 invalidates no saved evaluation.
 """
 
@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llink.checkpoints import (
+from llink.backbones.offline import REGISTRY, is_offline_name
+from llink.reporting.report import Block, render_markdown
+from llink.storage.checkpoints import (
     CARD_FILE,
     CheckpointError,
     check_folder,
@@ -31,9 +33,7 @@ from llink.checkpoints import (
     load_json,
     require_kind,
 )
-from llink.fileio import read_json_object, read_jsonl, write_text_atomic
-from llink.models.offline import REGISTRY, is_offline_name
-from llink.reporting.report import Block, render_markdown
+from llink.storage.fileio import read_json_object, read_jsonl, write_text_atomic
 
 #: Names of the languages llink ships corpora for (ISO 639-1 codes, as Debian uses them).
 LANGUAGE_NAMES = {

@@ -7,9 +7,9 @@ import io
 from pathlib import Path
 from typing import Any
 
-from llink.fileio import write_text_atomic
 from llink.reporting import plots
 from llink.reporting.runs import STAGES, RunFolder, load_run
+from llink.storage.fileio import write_text_atomic
 
 #: Per stage: the headline keys compared across runs (last value, and best for dev keys).
 HEADLINE: dict[str, list[str]] = {

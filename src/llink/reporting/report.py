@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llink.fileio import write_text_atomic
 from llink.reporting import plots
 from llink.reporting.runs import STAGES, RunFolder, load_run
+from llink.storage.fileio import write_text_atomic
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llink.fileio import read_json_object, read_jsonl
+from llink.storage.fileio import read_json_object, read_jsonl
 
 #: Training stages that write ``<stage>.metrics.jsonl``, in report order.
 STAGES: tuple[str, ...] = ("stage_a", "stage_b", "baseline")

@@ -24,13 +24,12 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from llink import distributed as dist
-from llink.artifacts import save_baseline
-from llink.batching import length_groups, length_sorted_batches
 from llink.config import Config
-from llink.inject import IGNORE_INDEX, Example, collate
-from llink.model import PromptedDecoder
-from llink.runlog import MetricsLog
+from llink.data.batching import length_groups, length_sorted_batches
+from llink.method.inject import IGNORE_INDEX, Example, collate
+from llink.method.model import PromptedDecoder, save_baseline
+from llink.storage.runlog import MetricsLog
+from llink.train import distributed as dist
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.stage_b import RESUMABLE_CHANGES

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from llink import distributed as dist
 from llink.config import ComputeConfig
+from llink.train import distributed as dist
 
 if TYPE_CHECKING:
-    from llink.model import PromptedDecoder
+    from llink.method.model import PromptedDecoder
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -1,6 +1,6 @@
 """Stage A: train the projector so encoder(foreign) lands on the decoder's teacher state.
 
-Encoder vectors and teacher states are computed once and cached (``llink.features``),
+Encoder vectors and teacher states are computed once and cached (``llink.storage.cached_features``),
 so a training step touches only the projector: a few milliseconds on a CPU.
 
 Under N processes each rank projects its slice of the global batch; the projected
@@ -21,19 +21,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from llink import distributed as dist
-from llink.artifacts import StageAArtifact, save_stage_a
-from llink.bridge import Projector
+from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.encoder import FrozenEncoder
 from llink.config import Config
 from llink.data.english import read_english
 from llink.data.splits import Splits, english_key
 from llink.eval.retrieval import grouped_retrieval_metrics
-from llink.features import encoder_vectors, features_root, teacher_vectors
-from llink.losses import NegativeQueue, direction_mse, info_nce, linear_tau, log_norm_penalty
-from llink.models.decoder import FrozenDecoder
-from llink.models.encoder import FrozenEncoder
-from llink.runlog import MetricsLog
-from llink.targets import TargetTransform
+from llink.method.bridge import Projector
+from llink.method.losses import NegativeQueue, direction_mse, info_nce, linear_tau, log_norm_penalty
+from llink.method.targets import TargetTransform
+from llink.storage.cached_features import encoder_vectors, features_root, teacher_vectors
+from llink.storage.model_folders import StageAArtifact, save_stage_a
+from llink.storage.runlog import MetricsLog
+from llink.train import distributed as dist
 from llink.train.loop import StepRunner
 from llink.train.schedules import warmup_cosine
 from llink.train.state import (

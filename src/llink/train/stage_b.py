@@ -26,15 +26,14 @@ import torch.nn.functional as F
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from llink import distributed as dist
-from llink.artifacts import save_llink
-from llink.bridge import BagOfWordsHead
 from llink.config import Config, StageBConfig
 from llink.data.tasks import TaskExample
-from llink.inject import Example, build_example, collate, instruction_text, slot_span
-from llink.losses import direction_mse, info_nce, lexical_loss, usage_penalty
-from llink.model import LLINK, AnswerNLL
-from llink.runlog import MetricsLog
+from llink.method.bridge import BagOfWordsHead
+from llink.method.inject import Example, build_example, collate, instruction_text, slot_span
+from llink.method.losses import direction_mse, info_nce, lexical_loss, usage_penalty
+from llink.method.model import LLINK, AnswerNLL, save_llink
+from llink.storage.runlog import MetricsLog
+from llink.train import distributed as dist
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.state import (
@@ -426,7 +425,7 @@ def _lexical_term(
     model: LLINK, b: StageBConfig, slots: torch.Tensor, labels: torch.Tensor,
     content: torch.Tensor, vocab: int, tokens: list[torch.Tensor] | None,
 ) -> torch.Tensor:
-    """:func:`~llink.losses.lexical_loss` of the slots against the decoder's own rows."""
+    """:func:`~llink.method.losses.lexical_loss` of the slots against the decoder's own rows."""
     n_base = min(model.decoder.reserved.ids)  # rows of the original vocabulary
     rows = model.lm.get_input_embeddings().weight[:n_base].detach()
     targets = bow_targets(labels, content, vocab)[:, :n_base].to(slots.device)

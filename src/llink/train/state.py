@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llink.checkpoints import (
+from llink.storage.checkpoints import (
     CheckpointError,
     check_folder,
     load_json,

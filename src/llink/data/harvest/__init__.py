@@ -26,12 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from llink.data.harvest.clean import RawPair, clean_pairs, is_sentence_like
+from llink.data.harvest.clean import RawPair, clean_pairs
 from llink.data.harvest.debian import AptArchive, HarvestError, PackageArchive
 from llink.data.harvest.languages import LanguageSpec, language
 from llink.data.harvest.provenance import provenance_path, render_provenance, write_provenance
 from llink.data.harvest.sources import CLEAN_OPTIONS, HARVESTERS, SourceResult
-from llink.data.pairs import Pair, write_pairs
+from llink.data.pairs import Pair, is_sentence_like, write_pairs
 
 __all__ = [
     "SOURCES",

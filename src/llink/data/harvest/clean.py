@@ -16,7 +16,7 @@ addresses); when the English has ``no_letters`` outside placeholders; when the f
 ``untranslated`` (equal to the English, or without a character of the language's
 script); when a side is ``too_long`` (over 2,000 characters, the pair reader's limit);
 and as a ``duplicate``: every English string and every foreign string occurs once.
-Placeholders are kept (they are real UI text); :func:`is_sentence_like` filters them.
+Placeholders are kept (they are real UI text); :func:`~llink.data.pairs.is_sentence_like` filters them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from llink.data.harvest.languages import LanguageSpec
-from llink.data.pairs import Pair
+from llink.data.pairs import PLACEHOLDER, Pair
 
 MAX_CHARS = 2000
 
@@ -66,17 +66,6 @@ _CREDITS = re.compile(
     r"(?:name|email)s? of translators|roles_of_translators|credit_for_translators",
     re.I,
 )
-_PLACEHOLDER = re.compile(
-    r"%(?:\d+\$)?[-+#0]*\d*(?:\.\d+)?[A-Za-z]\w*"  # printf %s %1$s %.2f %PRODUCTNAME
-    r"|%\d+"  # %1 (Qt, LibreOffice)
-    r"|%\(\w+\)"  # Python %(name)s
-    r"|\{[^{}]*\}"  # {0} {name} { $count }
-    r"|\$\(?\{?[A-Za-z_]\w*"  # $var ${var} $(ARG1)
-    r"|\$\d"  # $1
-    r"|#\d"  # Firefox plural #1
-)
-
-
 def strip_accelerators(text: str, markers: str = "_&~") -> str:
     """Remove keyboard mnemonics marked with any of ``markers``.
 
@@ -126,23 +115,12 @@ def is_credits(en: str, foreign: str) -> bool:
     return bool(set(_EMAIL.findall(foreign)) - set(_EMAIL.findall(en)))
 
 
-def has_placeholder(text: str) -> bool:
-    """True when ``text`` has a printf/Qt/Fluent/shell-style placeholder."""
-    return _PLACEHOLDER.search(text) is not None
-
-
-def is_sentence_like(en: str) -> bool:
-    """At least five English words (tokens with a letter) and no placeholders."""
-    words = sum(1 for tok in en.split() if any(ch.isalpha() for ch in tok))
-    return words >= 5 and not has_placeholder(en)
-
-
 def _drop_reason(en: str, foreign: str, spec: LanguageSpec) -> str | None:
     if not en or not foreign:
         return "empty"
     if is_credits(en, foreign):
         return "credits"
-    if not any(ch.isalpha() for ch in _PLACEHOLDER.sub("", en)):
+    if not any(ch.isalpha() for ch in PLACEHOLDER.sub("", en)):
         return "no_letters"
     if foreign.casefold() == en.casefold() or not spec.has_script(foreign):
         return "untranslated"

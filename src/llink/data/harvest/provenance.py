@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llink.data.harvest.sources import SourceResult
-from llink.fileio import write_text_atomic
+from llink.storage.fileio import write_text_atomic
 
 SOURCE_TEXT = {
     "libreoffice-help": (
@@ -50,7 +50,7 @@ CLEANING = """\
   once, case-insensitively; earlier sources win, then the most frequent translation,
   then alphabetical order).
 - Placeholders (`%s`, `%1`, `{{ $n }}`, `$var`, `#1`) are kept; `is_sentence_like()` in
-  `llink.data.harvest.clean` selects the pairs with ≥ 5 English words and none of them."""
+  `llink.data.pairs` selects the pairs with ≥ 5 English words and none of them."""
 
 
 def provenance_path(corpus: Path) -> Path:

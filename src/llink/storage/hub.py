@@ -1,7 +1,8 @@
-"""Hugging Face hub conventions for LLINK model folders: ``from_pretrained``,
-``save_pretrained``, ``push_to_hub``.
+"""Hugging Face hub conventions for LLINK model folders: finding one (a local folder or a
+hub id), writing its model card, uploading it. ``LLINK.from_pretrained``,
+``save_pretrained`` and ``push_to_hub`` (:mod:`llink.method.model`) are built on these.
 
-The folder is the one :mod:`llink.artifacts` writes and checks (``llink.json``,
+The folder is the one :mod:`llink.storage.model_folders` describes and checks (``llink.json``,
 ``bridge.safetensors``, ``lora/``) plus its model card ``README.md``
 (:mod:`llink.reporting.card`); this module only finds, writes and moves such folders.
 A local folder is loaded as it is and never touches the network; any other name is a hub
@@ -13,23 +14,15 @@ and then checked and loaded like a local folder. Pushing uploads a checked folde
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import HTTPError
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from llink import __version__
-from llink.checkpoints import CARD_FILE, CheckpointError, load_json
-from llink.fileio import write_text_atomic
-
-# llink.artifacts (and the model code it imports) is imported where it is used: this module
-# is imported for HubError alone by the command line's error handling
-
-if TYPE_CHECKING:
-    from llink.model import LLINK
+from llink.storage.checkpoints import CARD_FILE, CheckpointError, load_json
+from llink.storage.fileio import write_text_atomic
 
 #: What :func:`snapshot_download` fetches: the files of an LLINK folder (and never a
 #: pickle, which loading would refuse anyway).
@@ -93,57 +86,12 @@ def pretrained_folder(
     return Path(snapshot)
 
 
-def from_pretrained(
-    name_or_path: str | Path,
-    *,
-    revision: str | None = None,
-    token: str | None = None,
-    hub_cache_dir: str | Path | None = None,
-    local_files_only: bool = False,
-    **load_kwargs: Any,
-) -> LLINK:
-    """Load an LLINK model from a local folder or a hub repository id.
-
-    ``revision``, ``token``, ``hub_cache_dir`` and ``local_files_only`` go to
-    :func:`huggingface_hub.snapshot_download` (hub ids only); ``load_kwargs`` (``device``,
-    ``dtype``, ``cache_dir`` of the frozen models, ``encoder``/``decoder`` to reuse) to
-    :func:`llink.artifacts.load_llink`, which checks the folder before building anything.
-    """
-    from llink.artifacts import load_llink
-
-    folder = pretrained_folder(name_or_path, revision=revision, token=token,
-                               hub_cache_dir=hub_cache_dir, local_files_only=local_files_only)
-    return load_llink(folder, **load_kwargs)
-
-
-def save_pretrained(model: LLINK, folder: str | Path, *, run_dir: str | Path | None = None,
-                    card: bool = True) -> Path:
-    """Write ``model`` as an LLINK folder (:func:`llink.artifacts.save_llink`, with the
-    metadata it was loaded or last saved with) and, with ``card``, its model card.
-
-    The card's held-out results come from ``run_dir`` (default: the run folder the model
-    was loaded from) and only if measured on these weights; a model loaded from a folder
-    outside a run keeps that folder's card when the saved ``llink.json`` is unchanged.
-    """
-    from llink.artifacts import save_llink
-
-    if model.meta is None:
-        raise CheckpointError(
-            "this LLINK model carries no llink metadata (the frozen models' names, the "
-            "training settings): save_pretrained saves models loaded with "
-            "LLINK.from_pretrained or trained by `llink train stage-b`; for one built by hand "
-            "use llink.artifacts.save_llink(folder, model, meta)."
-        )
-    out = save_llink(folder, model, model.meta)
-    if card:
-        _write_card(model, out, Path(run_dir) if run_dir is not None else None)
-    return out
-
-
-def _write_card(model: LLINK, out: Path, run_dir: Path | None) -> None:
+def write_card(out: Path, source: Path | None, run_dir: Path | None) -> None:
+    """Write the model card of the LLINK folder ``out`` saved from a model loaded from
+    ``source`` (``None``: built in this process); results come from ``run_dir``, else from
+    the run folder ``source`` belongs to, else ``source``'s own card if nothing changed."""
     from llink.reporting.card import run_folder_of, write_model_card  # plotting library
 
-    source = model.source
     if run_dir is None and source is not None:
         run_dir = run_folder_of(source)
     if run_dir is None and source is not None and (source / CARD_FILE).is_file():
@@ -170,7 +118,7 @@ def push_folder(
     """Upload a saved LLINK folder to the hub repository ``repo_id`` (created if needed);
     returns the commit URL. The folder is checked first (complete, weight hashes as
     recorded, no pickles), and gets its model card if it has none."""
-    from llink.artifacts import check_llink
+    from llink.storage.model_folders import check_llink  # torch: the CLI imports HubError alone
 
     folder, _ = check_llink(folder)
     if not (folder / CARD_FILE).is_file():
@@ -192,11 +140,3 @@ def push_folder(
             "HF_TOKEN)."
         ) from None
     return str(getattr(info, "commit_url", info))
-
-
-def push_to_hub(model: LLINK, repo_id: str, *, run_dir: str | Path | None = None,
-                **push_kwargs: Any) -> str:
-    """:func:`save_pretrained` into a temporary folder, then :func:`push_folder` it."""
-    with tempfile.TemporaryDirectory(prefix="llink-push-") as tmp:
-        folder = save_pretrained(model, Path(tmp) / "model", run_dir=run_dir)
-        return push_folder(folder, repo_id, **push_kwargs)

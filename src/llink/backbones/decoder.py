@@ -15,15 +15,15 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llink.batching import length_sorted_batches
-from llink.models.encoder import mean_pool
-from llink.models.fingerprint import (
+from llink.backbones.encoder import mean_pool
+from llink.backbones.fingerprint import (
     code_digest,
     module_fingerprint,
     tensor_digest,
     tokenizer_digest,
 )
-from llink.models.offline import explain_load_errors, resolve_model
+from llink.backbones.offline import explain_load_errors, resolve_model
+from llink.data.batching import length_sorted_batches
 
 FOREIGN_OPEN = "<foreign>"
 FOREIGN_CLOSE = "</foreign>"

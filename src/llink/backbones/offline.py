@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llink.models.e5_bin import E5Hparams, read_e5_bin
+from llink.backbones.e5_bin import E5Hparams, read_e5_bin
 
 CONVERTER_VERSION = "1"
 OFFLINE_PREFIX = "offline:"

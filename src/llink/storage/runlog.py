@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llink.fileio import JsonFileError, write_json_atomic, write_text_atomic
+from llink.storage.fileio import JsonFileError, write_json_atomic, write_text_atomic
 
 _PACKAGES = ("llink", "torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers")
 
@@ -70,7 +70,7 @@ class MetricsLog:
         """On resume, drop records past the checkpoint's step (they will be redone).
 
         A torn last line (what a kill during a write leaves) is dropped with a note; a
-        malformed line elsewhere raises :class:`~llink.fileio.JsonFileError` naming it.
+        malformed line elsewhere raises :class:`~llink.storage.fileio.JsonFileError` naming it.
         """
         if not self.path.exists():
             return

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from llink import distributed as dist
-from llink.fileio import atomic_path, write_text_atomic
+from llink.storage.fileio import atomic_path, write_text_atomic
+from llink.train import distributed as dist
 
 CACHE_FORMAT = 1
 

@@ -68,10 +68,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llink.config import MAX_GATE_BOOST, ConfigError
-from llink.inject import TASKS, instruction_text
+from llink.config import MAX_GATE_BOOST
+from llink.method.inject import TASKS, instruction_text
 
-log = logging.getLogger("llink.serve")
+log = logging.getLogger("llink.inference.serve")
 
 VALID_TASKS = (*TASKS, "ask")
 FOREIGN_SPAN = re.compile(r"<foreign>(.*?)</foreign>", re.DOTALL)
@@ -79,7 +79,7 @@ JSON_TYPE = "application/json"
 ENDPOINTS = "GET /health, GET /v1/models, POST /v1/chat/completions"
 
 
-class ServeError(ConfigError):
+class ServeError(RuntimeError):
     """A server setting is unusable (bad limits, missing API key, port in use, ...)."""
 
 
@@ -512,8 +512,8 @@ class LLINKBackend:
         cache_dir: str | None = None,
         name: str | None = None,
     ) -> LLINKBackend:
-        from llink.artifacts import load_llink
-        from llink.models.loading import resolve_device
+        from llink.backbones.loading import resolve_device
+        from llink.method.model import load_llink
 
         model = load_llink(folder, device=resolve_device(device), cache_dir=cache_dir)
         return cls(model, name or Path(folder).resolve().name)
@@ -621,8 +621,8 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from llink.models.loading import resolve_device
-        from llink.models.offline import resolve_model
+        from llink.backbones.loading import resolve_device
+        from llink.backbones.offline import resolve_model
 
         path = resolve_model(name, Path(cache_dir) if cache_dir else None)
         dev = resolve_device(device)
@@ -669,7 +669,7 @@ class HFBackend:
         import torch
         from transformers import StoppingCriteriaList
 
-        from llink.inject import pad_batch
+        from llink.method.inject import pad_batch
 
         pad = int(self.tokenizer.pad_token_id)
         ids, mask = pad_batch([p.prompt for p in prepared], pad, side="left")

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llink.fileio import write_json_atomic
+from llink.storage.fileio import write_json_atomic
 
 
 class CheckpointError(RuntimeError):

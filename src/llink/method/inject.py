@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llink.literals import literal_line
-from llink.models.decoder import FOREIGN_CLOSE, FOREIGN_OPEN, slot_token
+from llink.backbones.decoder import FOREIGN_CLOSE, FOREIGN_OPEN, slot_token
+from llink.method.literals import literal_line
 
 #: The paper's task types and their instructions.
 TASKS: dict[str, str] = {
@@ -50,7 +50,7 @@ def instruction_text(
     literals: list[str] | None = None,
 ) -> str:
     """The user message: instruction, the foreign span (slots or raw text), its literals
-    (numbers and Latin words copied as text, see :mod:`llink.literals`), answer language.
+    (numbers and Latin words copied as text, see :mod:`llink.method.literals`), answer language.
 
     ``task="ask"`` takes a free-form ``question`` about the foreign text.
     """

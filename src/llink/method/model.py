@@ -3,14 +3,17 @@
 :class:`PromptedDecoder` holds the decoder (+ LoRA) and the two computations everything
 else needs: the answer NLL of a batch (with slots injected, ablated, with the plain base
 decoder, or with raw foreign text) and batched generation. :class:`LLINK` adds the
-encoder and the slot bridge. Neither knows anything of files: ``llink.artifacts`` writes and
-reads model folders, ``llink.hub`` adds the hub conventions (``from_pretrained``,
-``save_pretrained``, ``push_to_hub``) that the methods here hand on to.
+encoder and the slot bridge. This module is also the one place that builds these models
+from their folders and saves them (:func:`load_llink`, :func:`save_llink`, the baseline's
+pair, and ``LLINK.from_pretrained`` / ``save_pretrained`` / ``push_to_hub``); the folder
+format and its checks are :mod:`llink.storage.model_folders`, finding and uploading folders
+on the hub is :mod:`llink.storage.hub`. Neither imports this module.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -23,16 +26,19 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from llink.bridge import (
+from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.encoder import FrozenEncoder
+from llink.method.bridge import (
     BagOfWordsHead,
     Projector,
     SlotBridge,
     TokenProjector,
     TokenResampler,
+    build_token_reader,
     pad_states,
     slot_source_of,
 )
-from llink.inject import (
+from llink.method.inject import (
     IGNORE_INDEX,
     PromptFormat,
     inject_slots,
@@ -40,10 +46,27 @@ from llink.inject import (
     pad_batch,
     slot_span,
 )
-from llink.literals import extract_literals
-from llink.models.decoder import FrozenDecoder
-from llink.models.encoder import FrozenEncoder
-from llink.targets import TargetTransform
+from llink.method.literals import extract_literals
+from llink.method.targets import TargetTransform
+from llink.storage import hub
+from llink.storage.checkpoints import (
+    HASH_KEY,
+    CheckpointError,
+    compare_expected,
+    load_state_dict,
+    load_tensors,
+    save_folder,
+)
+from llink.storage.model_folders import (
+    BASELINE_FORMAT,
+    LLINK_FORMAT,
+    attach_lora,
+    check_reserved_rows,
+    named_by,
+    open_artifact,
+    prefixed,
+    targets_from,
+)
 
 
 @dataclass
@@ -229,7 +252,7 @@ class LLINK(PromptedDecoder):
         #: slot_source=tokens: a text takes ceil(r · its encoder tokens) of the K slots (0: K)
         self.slots_per_token = slots_per_token
         self.encoder = encoder
-        #: copy the foreign text's numbers and Latin words into the prompt (llink.literals)
+        #: copy the foreign text's numbers and Latin words into the prompt (llink.method.literals)
         self.literals = literals
         self.projector = projector.requires_grad_(False).eval()
         self.targets = targets  # the Stage A target space (for Stage B's regularisers)
@@ -252,31 +275,60 @@ class LLINK(PromptedDecoder):
             self.projector.eval()
         return self
 
-    # --- files and the hub (llink.hub; it imports this module, hence the late imports) --
+    # --- files and the hub ------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> LLINK:
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        token: str | None = None,
+        hub_cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        **load_kwargs: Any,
+    ) -> LLINK:
         """Load a trained LLINK model: a local folder (``llink train stage-b`` output; no
-        network) or a Hugging Face hub repository id. Keyword arguments: see
-        :func:`llink.hub.from_pretrained` (e.g. ``device``, ``revision``)."""
-        from llink.hub import from_pretrained
+        network) or a Hugging Face hub repository id.
 
-        return from_pretrained(name_or_path, **kwargs)
+        ``revision``, ``token``, ``hub_cache_dir`` and ``local_files_only`` go to
+        :func:`huggingface_hub.snapshot_download` (hub ids only); ``load_kwargs``
+        (``device``, ``dtype``, ``cache_dir`` of the frozen models, ``encoder``/``decoder``
+        to reuse) to :func:`load_llink`, which checks the folder before building anything.
+        """
+        folder = hub.pretrained_folder(name_or_path, revision=revision, token=token,
+                                       hub_cache_dir=hub_cache_dir,
+                                       local_files_only=local_files_only)
+        return load_llink(folder, **load_kwargs)
 
     def save_pretrained(self, folder: str | Path, *, run_dir: str | Path | None = None,
                         card: bool = True) -> Path:
-        """Write this model as an LLINK folder with its model card (``README.md``); see
-        :func:`llink.hub.save_pretrained`."""
-        from llink.hub import save_pretrained
+        """Write this model as an LLINK folder (:func:`save_llink`, with the metadata it was
+        loaded or last saved with) and, with ``card``, its model card (``README.md``).
 
-        return save_pretrained(self, folder, run_dir=run_dir, card=card)
+        The card's held-out results come from ``run_dir`` (default: the run folder the model
+        was loaded from) and only if measured on these weights; a model loaded from a folder
+        outside a run keeps that folder's card when the saved ``llink.json`` is unchanged.
+        """
+        if self.meta is None:
+            raise CheckpointError(
+                "this LLINK model carries no llink metadata (the frozen models' names, the "
+                "training settings): save_pretrained saves models loaded with "
+                "LLINK.from_pretrained or trained by `llink train stage-b`; for one built by "
+                "hand use llink.method.model.save_llink(folder, model, meta)."
+            )
+        out = save_llink(folder, self, self.meta)
+        if card:
+            hub.write_card(out, self.source, Path(run_dir) if run_dir is not None else None)
+        return out
 
-    def push_to_hub(self, repo_id: str, **kwargs: Any) -> str:
-        """Save this model with its card and upload it to the hub repository ``repo_id``
-        (``private``, ``token``, ``commit_message``, ``revision``, ``create_pr``); returns
-        the commit URL. See :func:`llink.hub.push_to_hub`."""
-        from llink.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **kwargs)
+    def push_to_hub(self, repo_id: str, *, run_dir: str | Path | None = None,
+                    **push_kwargs: Any) -> str:
+        """Save this model with its card into a temporary folder and upload it to the hub
+        repository ``repo_id`` (``private``, ``token``, ``commit_message``, ``revision``,
+        ``create_pr``: see :func:`llink.storage.hub.push_folder`); returns the commit URL."""
+        with tempfile.TemporaryDirectory(prefix="llink-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", run_dir=run_dir)
+            return hub.push_folder(folder, repo_id, **push_kwargs)
 
     # --- the bridge ------------------------------------------------------------------
     def project(self, enc: torch.Tensor) -> torch.Tensor:
@@ -382,3 +434,159 @@ class LLINK(PromptedDecoder):
         """The plain base decoder (no LoRA, no slots) given the raw foreign text."""
         return self.generate_raw(foreign, task, strict, question, max_new_tokens, base=True,
                                  **gen_kwargs)
+
+
+# --- model folders: building these models from disk and saving them ---------------------
+
+
+
+def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
+    """Write a complete LLINK model folder: bridge, projector, reserved rows, LoRA, config.
+
+    Layout: ``llink.json`` (models, dimensions, K, prompt format, training config),
+    ``bridge.safetensors`` (bridge.*, projector.*, target transform, reserved_rows) and
+    ``lora/`` as ``peft`` saves it. The model keeps ``meta`` (``model.meta``), so
+    :meth:`LLINK.save_pretrained` can save it again.
+    """
+    tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
+    tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    if model.reader is not None:
+        tensors.update({f"reader.{k}": v for k, v in model.reader.state_dict().items()})
+    tensors.update(model.targets.tensors())
+    tensors["reserved_rows"] = model.decoder.reserved_rows()
+    full_meta = {
+        "format": LLINK_FORMAT,
+        **meta,
+        "num_slots": model.num_slots,
+        "d_enc": model.encoder.dim,
+        "d_dec": model.decoder.hidden_size,
+        "use_chat_template": model.fmt.use_chat_template,
+        "system_prompt": model.fmt.system_prompt,
+        "targets": model.targets.kind,
+        **model.targets.spec(),
+        "has_lora": model.has_lora,
+        "slot_source": model.slot_source,
+        "literals": model.literals,
+        "slots_per_token": model.slots_per_token,
+        "token_layer": model.token_layer,
+        "resampler_layers": len(getattr(model.reader, "blocks", ())),
+    }
+
+    def write_lora(tmp: Path) -> None:
+        if model.has_lora:
+            model.lm.save_pretrained(str(tmp / "lora"), save_embedding_layers=False)
+
+    out = save_folder(folder, {"bridge": tensors}, {"llink": full_meta}, extra=write_lora)
+    model.meta = dict(meta)
+    return out
+
+
+
+def load_llink(
+    folder: str | Path,
+    *,
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    expect: dict[str, Any] | None = None,
+    encoder: FrozenEncoder | None = None,
+    decoder: FrozenDecoder | None = None,
+) -> LLINK:
+    """Load a saved LLINK model; every mismatch with the frozen models is named in the error.
+
+    ``encoder``/``decoder`` reuse already-loaded frozen models (they must be the ones
+    the artifact was trained with; a decoder must not carry adapters yet). ``dtype``
+    applies to the frozen models (e.g. ``torch.bfloat16`` on a GPU); the bridge stays
+    float32 and slots are cast to the decoder's dtype when injected.
+    """
+    folder, meta = open_artifact(folder, "LLINK model", "llink", LLINK_FORMAT,
+                                  "llink train stage-b", expect,
+                                  "Load it with the models it was trained with, or retrain "
+                                  "Stage B.")
+    tensors = load_tensors(folder, "bridge")
+    path = folder / "bridge.safetensors"
+    check_reserved_rows(tensors, meta, path)
+    with named_by(folder / "llink.json"):
+        enc = encoder or FrozenEncoder.from_pretrained(
+            meta["encoder"], prefix=meta["encoder_prefix"], max_chars=meta["max_foreign_chars"],
+            cache_dir=cache_dir, device=device, dtype=dtype,
+        )
+        dec = decoder or FrozenDecoder.from_pretrained(
+            meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device,
+            dtype=dtype,
+        )
+    found = {"d_enc": enc.dim, "d_dec": dec.hidden_size, "num_slots": dec.num_slots,
+             "encoder_weights": enc.fingerprint, "decoder_weights": dec.fingerprint}
+    compare_expected(meta, found, f"LLINK model {folder} vs the loaded encoder/decoder",
+                     "The frozen models differ from those the artifact was trained with.")
+    dec.load_reserved_rows(tensors["reserved_rows"])
+    proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
+    load_state_dict(proj, prefixed(tensors, "projector."), path)
+    bridge = SlotBridge(meta["d_dec"], meta["num_slots"], target_norm=1.0)
+    load_state_dict(bridge, prefixed(tensors, "bridge."), path)
+    reader = build_token_reader(meta.get("slot_source", "pooled"), meta["d_enc"], meta["d_dec"],
+                                meta["num_slots"], layers=meta.get("resampler_layers", 0))
+    if reader is not None:
+        load_state_dict(reader, prefixed(tensors, "reader."), path)
+    targets = targets_from(meta, tensors, path)
+    model = LLINK(enc, dec, proj, targets, bridge,
+                  PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
+                  reader=reader, token_layer=meta.get("token_layer", -1),
+                  literals=meta.get("literals", False),
+                  slots_per_token=meta.get("slots_per_token", 0.0))
+    if meta.get("has_lora"):
+        attach_lora(model, folder, "llink.json")
+    model.meta = {k: v for k, v in meta.items() if k not in ("format", HASH_KEY)}
+    model.source = folder
+    return model.to(dec.device).eval()
+
+
+
+def save_baseline(folder: str | Path, model: PromptedDecoder, meta: dict[str, Any]) -> Path:
+    """Write a direct fine-tuning baseline: ``baseline.json`` and the ``lora/`` adapter."""
+    full_meta = {
+        "format": BASELINE_FORMAT,
+        "kind": "direct-finetune",
+        **meta,
+        "num_slots": model.num_slots,
+        "d_dec": model.decoder.hidden_size,
+        "use_chat_template": model.fmt.use_chat_template,
+        "system_prompt": model.fmt.system_prompt,
+    }
+
+    def write_lora(tmp: Path) -> None:
+        model.lm.save_pretrained(str(tmp / "lora"), save_embedding_layers=False)
+
+    return save_folder(folder, {}, {"baseline": full_meta}, extra=write_lora)
+
+
+
+def load_baseline(
+    folder: str | Path,
+    *,
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    expect: dict[str, Any] | None = None,
+    decoder: FrozenDecoder | None = None,
+) -> PromptedDecoder:
+    """Load a baseline written by :func:`save_baseline`: its decoder with the LoRA attached.
+
+    ``decoder`` reuses a loaded decoder without adapters (LoRA is attached to it in place).
+    """
+    folder, meta = open_artifact(folder, "direct fine-tuning baseline", "baseline",
+                                  BASELINE_FORMAT, "llink train baseline", expect,
+                                  "Load it with the decoder it was trained with, or retrain it.")
+    with named_by(folder / "baseline.json"):
+        dec = decoder or FrozenDecoder.from_pretrained(
+            meta["decoder"], num_slots=meta["num_slots"], cache_dir=cache_dir, device=device,
+            dtype=dtype,
+        )
+    found = {"d_dec": dec.hidden_size, "num_slots": dec.num_slots,
+             "decoder_weights": dec.fingerprint}
+    compare_expected(meta, found, f"baseline {folder} vs the loaded decoder",
+                     "The decoder differs from the one the baseline was trained with.")
+    model = PromptedDecoder(dec, PromptFormat(meta["use_chat_template"],
+                                              meta.get("system_prompt")))
+    attach_lora(model, folder, "baseline.json")
+    return model.to(dec.device).eval()

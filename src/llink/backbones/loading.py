@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from llink import distributed
+from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.encoder import FrozenEncoder
 from llink.config import ModelConfig
-from llink.models.decoder import FrozenDecoder
-from llink.models.encoder import FrozenEncoder
+from llink.train import distributed
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

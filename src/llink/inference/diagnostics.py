@@ -16,8 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llink.inject import TASKS, UnknownTaskError
-from llink.model import LLINK
+from llink.method.inject import TASKS, UnknownTaskError
+from llink.method.model import LLINK
 
 WARN_UNUSED = "slots unused: the injected output equals the output with the slots ablated"
 WARN_AS_BASE = "no change vs base: the injected output equals the base decoder's on the raw text"

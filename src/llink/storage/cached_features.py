@@ -1,7 +1,7 @@
 """The cached vectors of the method: encoder outputs, teacher states, decoder-native states.
 
 Each is a pure function of a text and the frozen models, so it is computed once
-and kept in a :class:`~llink.cache.FeatureStore` keyed by everything it depends on.
+and kept in a :class:`~llink.storage.feature_cache.FeatureStore` keyed by everything it depends on.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from llink.cache import FeatureStore
-from llink.models.decoder import FrozenDecoder
-from llink.models.encoder import FrozenEncoder, clip_text
-from llink.models.fingerprint import code_digest
-from llink.models.offline import default_cache_dir
+from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.encoder import FrozenEncoder, clip_text
+from llink.backbones.fingerprint import code_digest
+from llink.backbones.offline import default_cache_dir
+from llink.storage.feature_cache import FeatureStore
 
 
 def features_root(configured: str | None = None) -> Path:
