@@ -25,8 +25,8 @@ from llink.backbones.loading import load_decoder
 from llink.config import Config, load_config
 from llink.method.bridge import BagOfWordsHead, Projector
 from llink.method.inject import collate
+from llink.method.projection import StageAArtifact
 from llink.method.targets import TargetTransform
-from llink.storage.model_folders import StageAArtifact
 from llink.train.loop import StepRunner
 from llink.train.stage_b import _step_loss, content_token_mask
 from llink.workflows import Session, _stage_b_data, build_llink, stage_b_items

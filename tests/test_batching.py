@@ -2,7 +2,7 @@
 
 import pytest
 
-from llink.data.batching import length_groups, length_sorted_batches
+from llink.backbones.batching import length_groups, length_sorted_batches
 
 
 def test_length_groups_keep_similar_lengths_together():

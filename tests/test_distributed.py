@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from llink.config import load_config
+from llink.method.projection import load_stage_a
 from llink.storage.cached_features import encoder_vectors
-from llink.storage.model_folders import load_stage_a
 from llink.workflows import Session, run_main
 
 from .test_stage_a import make_pair_file

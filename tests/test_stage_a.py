@@ -9,8 +9,8 @@ from llink.config import load_config
 from llink.data.pairs import Pair, write_pairs
 from llink.eval.retrieval import retrieval_metrics
 from llink.method.bridge import Projector
+from llink.method.projection import load_stage_a
 from llink.storage.checkpoints import CheckpointError
-from llink.storage.model_folders import load_stage_a
 from llink.train.stage_a import compute_features
 from llink.workflows import Session, evaluate_retrieval, run_stage_a
 

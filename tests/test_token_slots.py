@@ -112,7 +112,7 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
 
 def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_encoder_dir,
                                                                 tiny_decoder_dir):
-    from llink.storage.model_folders import load_stage_a
+    from llink.method.projection import load_stage_a
     from llink.train.stage_b import _lexical_term, content_token_mask, lexical_warmup
     from llink.workflows import _stage_b_data, build_llink, stage_b_items
 

@@ -52,6 +52,7 @@ from llink.eval.tokens import token_budget
 from llink.method.bridge import SlotBridge, build_token_reader
 from llink.method.inject import PromptFormat
 from llink.method.model import LLINK, PromptedDecoder, load_baseline, load_llink
+from llink.method.projection import StageAArtifact, load_stage_a
 from llink.storage.cached_features import (
     decoder_native_vectors,
     encoder_token_states,
@@ -61,7 +62,6 @@ from llink.storage.cached_features import (
 )
 from llink.storage.checkpoints import check_folder, folder_digest, load_json
 from llink.storage.fileio import read_jsonl, write_json_atomic
-from llink.storage.model_folders import StageAArtifact, load_stage_a
 from llink.storage.runlog import write_run_info
 from llink.train import distributed as dist
 from llink.train.baseline import train_baseline

@@ -15,6 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from llink.backbones.batching import length_sorted_batches
 from llink.backbones.encoder import mean_pool
 from llink.backbones.fingerprint import (
     code_digest,
@@ -23,7 +24,6 @@ from llink.backbones.fingerprint import (
     tokenizer_digest,
 )
 from llink.backbones.offline import explain_load_errors, resolve_model
-from llink.data.batching import length_sorted_batches
 
 FOREIGN_OPEN = "<foreign>"
 FOREIGN_CLOSE = "</foreign>"

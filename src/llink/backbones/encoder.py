@@ -10,10 +10,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from llink.backbones.batching import length_sorted_batches
 from llink.backbones.fingerprint import code_digest, module_fingerprint, tokenizer_digest
 from llink.backbones.offline import explain_load_errors, resolve_model
 from llink.config import ConfigError
-from llink.data.batching import length_sorted_batches
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

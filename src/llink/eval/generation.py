@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llink.data.batching import length_sorted_batches
+from llink.backbones.batching import length_sorted_batches
 from llink.eval.stats import group_indices
 from llink.storage.fileio import atomic_path, read_jsonl, write_json_atomic
 

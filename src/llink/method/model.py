@@ -47,6 +47,7 @@ from llink.method.inject import (
     slot_span,
 )
 from llink.method.literals import extract_literals
+from llink.method.projection import targets_from
 from llink.method.targets import TargetTransform
 from llink.storage import hub
 from llink.storage.checkpoints import (
@@ -65,7 +66,6 @@ from llink.storage.model_folders import (
     named_by,
     open_artifact,
     prefixed,
-    targets_from,
 )
 
 

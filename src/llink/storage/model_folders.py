@@ -1,19 +1,17 @@
-"""Model folders on disk: their checks, and the Stage A artifact.
+"""Model folders on disk and their checks.
 
 Every trained folder (Stage A artifact, LLINK model, direct fine-tuning baseline) is a
 :mod:`llink.storage.checkpoints` folder: safetensors weights, a JSON file with its format,
-settings and weight hashes, no pickles. This module holds what the three share (opening a
-folder with its checks, the reserved-token rows, the LoRA adapters, the target transform)
-and the Stage A artifact, which is only a projector. Building an LLINK model or a baseline
-from its folder, and saving one, belongs to :mod:`llink.method.model` (the owner of the
-model classes); this module never imports it.
+settings and weight hashes, no pickles. This module holds what the three share: opening a
+folder with its checks, the reserved-token rows, the LoRA adapters. Building the models
+from their folders and saving them belongs to :mod:`llink.method` (``projection`` for
+Stage A, ``model`` for LLINK and the baseline), which this module never imports.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,73 +19,17 @@ import torch
 
 from llink.backbones.decoder import reserved_token_strings
 from llink.backbones.offline import ModelUnavailable
-from llink.method.bridge import Projector
-from llink.method.targets import TargetTransform
 from llink.storage.checkpoints import (
     CheckpointError,
     check_folder,
     compare_expected,
     load_json,
-    load_state_dict,
-    load_tensors,
     require_kind,
-    save_folder,
     verify_weights,
 )
 
-STAGE_A_FORMAT = 1
 LLINK_FORMAT = 1
 BASELINE_FORMAT = 1
-
-
-@dataclass
-class StageAArtifact:
-    """A trained projector and what it needs to be used.
-
-    The projector predicts teacher states mapped through ``targets`` (raw, centred
-    or whitened, see :mod:`llink.targets`): anything comparing projected vectors
-    with teacher states must map the states the same way. ``reserved_rows`` are the
-    decoder's reserved-token rows the teacher states were computed with.
-    """
-
-    projector: Projector
-    targets: TargetTransform
-    reserved_rows: torch.Tensor
-    meta: dict[str, Any]
-
-    def project(self, enc: torch.Tensor) -> torch.Tensor:
-        """Project encoder vectors (eval mode, no gradients) into the target space."""
-        self.projector.eval()
-        with torch.no_grad():
-            dev = next(self.projector.parameters()).device
-            return self.projector(enc.to(dev)).float().cpu()
-
-
-def save_stage_a(folder: str | Path, art: StageAArtifact) -> Path:
-    """Write the Stage A artifact folder atomically."""
-    tensors = {f"projector.{k}": v for k, v in art.projector.state_dict().items()}
-    tensors.update(art.targets.tensors())
-    tensors["reserved_rows"] = art.reserved_rows
-    meta = {"format": STAGE_A_FORMAT, **art.meta}
-    return save_folder(folder, {"stage_a": tensors}, {"stage_a": meta})
-
-
-def load_stage_a(folder: str | Path, expect: dict[str, Any] | None = None) -> StageAArtifact:
-    """Load a Stage A artifact; ``expect`` values (e.g. encoder, decoder) must match."""
-    folder, meta = open_artifact(folder, "Stage A artifact", "stage_a", STAGE_A_FORMAT,
-                                  "llink train stage-a", expect,
-                                  "Use the same models and settings, or retrain Stage A.")
-    tensors = load_tensors(folder, "stage_a")
-    path = folder / "stage_a.safetensors"
-    if "num_slots" in meta:
-        check_reserved_rows(tensors, meta, path)
-    elif "reserved_rows" not in tensors:
-        raise CheckpointError(f"{path} lacks reserved_rows. Copy the folder again, or retrain.")
-    proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
-    load_state_dict(proj, prefixed(tensors, "projector."), path)
-    proj.eval()
-    targets = targets_from(meta, tensors, path)
-    return StageAArtifact(proj, targets, tensors["reserved_rows"], meta)
 
 
 def open_artifact(
@@ -178,18 +120,6 @@ def attach_lora(model: LoraHolder, folder: Path, meta_file: str) -> None:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{lora}: cannot attach the LoRA adapters ({reason}). "
                               f"{fix}") from None
-
-
-def targets_from(
-    meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path
-) -> TargetTransform:
-    try:
-        return TargetTransform.from_tensors(meta["targets"], tensors, meta)
-    except KeyError as exc:
-        raise CheckpointError(
-            f"{path} lacks the target-transform tensor {exc}: the file does not match its "
-            "metadata. Copy the folder again, or retrain."
-        ) from None
 
 
 def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

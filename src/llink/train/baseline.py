@@ -24,8 +24,8 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from llink.backbones.batching import length_groups, length_sorted_batches
 from llink.config import Config
-from llink.data.batching import length_groups, length_sorted_batches
 from llink.method.inject import IGNORE_INDEX, Example, collate
 from llink.method.model import PromptedDecoder, save_baseline
 from llink.storage.runlog import MetricsLog

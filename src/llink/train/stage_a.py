@@ -29,9 +29,9 @@ from llink.data.splits import Splits, english_key
 from llink.eval.retrieval import grouped_retrieval_metrics
 from llink.method.bridge import Projector
 from llink.method.losses import NegativeQueue, direction_mse, info_nce, linear_tau, log_norm_penalty
+from llink.method.projection import StageAArtifact, save_stage_a
 from llink.method.targets import TargetTransform
 from llink.storage.cached_features import encoder_vectors, features_root, teacher_vectors
-from llink.storage.model_folders import StageAArtifact, save_stage_a
 from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.loop import StepRunner
