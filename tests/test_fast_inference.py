@@ -216,6 +216,28 @@ def test_merged_and_prefix_cached_together(model, merged):
     assert_same(run(model.generate, KM, max_new_tokens=6), fast)
 
 
+def test_infer_runs_merged_and_compare_unmerged_with_the_same_answers(model_dir, capsys,
+                                                                       monkeypatch):
+    import json
+
+    from llink.cli import main
+    from llink.method.model import PromptedDecoder
+
+    merges: list[bool] = []
+    real = PromptedDecoder.merge_lora
+    monkeypatch.setattr(PromptedDecoder, "merge_lora",
+                        lambda self: merges.append(True) or real(self))
+
+    def answers(*extra: str) -> list[str]:
+        assert main(["infer", "--model", str(model_dir), "--max-new-tokens", "5", "--json",
+                     *extra, *KM]) == 0
+        return [json.loads(line)["injected"] for line in capsys.readouterr().out.splitlines()]
+
+    fast = answers()
+    assert merges == [True]
+    assert answers("--compare") == fast and merges == [True]  # --compare: adapters kept
+
+
 # --------------------------------------------------------------------------- slot cache
 def _job(text: str, question: str | None = None) -> ChatJob:
     return ChatJob((("user", text),), 6, text, "ask" if question else "translate_to_english",
