@@ -67,8 +67,7 @@ def measure(folder: str, n: int, batch_sizes: tuple[int, ...], repeats: int,
     model = LLINK.from_pretrained(folder, device=device).eval()
     paths = {"llink": (model, False), "base": (model, True)}
     if lora_merged:
-        merged = LLINK.from_pretrained(folder, device=device).eval()
-        merged.lm = merged.lm.merge_and_unload() if merged.has_lora else merged.lm
+        merged = LLINK.from_pretrained(folder, device=device, merge_lora=True).eval()
         paths["llink_lora_merged"] = (merged, False)
     tok = model.tokenizer
     for m, base in paths.values():  # warm-up

@@ -71,10 +71,7 @@ def system_prompt(model: LLINK, system: str | None):
 
 def merged_copy(folder: str) -> LLINK:
     """The same trained model with its LoRA merged into the decoder weights."""
-    model = LLINK.from_pretrained(folder).eval()
-    if model.has_lora:
-        model.lm = model.lm.merge_and_unload()
-    return model
+    return LLINK.from_pretrained(folder, merge_lora=True).eval()
 
 
 # --- tokens --------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     python -m benchmarks.run [--model DIR] [--only NAME[,NAME]] [--quick] [--threads N]
 
-NAME: stage_a_cost, prompt_cost, latency, latency_fixed_length, memory, generation,
+NAME: stage_a_cost, prompt_cost, latency, latency_fixed_length, ttft, memory, generation,
 serve_load.
 ``--model`` is the trained LLINK folder (default runs/default/stage_b, written by
 ``bash scripts/main.sh``). Each benchmark also writes its own NAME.{json,md} and runs
@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from benchmarks import generation, latency, memory, prompt_cost, serve_load, stage_a_cost
+from benchmarks import generation, latency, memory, prompt_cost, serve_load, stage_a_cost, ttft
 from benchmarks.common import (
     machine_description,
     model_dir,
@@ -56,17 +56,19 @@ BENCHMARKS: dict[str, ModuleType | Variant] = {
     "prompt_cost": prompt_cost,
     "latency": latency,
     "latency_fixed_length": Variant(latency, fixed_length=True, lora_merged=False),
+    "ttft": ttft,
     "memory": memory,
     "generation": generation,
     "serve_load": serve_load,
 }
-DEFAULT_RUN = ("stage_a_cost", "prompt_cost", "latency", "latency_fixed_length", "memory")
-NEEDS_MODEL = {"prompt_cost", "latency", "latency_fixed_length", "generation", "memory"}
+DEFAULT_RUN = ("stage_a_cost", "prompt_cost", "latency", "latency_fixed_length", "ttft", "memory")
+NEEDS_MODEL = {"prompt_cost", "latency", "latency_fixed_length", "ttft", "generation", "memory"}
 NOTES = [
     "Ratios compare two designs timed side by side in one process (medians of repeats); "
     "absolute times depend on the machine and on whatever else runs on it.",
     "Time to first token: batch of one, `generate(..., max_new_tokens=1)`, LLINK including "
-    "its encoder pass. See prompt_cost.md for where the time goes.",
+    "its encoder pass. See prompt_cost.md for where the time goes. The ttft rows time both "
+    "paths as llink serve runs them: the prompt template's KV cached, LLINK's LoRA merged.",
     "End-to-end (latency): answers end at EOS, and the base decoder given raw Khmer usually "
     "runs on to max_new_tokens while LLINK stops after a sentence, so part of that speed-up "
     "is shorter answers; latency_fixed_length forces equal-length answers (compute cost only).",

@@ -1,8 +1,14 @@
 """Load test of ``llink serve``: many simultaneous chat requests on 127.0.0.1.
 
-    python -m benchmarks.serve_load [--model DIR] [--concurrency 100] [--rounds 3] [--quick]
+    python -m benchmarks.serve_load [--model DIR] [--requests 200] [--clients 16]
+                                    [--concurrency 100] [--rounds 3] [--quick]
 
-Each round opens ``concurrency`` connections at once (threads released by one barrier),
+Bounded run: ``--requests`` chat-completions requests sent by ``--clients`` client threads,
+each with one request in flight at a time (a fresh connection per request); p50/p95/p99
+latency, errors and resets. With ``--model`` its requests are test sentences spread evenly
+over the test split (distinct texts; the server's slot cache is emptied after the
+sequential reference pass, so the run pays every encoder pass), else the stand-in texts.
+Bursts: each round opens ``concurrency`` connections at once (threads released by one barrier),
 each posting one chat-completions request, and counts connection resets, other errors and
 answers that differ from the same request sent alone; latency is from connect to the last
 byte of the answer. Without ``--model`` the server runs a stand-in backend (a fixed cost
@@ -25,7 +31,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.common import machine_description, pct, row, write_results
+from benchmarks.common import evenly_spaced, machine_description, pct, row, write_results
 from llink.inference.serve import (
     ChatJob,
     Completion,
@@ -37,8 +43,8 @@ from llink.inference.serve import (
     make_server,
 )
 
-QUICK = {"concurrency": 50, "rounds": 1, "max_tokens": 4}
-DEFAULT = {"concurrency": 100, "rounds": 3, "max_tokens": 8}
+QUICK = {"concurrency": 50, "rounds": 1, "max_tokens": 4, "requests": 40, "clients": 8}
+DEFAULT = {"concurrency": 100, "rounds": 3, "max_tokens": 8, "requests": 200, "clients": 16}
 TEXTS = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "រក្សាទុកឯកសារមុនពេលបិទ។",
          "តារាងមានជួរឈរបី។", "ចុចប៊ូតុង OK ។", "បញ្ចូលស្លាយថ្មី។", "បោះពុម្ពទំព័របច្ចុប្បន្ន។"]
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
@@ -117,42 +123,104 @@ def burst(host: str, port: int, bodies: list[bytes]) -> tuple[list[dict[str, Any
     return results, time.perf_counter() - t
 
 
+def latency_ms(seconds: list[float]) -> dict[str, float]:
+    lat = seconds or [float("nan")]
+    return {"p50": 1000 * pct(lat, 0.5), "p90": 1000 * pct(lat, 0.9),
+            "p95": 1000 * pct(lat, 0.95), "p99": 1000 * pct(lat, 0.99),
+            "max": 1000 * max(lat), "mean": 1000 * statistics.fmean(lat)}
+
+
+def tally(bodies: list[bytes], results: list[dict[str, Any]], expected: dict[bytes, Any]
+          ) -> tuple[dict[str, int], list[float], list[dict[str, Any]]]:
+    """Counts of answered, reset and failed requests, answered latencies, a few failures."""
+    counts = {"requests": 0, "ok": 0, "resets": 0, "errors": 0, "different_answers": 0}
+    latencies: list[float] = []
+    examples: list[dict[str, Any]] = []
+    for body, r in zip(bodies, results, strict=True):
+        counts["requests"] += 1
+        if "reset" in r:
+            counts["resets"] += 1
+        elif r.get("status") != 200:
+            counts["errors"] += 1
+        else:
+            counts["ok"] += 1
+            latencies.append(r["seconds"])
+            counts["different_answers"] += r["answer"] != expected[body]
+        if ("reset" in r or r.get("status") != 200) and len(examples) < 3:
+            examples.append(r)
+    return counts, latencies, examples
+
+
+def sequential_answers(server: LLINKServer, bodies: list[bytes]) -> dict[bytes, Any]:
+    """Each distinct request's answer when sent alone (the reference for batched ones)."""
+    host, port = server.server_address[:2]
+    return {b: post(host, port, b).get("answer") for b in dict.fromkeys(bodies)}
+
+
 def load_test(server: LLINKServer, concurrency: int, rounds: int, max_tokens: int
               ) -> dict[str, Any]:
     """``rounds`` bursts of ``concurrency`` requests against a running server."""
     host, port = server.server_address[:2]
     bodies = [chat_body(TEXTS[i % len(TEXTS)], max_tokens) for i in range(concurrency)]
-    expected = {b: post(host, port, b).get("answer") for b in dict.fromkeys(bodies)}
+    expected = sequential_answers(server, bodies)
     calls0 = server.generate_calls
-    latencies: list[float] = []
-    counts = {"requests": 0, "ok": 0, "resets": 0, "errors": 0, "different_answers": 0}
-    walls, examples = [], []
+    all_bodies, all_results, walls = [], [], []
     for _ in range(rounds):
         results, wall = burst(host, port, bodies)
         walls.append(wall)
-        for body, r in zip(bodies, results, strict=True):
-            counts["requests"] += 1
-            if "reset" in r:
-                counts["resets"] += 1
-            elif r.get("status") != 200:
-                counts["errors"] += 1
-            else:
-                counts["ok"] += 1
-                latencies.append(r["seconds"])
-                counts["different_answers"] += r["answer"] != expected[body]
-            if ("reset" in r or r.get("status") != 200) and len(examples) < 3:
-                examples.append(r)
-    lat = latencies or [float("nan")]
+        all_bodies += bodies
+        all_results += results
+    counts, latencies, examples = tally(all_bodies, all_results, expected)
     return {
         **counts,
         "concurrency": concurrency,
         "rounds": rounds,
         "generate_calls": server.generate_calls - calls0,
-        "latency_ms": {"p50": 1000 * pct(lat, 0.5), "p90": 1000 * pct(lat, 0.9),
-                       "p99": 1000 * pct(lat, 0.99), "max": 1000 * max(lat),
-                       "mean": 1000 * statistics.fmean(lat)},
+        "latency_ms": latency_ms(latencies),
         "burst_seconds": walls,
         "requests_per_s": concurrency / statistics.median(walls),
+        "failures": examples,
+    }
+
+
+def bounded_load(server: LLINKServer, texts: list[str], clients: int, max_tokens: int
+                 ) -> dict[str, Any]:
+    """One request per text, sent by ``clients`` threads with one request in flight each."""
+    host, port = server.server_address[:2]
+    bodies = [chat_body(t, max_tokens) for t in texts]
+    expected = sequential_answers(server, bodies)
+    slot_cache = getattr(server.backend, "slot_cache", None)
+    if slot_cache is not None:
+        slot_cache.clear()  # the reference pass saw every text: the run must not profit
+    calls0 = server.generate_calls
+    results: list[dict[str, Any]] = [{} for _ in bodies]
+    lock, taken = threading.Lock(), [0]
+
+    def client() -> None:
+        while True:
+            with lock:
+                i = taken[0]
+                taken[0] += 1
+            if i >= len(bodies):
+                return
+            results[i] = post(host, port, bodies[i])
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(600)
+    wall = time.perf_counter() - t
+    counts, latencies, examples = tally(bodies, results, expected)
+    return {
+        **counts,
+        "clients": clients,
+        "distinct_texts": len(set(texts)),
+        "generate_calls": server.generate_calls - calls0,
+        "latency_ms": latency_ms(latencies),
+        "seconds": wall,
+        "requests_per_s": len(bodies) / wall,
         "failures": examples,
     }
 
@@ -164,39 +232,76 @@ def _serve_and_test(backend: Any, settings: ServeSettings, concurrency: int, rou
     return {"listen_backlog": server.listen_backlog, **res}
 
 
+def bounded_texts(model: str | None, n: int) -> list[str]:
+    """The bounded run's texts: test sentences spread evenly (a model), else the stand-in's."""
+    if model is None:
+        return [TEXTS[i % len(TEXTS)] for i in range(n)]
+    from llink.config import DataConfig
+    from llink.data.splits import load_splits
+
+    return [p.foreign for p in evenly_spaced(load_splits(DataConfig()).test, n)]
+
+
 def measure(model: str | None, concurrency: int, rounds: int, max_tokens: int,
-            old_backlog: int = 5) -> dict[str, Any]:
+            old_backlog: int = 5, requests: int = 0, clients: int = 16) -> dict[str, Any]:
     backend = (LLINKBackend.load(model, device="auto") if model else StandInBackend())
     settings = ServeSettings(max_batch=8, batch_wait_ms=10, max_tokens=max(128, max_tokens))
-    res = _serve_and_test(backend, settings, concurrency, rounds, max_tokens)
+    bounded = None
+    if requests:
+        with make_server(backend, settings, "127.0.0.1", 0) as server:
+            bounded = bounded_load(server, bounded_texts(model, requests), clients, max_tokens)
+    res = (_serve_and_test(backend, settings, concurrency, rounds, max_tokens)
+           if rounds else None)
     old = (_serve_and_test(backend, settings, concurrency, 1, max_tokens, old_backlog)
-           if old_backlog else None)
+           if old_backlog and rounds else None)
     return {"machine": machine_description(), "backend": backend.kind,
             "model": model, "backend_settings": backend.describe() if not model else None,
-            "max_batch": settings.max_batch, "max_tokens": max_tokens, **res,
-            "old_backlog": old}
+            "max_batch": settings.max_batch, "max_tokens": max_tokens,
+            "bounded": bounded, "burst": res, "old_backlog": old}
 
 
 def markdown(res: dict[str, Any]) -> str:
     backend = (f"LLINK model {res['model']}" if res["model"] else
                f"stand-in backend ({res['backend_settings']['batch_ms']:g} ms per generate "
                f"call + {res['backend_settings']['item_ms']:g} ms per request)")
-    lines = [
-        f"# llink serve under {res['concurrency']} simultaneous requests",
-        "",
-        f"Bursts of {res['concurrency']} chat-completions requests on 127.0.0.1, one fresh "
-        f"connection each, released together; {backend}; batches of up to "
-        f"{res['max_batch']}. Latency: connect to the last byte of the answer, answered "
-        "requests only.",
-        "",
-        "| listen backlog | requests | ok | resets | errors | answers ≠ sequential | "
-        "generate calls | p50 ms | p90 ms | p99 ms | max ms | requests/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        _table_row(res),
-    ]
-    if res.get("old_backlog"):
-        lines.append(_table_row(res["old_backlog"], " (before issue 15)"))
-    lines += ["", f"Machine: {res['machine']}.", ""]
+    lines = [f"# llink serve under load on 127.0.0.1: {backend}", "",
+             f"Batches of up to {res['max_batch']}, max_tokens {res['max_tokens']}. Latency: "
+             "connect to the last byte of the answer, answered requests only; a fresh "
+             "connection per request.", ""]
+    if b := res.get("bounded"):
+        lat = b["latency_ms"]
+        lines += [
+            f"## {b['requests']} requests, {b['clients']} concurrent",
+            "",
+            f"{b['clients']} clients, each with one request in flight, "
+            f"{b['distinct_texts']} distinct foreign texts"
+            + (" (test sentences spread evenly; slot cache emptied before the run)"
+               if res["model"] else "") + ".",
+            "",
+            "| requests | ok | errors | resets | answers ≠ sequential | generate calls | "
+            "p50 ms | p95 ms | p99 ms | max ms | requests/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| {b['requests']} | {b['ok']} | {b['errors']} | {b['resets']} | "
+            f"{b['different_answers']} | {b['generate_calls']} | {lat['p50']:.0f} | "
+            f"{lat['p95']:.0f} | {lat['p99']:.0f} | {lat['max']:.0f} | "
+            f"{b['requests_per_s']:.1f} |",
+            "",
+        ]
+    if r := res.get("burst"):
+        lines += [
+            f"## Bursts of {r['concurrency']} simultaneous requests",
+            "",
+            f"{r['rounds']} rounds of {r['concurrency']} requests released together.",
+            "",
+            "| listen backlog | requests | ok | resets | errors | answers ≠ sequential | "
+            "generate calls | p50 ms | p95 ms | p99 ms | max ms | requests/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            _table_row(r),
+        ]
+        if res.get("old_backlog"):
+            lines.append(_table_row(res["old_backlog"], " (before issue 15)"))
+        lines.append("")
+    lines += [f"Machine: {res['machine']}.", ""]
     return "\n".join(lines)
 
 
@@ -204,22 +309,30 @@ def _table_row(r: dict[str, Any], note: str = "") -> str:
     lat = r["latency_ms"]
     return (f"| {r['listen_backlog']}{note} | {r['requests']} | {r['ok']} | {r['resets']} | "
             f"{r['errors']} | {r['different_answers']} | {r['generate_calls']} | "
-            f"{lat['p50']:.0f} | {lat['p90']:.0f} | {lat['p99']:.0f} | {lat['max']:.0f} | "
+            f"{lat['p50']:.0f} | {lat['p95']:.0f} | {lat['p99']:.0f} | {lat['max']:.0f} | "
             f"{r['requests_per_s']:.1f} |")
 
 
 def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
-    lat = res["latency_ms"]
-    return [row("serve load", f"{res['concurrency']} simultaneous requests: resets + errors",
-                str(res["resets"] + res["errors"]), "—", None,
-                note=f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms")]
+    rows = []
+    if b := res.get("bounded"):
+        lat = b["latency_ms"]
+        rows.append(row("serve load", f"{b['requests']} requests, {b['clients']} concurrent: "
+                        "errors + resets", str(b["errors"] + b["resets"]), "—", None,
+                        note=f"p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms"))
+    if r := res.get("burst"):
+        lat = r["latency_ms"]
+        rows.append(row("serve load", f"{r['concurrency']} simultaneous requests: resets + "
+                        "errors", str(r["resets"] + r["errors"]), "—", None,
+                        note=f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms"))
+    return rows
 
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
     q = {**(QUICK if quick else DEFAULT), **overrides}
     res = measure(model, q["concurrency"], q["rounds"], q["max_tokens"],
-                  q.get("old_backlog", 5))
+                  q.get("old_backlog", 5), q["requests"], q["clients"])
     md = markdown(res)
     write_results("serve_load", res, md, quick)
     print(md)
@@ -230,8 +343,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None,
                     help="trained LLINK folder to serve (default: the stand-in backend)")
-    ap.add_argument("--concurrency", type=int, default=DEFAULT["concurrency"])
-    ap.add_argument("--rounds", type=int, default=DEFAULT["rounds"])
+    ap.add_argument("--requests", type=int, default=DEFAULT["requests"],
+                    help="requests of the bounded run (0: skip it)")
+    ap.add_argument("--clients", type=int, default=DEFAULT["clients"],
+                    help="concurrent clients of the bounded run")
+    ap.add_argument("--concurrency", type=int, default=DEFAULT["concurrency"],
+                    help="requests per burst")
+    ap.add_argument("--rounds", type=int, default=DEFAULT["rounds"],
+                    help="bursts (0: skip them)")
     ap.add_argument("--max-tokens", type=int, default=DEFAULT["max_tokens"])
     ap.add_argument("--old-backlog", type=int, default=5,
                     help="also one burst against this listen backlog (0: skip)")
@@ -241,7 +360,8 @@ def main() -> None:
         run(args.model, quick=True, old_backlog=args.old_backlog)
         return
     run(args.model, concurrency=args.concurrency, rounds=args.rounds,
-        max_tokens=args.max_tokens, old_backlog=args.old_backlog)
+        max_tokens=args.max_tokens, old_backlog=args.old_backlog, requests=args.requests,
+        clients=args.clients)
 
 
 if __name__ == "__main__":

@@ -167,14 +167,40 @@ def test_burst_helper_reports_resets_as_resets():
     assert all("failure" in r and "Refused" in r["failure"] for r in results)
 
 
-def test_benchmark_reports_the_burst():
-    from benchmarks.serve_load import markdown, measure
+def test_bounded_load_with_merged_lora_and_caches_gives_the_sequential_answers(
+        tiny_llink):  # noqa: F811
+    """A bounded run (8 clients, one request in flight each) against the tiny model served
+    as llink serve serves it (prefix cache, slot cache): every answer is the one the same
+    request gets alone."""
+    from benchmarks.serve_load import bounded_load
+    from llink.inference.serve import LLINKBackend
 
-    res = measure(None, concurrency=20, rounds=1, max_tokens=4, old_backlog=0)
-    assert (res["requests"], res["ok"], res["resets"], res["errors"]) == (20, 20, 0, 0)
-    assert res["listen_backlog"] >= 100 and res["old_backlog"] is None
+    backend = LLINKBackend(tiny_llink, "tiny-llink")
+    texts = FOREIGN * 3
+    with serving(backend, batch_wait_ms=20, max_batch=8, **LIMITS) as srv:
+        res = bounded_load(srv, texts, clients=8, max_tokens=4)
+    assert (res["ok"], res["errors"], res["resets"], res["different_answers"]) == \
+        (24, 0, 0, 0), res["failures"]
+    assert res["distinct_texts"] == 8 and res["latency_ms"]["p95"] >= res["latency_ms"]["p50"]
+    assert backend.slot_cache.stats()["hits"] > 0  # repeated texts skipped the encoder
+
+
+def test_benchmark_reports_the_bounded_run_and_the_burst():
+    from benchmarks.serve_load import headline, markdown, measure
+
+    res = measure(None, concurrency=20, rounds=1, max_tokens=4, old_backlog=0, requests=30,
+                  clients=4)
+    burst_res, bounded = res["burst"], res["bounded"]
+    assert (burst_res["requests"], burst_res["ok"], burst_res["resets"],
+            burst_res["errors"]) == (20, 20, 0, 0)
+    assert burst_res["listen_backlog"] >= 100 and res["old_backlog"] is None
+    assert (bounded["requests"], bounded["ok"], bounded["errors"], bounded["resets"]) == \
+        (30, 30, 0, 0)
+    assert bounded["clients"] == 4 and set(bounded["latency_ms"]) >= {"p50", "p95"}
     md = markdown(res)
     assert "| 20 | 20 | 0 | 0 | 0 |" in md and "stand-in backend" in md
+    assert "## 30 requests, 4 concurrent" in md and "| 30 | 30 | 0 | 0 | 0 |" in md
+    assert headline(res)[0]["llink"] == "0"
 
 
 # --------------------------------------------------------------------------- refusals (issue 19)

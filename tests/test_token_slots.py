@@ -108,6 +108,19 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
     assert len(outs) == 2
     with pytest.raises(ValueError, match="token states"):
         model.slots(model.encode(foreign))
+    # served as llink serve serves it (prefix cache, slots cached per text with their
+    # counts): the answers of generate, the second time without the encoder
+    from llink.inference.serve import ChatJob, LLINKBackend
+
+    backend = LLINKBackend(again, "tiny")
+    jobs = [ChatJob((("user", t),), 3, t) for t in foreign]
+    for _ in range(2):
+        done = backend.generate(jobs, [backend.prepare(j) for j in jobs])
+        assert [c.text for c in done] == outs
+    assert backend.slot_cache.stats()["hits"] == 2
+    k = counts or [slots, slots]
+    assert [c.prompt_tokens for c in done] == [
+        len(model.prompt_ids("translate_to_english", num_slots=n)) for n in k]
 
 
 def test_lexical_warmup_moves_the_slots_towards_the_answer_words(tmp_path, tiny_encoder_dir,

@@ -249,12 +249,14 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace, merge_lora: bool = False):
+    """The model of ``--model``; ``merge_lora`` for plain inference (faster, but without the
+    base decoder that diagnostics compare against)."""
     from llink.backbones.loading import resolve_device
     from llink.method.model import LLINK
 
     name = args.model or str(Path(Config().run_dir) / "stage_b")
-    return LLINK.from_pretrained(name, device=resolve_device(args.device))
+    return LLINK.from_pretrained(name, device=resolve_device(args.device), merge_lora=merge_lora)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
@@ -314,7 +316,8 @@ def cmd_infer(args: argparse.Namespace) -> None:
     texts = _read_texts(args)
     if args.task == "ask" and not args.question:
         raise InputError("--task ask needs --question 'a question about the text'")
-    model = _load_model(args)
+    model = _load_model(args, merge_lora=not args.compare)
+    model.use_prefix_cache()
     task = "ask" if args.question else args.task
     for w in check_inputs(texts, model.encoder.max_chars, task):
         print(f"llink: warning: {w}", file=sys.stderr)

@@ -490,14 +490,24 @@ def _streaming(jobs: Sequence[ChatJob]) -> list[int]:
 
 
 class LLINKBackend:
-    """A trained LLINK model: slots from the foreign text."""
+    """A trained LLINK model: slots from the foreign text.
+
+    Loaded with its LoRA merged into the decoder (:meth:`load`); the model's prefix cache
+    is turned on (the prompt template's KV is computed once per task), and the slots of
+    the last ``slot_cache_size`` foreign texts are kept (:class:`SlotCache`), so a
+    follow-up question about the same text skips the encoder."""
 
     kind = "llink"
     needs_foreign = True
 
-    def __init__(self, model: Any, name: str) -> None:
+    def __init__(self, model: Any, name: str, slot_cache_size: int = 256) -> None:
+        from llink.inference.slot_cache import SlotCache
+
         self.model = model.eval()
         self.name = name
+        if model.prefix_cache is None:
+            model.use_prefix_cache()
+        self.slot_cache = SlotCache(slot_cache_size)
         tok = model.tokenizer
         self._reserved = set(model.decoder.reserved.ids)
         self._reserved_strings = tok.convert_ids_to_tokens(model.decoder.reserved.ids)
@@ -515,7 +525,8 @@ class LLINKBackend:
         from llink.backbones.loading import resolve_device
         from llink.method.model import load_llink
 
-        model = load_llink(folder, device=resolve_device(device), cache_dir=cache_dir)
+        model = load_llink(folder, device=resolve_device(device), cache_dir=cache_dir,
+                           merge_lora=True)
         return cls(model, name or Path(folder).resolve().name)
 
     def describe(self) -> dict[str, Any]:
@@ -526,6 +537,9 @@ class LLINKBackend:
             "num_slots": m.num_slots,
             "device": str(m.device),
             "tasks": list(VALID_TASKS),
+            "lora": "merged" if m.lora_merged else ("adapters" if m.has_lora else "none"),
+            "prefix_cache": m.prefix_cache.stats() if m.prefix_cache is not None else None,
+            "slot_cache": self.slot_cache.stats(),
         }
 
     def _count_reserved(self, ids: list[int]) -> int:
@@ -572,18 +586,18 @@ class LLINKBackend:
         steps = _Steps(0, _streaming(jobs), lambda ids: tok.decode(ids, skip_special_tokens=True),
                        eos, on_text)
         prompts = [p.prompt for p in prepared]
-        with torch.no_grad(), seeded(jobs[0].seed, m.device):
-            enc, tokens = m.read([j.foreign for j in jobs])
-            counts = m.slot_counts(tokens)
-            if counts is not None:
+        first = jobs[0]
+        with torch.no_grad(), seeded(first.seed, m.device):
+            slots, counts = self.slot_cache.slots(m, [j.foreign for j in jobs], first.gate_boost)
+            if any(k != m.num_slots for k in counts):
                 prompts = [self._prompt(j, k) for j, k in zip(jobs, counts, strict=True)]
-            slots = m.slots(enc, jobs[0].gate_boost, tokens)
             texts = m.generate_from_ids(
                 prompts,
                 slots,
-                max_new_tokens=jobs[0].max_tokens,
+                max_new_tokens=first.max_tokens,
+                prefix=m.template_ids(first.task, first.strict, first.question),
                 stopping_criteria=StoppingCriteriaList([steps]),
-                **decoding_kwargs(jobs[0]),
+                **decoding_kwargs(first),
             )
         out = []
         rows = steps.rows(len(jobs))

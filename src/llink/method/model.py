@@ -28,6 +28,13 @@ from torch import nn
 
 from llink.backbones.decoder import FrozenDecoder
 from llink.backbones.encoder import FrozenEncoder
+from llink.backbones.prefix_cache import (
+    PrefixCache,
+    cache_argument,
+    prefill,
+    prefixed_batch,
+    shared_length,
+)
 from llink.method.bridge import (
     BagOfWordsHead,
     Projector,
@@ -85,12 +92,20 @@ class AnswerNLL:
         return self.total / self.tokens.clamp_min(1)
 
 
+class LoRAMergedError(RuntimeError):
+    """The base decoder (without LoRA) was asked of a model whose LoRA is merged."""
+
+
 class PromptedDecoder(nn.Module):
     """A frozen decoder (optionally with LoRA) and the prompt format LLINK uses.
 
     Holds what every system built on the decoder needs: the answer NLL of a batch and
     batched greedy generation from prompt ids. :class:`LLINK` adds the encoder and the
     slot bridge; the direct fine-tuning baseline uses this class as it is.
+
+    For serving, :meth:`merge_lora` folds the LoRA into the decoder weights (fewer
+    operations per pass; the base decoder is then gone) and :meth:`use_prefix_cache` reuses
+    the KV of the prompt template shared by every request of a task.
     """
 
     def __init__(self, decoder: FrozenDecoder, fmt: PromptFormat | None = None) -> None:
@@ -98,6 +113,10 @@ class PromptedDecoder(nn.Module):
         self.decoder = decoder
         self.fmt = fmt or PromptFormat()
         self.lm: nn.Module = decoder.model
+        #: True once :meth:`merge_lora` has folded the adapters into the decoder weights
+        self.lora_merged = False
+        #: KV of prompt templates, reused by generation (None: off; :meth:`use_prefix_cache`)
+        self.prefix_cache: PrefixCache | None = None
 
     # --- structure -------------------------------------------------------------------
     @property
@@ -136,7 +155,42 @@ class PromptedDecoder(nn.Module):
 
     def adapters_disabled(self, disabled: bool = True):
         """Context in which the decoder runs without its LoRA adapters."""
+        if disabled and self.lora_merged:
+            raise LoRAMergedError(
+                "this model's LoRA is merged into the decoder weights, so the base decoder "
+                "(without LoRA) is gone: load the model without merge_lora for base-decoder "
+                "outputs and ablations (llink infer --compare does)")
         return self.lm.disable_adapter() if (disabled and self.has_lora) else nullcontext()
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapters into the decoder weights, once (peft ``merge_and_unload``):
+        the same answers up to rounding, faster passes. The base decoder is gone afterwards
+        (``base=True`` raises :class:`LoRAMergedError`) and the model cannot be saved."""
+        if self.has_lora:
+            self.lm = self.lm.merge_and_unload()
+            self.decoder.model = self.lm
+            self.lora_merged = True
+            self.clear_prefix_cache()
+
+    # --- prefix caching ----------------------------------------------------------------
+    def use_prefix_cache(self, max_entries: int = 16) -> None:
+        """Reuse the KV of the prompt template before the foreign text (one entry per task,
+        question and adapter state; ``max_entries`` kept). Generation gives the same
+        answers up to rounding; only the prompt's own tokens are prefilled."""
+        self.prefix_cache = PrefixCache(max_entries)
+
+    def clear_prefix_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def train(self, mode: bool = True) -> PromptedDecoder:
+        if mode:
+            self.clear_prefix_cache()  # trained weights make cached KV stale
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), ...: cached KV would not match
+        self.clear_prefix_cache()
+        return super()._apply(fn, *args, **kwargs)
 
     # --- decoder passes --------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
@@ -181,6 +235,35 @@ class PromptedDecoder(nn.Module):
         user = instruction_text(task, span, strict, question, literals)
         return self.fmt.prompt_ids(self.tokenizer, user)
 
+    def template_ids(self, task: str, strict: bool = False, question: str | None = None
+                     ) -> list[int]:
+        """The ids every prompt of this task starts with: the template before the foreign
+        text (or its slots). What :attr:`prefix_cache` reuses."""
+        ids = self.prompt_ids(task, strict, question)
+        return ids[: ids.index(self.decoder.reserved.foreign_open)]
+
+    def _template(self, task: str, strict: bool, question: str | None) -> list[int] | None:
+        return None if self.prefix_cache is None else self.template_ids(task, strict, question)
+
+    def _batch(self, prompts: Sequence[list[int]], prefix: Sequence[int] | None, base: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Ids and mask of a generate batch, and the cached KV of the prefix its prompts
+        share with ``prefix`` (as a generate argument; none without a prefix cache)."""
+        pad = int(self.tokenizer.pad_token_id)
+        n = 0
+        if self.prefix_cache is not None and prefix:
+            n = shared_length(prefix, prompts)
+        if n == 0:
+            ids, mask = pad_batch(prompts, pad, side="left")
+            return ids.to(self.device), mask.to(self.device), {}
+        ids, mask = prefixed_batch(prompts, n, pad)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        head = ids[:1, :n]
+        kv = self.prefix_cache.copy_for(
+            (base, tuple(prefix[:n])), len(prompts),
+            lambda: prefill(self._backbone(), self.embed(head, None)))
+        return ids, mask, {cache_argument(self.lm): kv}
+
     @torch.no_grad()
     def generate_from_ids(
         self,
@@ -188,12 +271,15 @@ class PromptedDecoder(nn.Module):
         slots: torch.Tensor | None,
         base: bool = False,
         max_new_tokens: int = 64,
+        prefix: Sequence[int] | None = None,
         **gen_kwargs,
     ) -> list[str]:
-        """Greedy generation for a batch of prompts (left-padded, one decoder batch)."""
+        """Greedy generation for a batch of prompts (left-padded, one decoder batch).
+
+        ``prefix``: the template the prompts start with (:meth:`template_ids`); with a
+        :attr:`prefix_cache`, the KV of the part every prompt shares is reused, and the
+        batch is laid out as [shared prefix][left padding][own tokens]."""
         tok = self.tokenizer
-        ids, mask = pad_batch(prompts, int(tok.pad_token_id), side="left")
-        ids, mask = ids.to(self.device), mask.to(self.device)
         kwargs = {
             "do_sample": False,
             "num_beams": 1,
@@ -205,10 +291,11 @@ class PromptedDecoder(nn.Module):
             **gen_kwargs,
         }
         with self.adapters_disabled(base), warnings.catch_warnings():
+            ids, mask, cached = self._batch(prompts, prefix, base)
             # n-gram blocking applies to new tokens only with inputs_embeds: that is intended
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
             out = self.lm.generate(
-                inputs_embeds=self.embed(ids, slots), attention_mask=mask, **kwargs
+                inputs_embeds=self.embed(ids, slots), attention_mask=mask, **cached, **kwargs
             )
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
@@ -227,8 +314,9 @@ class PromptedDecoder(nn.Module):
         ``base=True`` runs without LoRA."""
         self.eval()
         prompts = [self.prompt_ids(task, strict, question, foreign_text=t) for t in foreign]
-        return self.generate_from_ids(prompts, None, base=base,
-                                      max_new_tokens=max_new_tokens, **gen_kwargs)
+        return self.generate_from_ids(prompts, None, base=base, max_new_tokens=max_new_tokens,
+                                      prefix=self._template(task, strict, question),
+                                      **gen_kwargs)
 
 
 class LLINK(PromptedDecoder):
@@ -419,6 +507,7 @@ class LLINK(PromptedDecoder):
                    for k, text in zip(counts, foreign, strict=True)]
         slots = None if ablate else self.slots(enc, gate_boost, tokens)
         return self.generate_from_ids(prompts, slots, max_new_tokens=max_new_tokens,
+                                      prefix=self._template(task, strict, question),
                                       **gen_kwargs)
 
     @torch.no_grad()
@@ -448,6 +537,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
     ``lora/`` as ``peft`` saves it. The model keeps ``meta`` (``model.meta``), so
     :meth:`LLINK.save_pretrained` can save it again.
     """
+    _refuse_merged(model)
     tensors = {f"bridge.{k}": v for k, v in model.bridge.state_dict().items()}
     tensors.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
     if model.reader is not None:
@@ -481,6 +571,12 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
     return out
 
 
+def _refuse_merged(model: PromptedDecoder) -> None:
+    if model.lora_merged:
+        raise CheckpointError(
+            "this model's LoRA is merged into the decoder weights (merge_lora), which a model "
+            "folder does not hold: save the model loaded without merge_lora")
+
 
 def load_llink(
     folder: str | Path,
@@ -491,13 +587,17 @@ def load_llink(
     expect: dict[str, Any] | None = None,
     encoder: FrozenEncoder | None = None,
     decoder: FrozenDecoder | None = None,
+    merge_lora: bool = False,
 ) -> LLINK:
     """Load a saved LLINK model; every mismatch with the frozen models is named in the error.
 
     ``encoder``/``decoder`` reuse already-loaded frozen models (they must be the ones
     the artifact was trained with; a decoder must not carry adapters yet). ``dtype``
     applies to the frozen models (e.g. ``torch.bfloat16`` on a GPU); the bridge stays
-    float32 and slots are cast to the decoder's dtype when injected.
+    float32 and slots are cast to the decoder's dtype when injected. ``merge_lora`` folds
+    the LoRA into the decoder weights (:meth:`PromptedDecoder.merge_lora`: for serving and
+    plain inference; not for base-decoder outputs, ablations of the LoRA or saving); it
+    changes the weights of a ``decoder`` passed in.
     """
     folder, meta = open_artifact(folder, "LLINK model", "llink", LLINK_FORMAT,
                                   "llink train stage-b", expect,
@@ -536,6 +636,8 @@ def load_llink(
                   slots_per_token=meta.get("slots_per_token", 0.0))
     if meta.get("has_lora"):
         attach_lora(model, folder, "llink.json")
+        if merge_lora:
+            model.merge_lora()
     model.meta = {k: v for k, v in meta.items() if k not in ("format", HASH_KEY)}
     model.source = folder
     return model.to(dec.device).eval()
@@ -557,6 +659,7 @@ def save_baseline(folder: str | Path, model: PromptedDecoder, meta: dict[str, An
     def write_lora(tmp: Path) -> None:
         model.lm.save_pretrained(str(tmp / "lora"), save_embedding_layers=False)
 
+    _refuse_merged(model)
     return save_folder(folder, {}, {"baseline": full_meta}, extra=write_lora)
 
 
