@@ -561,6 +561,18 @@ class LLINKBackend:
             )
         return Prepared(prompt, notes)
 
+    def prompts_and_slots(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]
+                          ) -> tuple[list[list[int]], Any]:
+        """The jobs' prompt ids (each job its own task) and their slots [B, K, d_dec] (one
+        encoder pass; all jobs share the first one's gate_boost, as a batch does)."""
+        m = self.model
+        prompts = [p.prompt for p in prepared]
+        enc, tokens = m.read([j.foreign for j in jobs])
+        counts = m.slot_counts(tokens)
+        if counts is not None:
+            prompts = [self._prompt(j, k) for j, k in zip(jobs, counts, strict=True)]
+        return prompts, m.slots(enc, jobs[0].gate_boost, tokens)
+
     def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared],
                  on_text: OnText | None = None) -> list[Completion]:
         import torch
@@ -571,13 +583,8 @@ class LLINKBackend:
         # generating from embeddings, the ids seen by the criterion are the new tokens only
         steps = _Steps(0, _streaming(jobs), lambda ids: tok.decode(ids, skip_special_tokens=True),
                        eos, on_text)
-        prompts = [p.prompt for p in prepared]
         with torch.no_grad(), seeded(jobs[0].seed, m.device):
-            enc, tokens = m.read([j.foreign for j in jobs])
-            counts = m.slot_counts(tokens)
-            if counts is not None:
-                prompts = [self._prompt(j, k) for j, k in zip(jobs, counts, strict=True)]
-            slots = m.slots(enc, jobs[0].gate_boost, tokens)
+            prompts, slots = self.prompts_and_slots(jobs, prepared)
             texts = m.generate_from_ids(
                 prompts,
                 slots,
