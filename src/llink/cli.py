@@ -431,6 +431,19 @@ def cmd_logs(args: argparse.Namespace) -> None:
           f"in {Path(args.out)}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from llink.inference.export import export_llink
+
+    check = export_llink(args.model, args.out, texts=args.text or None, device=args.device,
+                         tolerance=args.tolerance)
+    same = "yes" if check["same_next_tokens"] else "no"
+    print(f"exported {args.model} to {args.out}: the decoder with its LoRA merged in "
+          f"{Path(args.out) / 'decoder'}, the slot bridge and prompt format beside it")
+    print(f"round trip on {check['texts']} texts: max abs logit difference "
+          f"{check['max_abs_logit_diff']:.3g} (logits up to {check['max_abs_logit']:.3g}, "
+          f"tolerance {check['tolerance']:g}), same next token at every position: {same}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
@@ -666,6 +679,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
     p.add_argument("--out", default="runs/logs-summary", metavar="DIR",
                    help="output folder (default runs/logs-summary)")
+    p = add(sub, "export", cmd_export, "write a trained LLINK model as a plain Hugging Face "
+            "decoder (LoRA merged) plus the bridge and prompt format that build its prompt "
+            "embeddings, and check the round trip (same logits as the LLINK model)",
+            config=False)
+    p.add_argument("model", metavar="MODEL_DIR", help="LLINK folder (e.g. runs/default/stage_b) "
+                   "or a hub repository id")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="export folder (new, empty, or an earlier export: it is replaced)")
+    p.add_argument("--text", action="append", metavar="TEXT",
+                   help="a foreign text for the round-trip check (repeatable; default: four "
+                   "built-in samples)")
+    p.add_argument("--tolerance", type=_positive_float, default=1e-3,
+                   help="largest max abs logit difference accepted (default 1e-3)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p = add(sub, "serve", cmd_serve, "HTTP server with an OpenAI-compatible chat-completions "
             "endpoint (POST /v1/chat/completions, GET /v1/models, GET /health)", config=False)
     src = p.add_mutually_exclusive_group(required=True)
