@@ -455,7 +455,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes, max_foreign_chars=args.max_foreign_chars,
         max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
         api_key=serve.api_key_from_env(args.api_key_env), read_timeout_s=args.read_timeout)
-    backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name)
+    backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name,
+                                 engine=args.engine)
     serve.run_server(serve.make_server(backend, settings, args.host, args.port))
 
 
@@ -696,9 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(sub, "serve", cmd_serve, "HTTP server with an OpenAI-compatible chat-completions "
             "endpoint (POST /v1/chat/completions, GET /v1/models, GET /health)", config=False)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="DIR", help="LLINK folder from `llink train stage-b`")
+    src.add_argument("--model", metavar="DIR", help="LLINK folder from `llink train stage-b` "
+                     "(--engine vllm: an export folder from `llink export`)")
     src.add_argument("--hf-model", metavar="NAME",
                      help="serve a plain causal LM instead: hub id, folder or offline:NAME")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="what runs the decoder: transformers in this process (default), or a "
+                   "vLLM engine given prompt embeddings (needs a GPU and "
+                   "pip install 'llink[vllm]')")
     p.add_argument("--served-name", metavar="NAME", help="model name reported to clients")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")

@@ -1219,16 +1219,33 @@ class LLINKServer:
 
 
 # --------------------------------------------------------------------------- running
+#: Engines that run the decoder: transformers in this process, or a vLLM engine
+ENGINES = ("transformers", "vllm")
+
+
 def load_backend(
     model_dir: str | None = None,
     hf_model: str | None = None,
     device: str = "auto",
     cache_dir: str | None = None,
     name: str | None = None,
+    engine: str = "transformers",
 ) -> Backend:
-    """The backend for an LLINK folder or a plain Hugging Face causal LM (exactly one)."""
+    """The backend for an LLINK folder or a plain Hugging Face causal LM (exactly one);
+    ``engine="vllm"`` serves an ``llink export`` folder with a vLLM engine
+    (:mod:`llink.inference.vllm_engine`)."""
     if (model_dir is None) == (hf_model is None):
         raise ServeError("give exactly one of an LLINK model folder or a Hugging Face model")
+    if engine not in ENGINES:
+        raise ServeError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    if engine == "vllm":
+        from llink.inference.vllm_engine import VLLMBackend, import_vllm
+
+        import_vllm()  # a missing vLLM is the first thing said
+        if model_dir is None:
+            raise ServeError("--engine vllm serves an LLINK export (--model OUT, from `llink "
+                             "export`); serve a plain model with vLLM's own `vllm serve`")
+        return VLLMBackend.load(model_dir, device, cache_dir, name)
     if model_dir is not None:
         return LLINKBackend.load(model_dir, device, cache_dir, name)
     assert hf_model is not None
