@@ -434,6 +434,19 @@ def cmd_logs(args: argparse.Namespace) -> None:
           f"in {Path(args.out)}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from llink.inference.export import export_llink
+
+    check = export_llink(args.model, args.out, texts=args.text or None, device=args.device,
+                         tolerance=args.tolerance)
+    same = "yes" if check["same_next_tokens"] else "no"
+    print(f"exported {args.model} to {args.out}: the decoder with its LoRA merged in "
+          f"{Path(args.out) / 'decoder'}, the slot bridge and prompt format beside it")
+    print(f"round trip on {check['texts']} texts: max abs logit difference "
+          f"{check['max_abs_logit_diff']:.3g} (logits up to {check['max_abs_logit']:.3g}, "
+          f"tolerance {check['tolerance']:g}), same next token at every position: {same}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import logging
 
@@ -445,7 +458,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes, max_foreign_chars=args.max_foreign_chars,
         max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
         api_key=serve.api_key_from_env(args.api_key_env), read_timeout_s=args.read_timeout)
-    backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name)
+    backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name,
+                                 engine=args.engine)
     serve.run_server(serve.make_server(backend, settings, args.host, args.port))
 
 
@@ -669,12 +683,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
     p.add_argument("--out", default="runs/logs-summary", metavar="DIR",
                    help="output folder (default runs/logs-summary)")
+    p = add(sub, "export", cmd_export, "write a trained LLINK model as a plain Hugging Face "
+            "decoder (LoRA merged) plus the bridge and prompt format that build its prompt "
+            "embeddings, and check the round trip (same logits as the LLINK model)",
+            config=False)
+    p.add_argument("model", metavar="MODEL_DIR", help="LLINK folder (e.g. runs/default/stage_b) "
+                   "or a hub repository id")
+    p.add_argument("--out", required=True, metavar="OUT",
+                   help="export folder (new, empty, or an earlier export: it is replaced)")
+    p.add_argument("--text", action="append", metavar="TEXT",
+                   help="a foreign text for the round-trip check (repeatable; default: four "
+                   "built-in samples)")
+    p.add_argument("--tolerance", type=_positive_float, default=1e-3,
+                   help="largest max abs logit difference accepted (default 1e-3)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p = add(sub, "serve", cmd_serve, "HTTP server with an OpenAI-compatible chat-completions "
             "endpoint (POST /v1/chat/completions, GET /v1/models, GET /health)", config=False)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", metavar="DIR", help="LLINK folder from `llink train stage-b`")
+    src.add_argument("--model", metavar="DIR", help="LLINK folder from `llink train stage-b` "
+                     "(--engine vllm: an export folder from `llink export`)")
     src.add_argument("--hf-model", metavar="NAME",
                      help="serve a plain causal LM instead: hub id, folder or offline:NAME")
+    p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
+                   help="what runs the decoder: transformers in this process (default), or a "
+                   "vLLM engine given prompt embeddings (needs a GPU and "
+                   "pip install 'llink[vllm]')")
     p.add_argument("--served-name", metavar="NAME", help="model name reported to clients")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")

@@ -575,6 +575,17 @@ class LLINKBackend:
             )
         return Prepared(prompt, notes)
 
+    def prompts_and_slots(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared]
+                          ) -> tuple[list[list[int]], Any]:
+        """The jobs' prompt ids (each job its own task) and their slots [B, K, d_dec] (one
+        encoder pass; all jobs share the first one's gate_boost, as a batch does)."""
+        m = self.model
+        prompts = [p.prompt for p in prepared]
+        slots, counts = self.slot_cache.slots(m, [j.foreign for j in jobs], jobs[0].gate_boost)
+        if any(k != m.num_slots for k in counts):
+            prompts = [self._prompt(j, k) for j, k in zip(jobs, counts, strict=True)]
+        return prompts, slots
+
     def generate(self, jobs: Sequence[ChatJob], prepared: Sequence[Prepared],
                  on_text: OnText | None = None) -> list[Completion]:
         import torch
@@ -585,12 +596,9 @@ class LLINKBackend:
         # generating from embeddings, the ids seen by the criterion are the new tokens only
         steps = _Steps(0, _streaming(jobs), lambda ids: tok.decode(ids, skip_special_tokens=True),
                        eos, on_text)
-        prompts = [p.prompt for p in prepared]
         first = jobs[0]
         with torch.no_grad(), seeded(first.seed, m.device):
-            slots, counts = self.slot_cache.slots(m, [j.foreign for j in jobs], first.gate_boost)
-            if any(k != m.num_slots for k in counts):
-                prompts = [self._prompt(j, k) for j, k in zip(jobs, counts, strict=True)]
+            prompts, slots = self.prompts_and_slots(jobs, prepared)
             texts = m.generate_from_ids(
                 prompts,
                 slots,
@@ -1226,16 +1234,33 @@ class LLINKServer:
 
 
 # --------------------------------------------------------------------------- running
+#: Engines that run the decoder: transformers in this process, or a vLLM engine
+ENGINES = ("transformers", "vllm")
+
+
 def load_backend(
     model_dir: str | None = None,
     hf_model: str | None = None,
     device: str = "auto",
     cache_dir: str | None = None,
     name: str | None = None,
+    engine: str = "transformers",
 ) -> Backend:
-    """The backend for an LLINK folder or a plain Hugging Face causal LM (exactly one)."""
+    """The backend for an LLINK folder or a plain Hugging Face causal LM (exactly one);
+    ``engine="vllm"`` serves an ``llink export`` folder with a vLLM engine
+    (:mod:`llink.inference.vllm_engine`)."""
     if (model_dir is None) == (hf_model is None):
         raise ServeError("give exactly one of an LLINK model folder or a Hugging Face model")
+    if engine not in ENGINES:
+        raise ServeError(f"unknown engine {engine!r}; engines: {', '.join(ENGINES)}")
+    if engine == "vllm":
+        from llink.inference.vllm_engine import VLLMBackend, import_vllm
+
+        import_vllm()  # a missing vLLM is the first thing said
+        if model_dir is None:
+            raise ServeError("--engine vllm serves an LLINK export (--model OUT, from `llink "
+                             "export`); serve a plain model with vLLM's own `vllm serve`")
+        return VLLMBackend.load(model_dir, device, cache_dir, name)
     if model_dir is not None:
         return LLINKBackend.load(model_dir, device, cache_dir, name)
     assert hf_model is not None

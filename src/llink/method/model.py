@@ -500,15 +500,28 @@ class LLINK(PromptedDecoder):
     ) -> list[str]:
         """English answers for foreign texts; ``ablate=True`` leaves the placeholder rows."""
         self.eval()
+        prompts, slots = self.prompts_and_slots(foreign, task, strict, question, gate_boost)
+        return self.generate_from_ids(prompts, None if ablate else slots,
+                                      max_new_tokens=max_new_tokens,
+                                      prefix=self._template(task, strict, question),
+                                      **gen_kwargs)
+
+    def prompts_and_slots(
+        self,
+        foreign: Sequence[str],
+        task: str = "translate_to_english",
+        strict: bool = False,
+        question: str | None = None,
+        gate_boost: float = 1.0,
+    ) -> tuple[list[list[int]], torch.Tensor]:
+        """Each text's prompt ids (its slot span, and its literals if the model copies them)
+        and the slots to write into them, [B, K, d_dec]: one encoder pass."""
         enc, tokens = self.read(foreign)
         counts = self.slot_counts(tokens) or [self.num_slots] * len(foreign)
         prompts = [self.prompt_ids(task, strict, question, num_slots=k,
                                    literals=self.literals_of(text))
                    for k, text in zip(counts, foreign, strict=True)]
-        slots = None if ablate else self.slots(enc, gate_boost, tokens)
-        return self.generate_from_ids(prompts, slots, max_new_tokens=max_new_tokens,
-                                      prefix=self._template(task, strict, question),
-                                      **gen_kwargs)
+        return prompts, self.slots(enc, gate_boost, tokens)
 
     @torch.no_grad()
     def generate_base(
@@ -578,6 +591,27 @@ def _refuse_merged(model: PromptedDecoder) -> None:
             "folder does not hold: save the model loaded without merge_lora")
 
 
+def assemble_llink(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path,
+                   encoder: FrozenEncoder, decoder: FrozenDecoder) -> LLINK:
+    """An LLINK model (no LoRA) around loaded frozen models, its projector, bridge, token
+    reader and target transform built from ``llink.json`` metadata ``meta`` and the tensors
+    of ``path`` (``bridge.*``, ``projector.*``, ``reader.*``, the target transform)."""
+    proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
+    load_state_dict(proj, prefixed(tensors, "projector."), path)
+    bridge = SlotBridge(meta["d_dec"], meta["num_slots"], target_norm=1.0)
+    load_state_dict(bridge, prefixed(tensors, "bridge."), path)
+    reader = build_token_reader(meta.get("slot_source", "pooled"), meta["d_enc"], meta["d_dec"],
+                                meta["num_slots"], layers=meta.get("resampler_layers", 0))
+    if reader is not None:
+        load_state_dict(reader, prefixed(tensors, "reader."), path)
+    targets = targets_from(meta, tensors, path)
+    return LLINK(encoder, decoder, proj, targets, bridge,
+                 PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
+                 reader=reader, token_layer=meta.get("token_layer", -1),
+                 literals=meta.get("literals", False),
+                 slots_per_token=meta.get("slots_per_token", 0.0))
+
+
 def load_llink(
     folder: str | Path,
     *,
@@ -620,20 +654,7 @@ def load_llink(
     compare_expected(meta, found, f"LLINK model {folder} vs the loaded encoder/decoder",
                      "The frozen models differ from those the artifact was trained with.")
     dec.load_reserved_rows(tensors["reserved_rows"])
-    proj = Projector(meta["d_enc"], meta["d_dec"], meta["hidden_mult"], meta["dropout"])
-    load_state_dict(proj, prefixed(tensors, "projector."), path)
-    bridge = SlotBridge(meta["d_dec"], meta["num_slots"], target_norm=1.0)
-    load_state_dict(bridge, prefixed(tensors, "bridge."), path)
-    reader = build_token_reader(meta.get("slot_source", "pooled"), meta["d_enc"], meta["d_dec"],
-                                meta["num_slots"], layers=meta.get("resampler_layers", 0))
-    if reader is not None:
-        load_state_dict(reader, prefixed(tensors, "reader."), path)
-    targets = targets_from(meta, tensors, path)
-    model = LLINK(enc, dec, proj, targets, bridge,
-                  PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
-                  reader=reader, token_layer=meta.get("token_layer", -1),
-                  literals=meta.get("literals", False),
-                  slots_per_token=meta.get("slots_per_token", 0.0))
+    model = assemble_llink(meta, tensors, path, enc, dec)
     if meta.get("has_lora"):
         attach_lora(model, folder, "llink.json")
         if merge_lora:

@@ -40,6 +40,7 @@ KINDS = {
     "stage_a": "a Stage A artifact",
     "baseline": "a direct fine-tuning baseline",
     "state": "a training state (for --resume)",
+    "llink_export": "an exported LLINK model (merged decoder + slot bridge, `llink export`)",
 }
 
 
