@@ -15,33 +15,22 @@ micro-batch and gradients are averaged, so N processes train as one would.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm.auto import tqdm
 
 from llink.backbones.batching import length_groups, length_sorted_batches
 from llink.config import Config
 from llink.method.inject import IGNORE_INDEX, Example, collate
 from llink.method.model import PromptedDecoder, save_baseline
-from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.stage_b import RESUMABLE_CHANGES
-from llink.train.state import (
-    batch_indices,
-    clean_stale_states,
-    fixed_settings,
-    language_groups,
-    load_state,
-    save_state,
-    saved_progress,
-)
+from llink.train.state import batch_indices, language_groups
+from llink.train.trainer import BestDev, Parts, TrainingRun
 
 STAGE = "baseline"
 
@@ -60,11 +49,8 @@ def evaluate_raw_nll(
     pad = int(model.tokenizer.pad_token_id)
     batches = list(length_sorted_batches([len(e.input_ids) for e in examples], batch_size))
     sums = {"total": 0.0, "tokens": 0.0}
-    world = dist.world_size()
-    for first in range(0, len(batches), world):
-        j = first + dist.rank()
-        real = j < len(batches)  # a rank without a batch this round runs a dummy one
-        b = collate([examples[i] for i in batches[j if real else 0]], pad)
+    for j, real in dist.dealt_batches(len(batches)):
+        b = collate([examples[i] for i in batches[j]], pad)
         nll = model.answer_nll(b["input_ids"], b["attention_mask"], b["labels"], None, base=base)
         if real:
             sums["total"] += float(nll.total.sum())
@@ -143,12 +129,8 @@ def train_baseline(
     precision, gradient checkpointing and FSDP as for Stage B.
     """
     b = cfg.stage_b
-    run_dir = Path(cfg.run_dir)
-    state_dir = run_dir / f"{STAGE}-state"
-    log = MetricsLog(run_dir / f"{STAGE}.metrics.jsonl")
-    main = dist.is_main()
-    progress = progress and main
-    torch.manual_seed(cfg.seed)
+    run = TrainingRun(cfg, STAGE, "the baseline", b, RESUMABLE_CHANGES,
+                      outputs=(f"{STAGE}-best", STAGE), progress=progress)
     if not model.has_lora:
         model.add_lora(b.lora_r, b.lora_alpha, b.lora_dropout, b.lora_targets)
     apply_decoder_options(model, cfg.compute)  # gradient checkpointing, FSDP
@@ -156,52 +138,29 @@ def train_baseline(
     dist.broadcast_(p for g in groups for p in g["params"])  # identical start on every rank
     opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
     runner = StepRunner(cfg.compute, model.device)
-    settings = fixed_settings(b, RESUMABLE_CHANGES)
-    start, earlier = 0, {}  # earlier: progress of the run before a resume (best, time)
-    if main:  # half-written folders of interrupted checkpoint writes
-        clean_stale_states(state_dir, run_dir / f"{STAGE}-best", run_dir / STAGE)
-    if resume:
-        start, parts = load_state(state_dir, "baseline", settings, opt)
-        earlier = saved_progress(state_dir)
-        set_peft_model_state_dict(model.lm, parts["lora"])
-        if main:
-            log.truncate_after(start)
-            print(f"resuming the baseline from step {start} ({state_dir})")
-    elif main and log.path.exists():
-        log.path.unlink()
-    dist.barrier()  # nobody loads the state while the main process may replace it
+    saved = run.begin(opt, resume)
+    if saved is not None:
+        set_peft_model_state_dict(model.lm, saved["lora"])
 
-    def checkpoint(step: int) -> None:
-        lora = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
-        progress = {"dev_best": best if "step" in best else None, "dev_start": dev_start,
-                    "train_seconds": seconds()}
-        dist.on_main(save_state, state_dir, {"lora": lora}, opt, step, settings,
-                     progress=progress)
-
-    def seconds() -> float:  # training time of the whole run, over resumes
-        return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
+    def parts() -> Parts:
+        return {"lora": get_peft_model_state_dict(model.lm, save_embedding_layers=False)}
 
     n = len(train)
     groups = language_groups(langs, cfg.data.lang_alpha)
     warmup = int(b.warmup_frac * b.steps)
-    best: dict[str, Any] = earlier.get("dev_best") or {"nll": float("inf")}
-    dev_start: dict[str, float] = earlier.get("dev_start", {})
-    if start == 0:
+    best = BestDev("nll", run.earlier.get("dev_best"))
+    dev_start: dict[str, float] = run.earlier.get("dev_start", {})
+    if run.start == 0:
         dev_start = {"nll": evaluate_raw_nll(model, dev, b.micro_batch),
                      "nll_base_raw": evaluate_raw_nll(model, dev, b.micro_batch, base=True)}
-        if main:
-            log.log({"step": 0, **{f"dev_{k}": v for k, v in dev_start.items()}},
-                    prefix="baseline | ")
+        run.record({"step": 0, **{f"dev_{k}": v for k, v in dev_start.items()}})
     model.train()
-    t0 = time.time()
-    bar = tqdm(range(start, b.steps), desc="baseline", disable=not progress, unit="step",
-               initial=start, total=b.steps)
+    run.start_clock()
     params = opt.param_groups[0]["params"]
-    for step in bar:
+    for step in run.steps(b.steps, opt, parts,
+                          lambda: {"dev_best": best.summary(), "dev_start": dev_start}):
         lr = warmup_linear(step, warmup, b.steps, b.lr_lora)
         opt.param_groups[0]["lr"] = lr
-        # dropout masks reproducible on resume (and different on each rank)
-        torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         loss_sum = 0.0
         for micro in range(b.grad_accum):
             # the same examples per (step, micro-step) as Stage B draws
@@ -213,33 +172,18 @@ def train_baseline(
         done = step + 1
         record: dict[str, Any] = {"step": done, "loss": loss, "nll": loss, "lr": lr,
                                   "grad_norm": grad_norm}
-        is_eval = done % b.eval_every == 0 or done == b.steps
+        is_eval = run.is_eval(done, b.steps)
         if is_eval:
             dev_nll = evaluate_raw_nll(model, dev, b.micro_batch)
             record["dev_nll"] = dev_nll
-            if dev_nll < best["nll"]:
-                best = {"nll": dev_nll, "step": done}
-                dist.on_main(save_baseline, run_dir / f"{STAGE}-best", model,
+            if best.offer({"nll": dev_nll}, done):
+                dist.on_main(save_baseline, run.run_dir / f"{STAGE}-best", model,
                              {**meta, "step": done, "dev": {"nll": dev_nll}})
-        if main:
-            log.log(record, prefix="baseline | ", echo=is_eval)
-            bar.set_postfix(loss=f"{loss:.3f}")
-        if done % b.save_every == 0 and done < b.steps:
-            checkpoint(done)
-    bar.close()
-    if start < b.steps:
-        checkpoint(b.steps)
+        run.record(record, echo=is_eval, loss=f"{loss:.3f}")
     final = {"nll": evaluate_raw_nll(model, dev, b.micro_batch),
              "nll_base_raw": evaluate_raw_nll(model, dev, b.micro_batch, base=True)}
-    summary = {
-        "dev_final": final,
-        "dev_best": best if "step" in best else None,  # None: no dev evaluation ran
-        "dev_start": dev_start,
-        "train_seconds": seconds(),
-        "steps": b.steps,
-        "train_examples": n,
-        "dev_examples": len(dev),
-    }
-    dist.on_main(save_baseline, run_dir / STAGE, model,
+    summary = run.summary(b.steps, final, best, dev_start, train_examples=n,
+                          dev_examples=len(dev))
+    dist.on_main(save_baseline, run.run_dir / STAGE, model,
                  {**meta, "step": b.steps, "dev": final, "stage_b_config": dataclasses.asdict(b)})
     return summary

@@ -162,6 +162,16 @@ def local_slice(global_batch: torch.Tensor) -> torch.Tensor:
     return global_batch[rank() * per : (rank() + 1) * per]
 
 
+def dealt_batches(n: int) -> Iterator[tuple[int, bool]]:
+    """Batches ``0 .. n-1`` dealt out round-robin: this rank's batch of each round and
+    whether it is real. A rank left without one in the last round gets batch 0 with
+    ``False``: it runs it as a dummy so that every rank makes the same collective calls."""
+    world, me = world_size(), rank()
+    for first in range(0, n, world):
+        j = first + me
+        yield (j, True) if j < n else (0, False)
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sums the gradient of every rank for this rank's rows."""
 

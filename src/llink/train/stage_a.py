@@ -12,14 +12,11 @@ gradients are averaged: the run equals a single process at the same global batch
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from llink.backbones.decoder import FrozenDecoder
 from llink.backbones.encoder import FrozenEncoder
@@ -32,19 +29,11 @@ from llink.method.losses import NegativeQueue, direction_mse, info_nce, linear_t
 from llink.method.projection import StageAArtifact, save_stage_a
 from llink.method.targets import TargetTransform
 from llink.storage.cached_features import encoder_vectors, features_root, teacher_vectors
-from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.loop import StepRunner
 from llink.train.schedules import warmup_cosine
-from llink.train.state import (
-    batch_indices,
-    clean_stale_states,
-    fixed_settings,
-    language_groups,
-    load_state,
-    save_state,
-    saved_progress,
-)
+from llink.train.state import batch_indices, language_groups
+from llink.train.trainer import Parts, TrainingRun
 
 #: Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = {
@@ -142,12 +131,8 @@ def train_stage_a(
     (``data.lang_alpha``, :func:`language_groups`).
     """
     a = cfg.stage_a
-    run_dir = Path(cfg.run_dir)
-    state_dir = run_dir / "stage_a-state"
-    log = MetricsLog(run_dir / "stage_a.metrics.jsonl")
-    main = dist.is_main()
-    progress = progress and main
-    torch.manual_seed(cfg.seed)
+    run = TrainingRun(cfg, "stage_a", "Stage A", a, RESUMABLE_CHANGES, outputs=("stage_a",),
+                      progress=progress)
 
     n_en = 0 if feats.english_x is None else feats.english_x.shape[0]
     all_h = feats.train_h if not n_en else torch.cat([feats.train_h, feats.english_h])
@@ -184,33 +169,19 @@ def train_stage_a(
         if a.queue_size > 0
         else None
     )
-    start, earlier = 0, {}  # earlier: progress of the run before a resume (time)
-    if main:  # half-written folders of interrupted checkpoint writes
-        clean_stale_states(state_dir, run_dir / "stage_a")
-    if resume:
-        start, parts = load_state(state_dir, "Stage A", fixed_settings(a, RESUMABLE_CHANGES), opt)
-        earlier = saved_progress(state_dir)
-        projector.load_state_dict(parts["projector"])
+    saved = run.begin(opt, resume)
+    if saved is not None:
+        projector.load_state_dict(saved["projector"])
         if queue is not None:
-            queue.load_state_dict(parts["queue"])
-        if main:
-            log.truncate_after(start)
-            print(f"resuming Stage A from step {start} ({state_dir})")
-    elif main and log.path.exists():
-        log.path.unlink()
-    dist.barrier()  # nobody loads the state while the main process may replace it
+            queue.load_state_dict(saved["queue"])
 
-    def checkpoint(step: int) -> None:
-        parts = {"projector": projector.state_dict()}
+    def parts() -> Parts:
+        out = {"projector": projector.state_dict()}
         if queue is not None:
-            parts["queue"] = queue.state_dict()
-        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(a, RESUMABLE_CHANGES),
-                     progress={"train_seconds": seconds()})
+            out["queue"] = queue.state_dict()
+        return out
 
-    def seconds() -> float:  # training time of the whole run, over resumes
-        return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
-
-    def evaluate(step: int) -> dict[str, float]:
+    def evaluate() -> dict[str, float]:
         projector.eval()
         with torch.no_grad():
             m = grouped_retrieval_metrics(projector(dev_x).cpu(), dev_h, feats.dev_langs)
@@ -218,23 +189,13 @@ def train_stage_a(
         return m
 
     projector.train()
-    t0 = time.time()
-    bar = tqdm(
-        range(start, a.steps),
-        desc="stage A",
-        disable=not progress,
-        unit="step",
-        initial=start,
-        total=a.steps,
-    )
+    run.start_clock()
     last_dev: dict[str, float] = {}
-    for step in bar:
+    for step in run.steps(a.steps, opt, parts):
         lr = warmup_cosine(step, a.warmup_steps, a.steps, a.lr, a.min_lr)
         for group in opt.param_groups:
             group["lr"] = lr
         tau = linear_tau(step, a.steps, a.tau_start, a.tau_end)
-        # dropout masks reproducible on resume (and different on each rank)
-        torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         total = {"loss": 0.0, "nce": 0.0}
         for micro in range(a.grad_accum):
             idx = batch_indices(n, a.batch_size - n_english_rows, cfg.seed, step, micro, groups)
@@ -263,26 +224,14 @@ def train_stage_a(
 
         done = step + 1
         record: dict[str, Any] = {}
-        if (done % a.eval_every == 0 or done == a.steps) and main:
-            last_dev = evaluate(done)
+        if run.is_eval(done, a.steps) and run.main:  # retrieval over the dev set: rank 0 only
+            last_dev = evaluate()
             record.update({f"dev_{k}": v for k, v in last_dev.items()})
-        if main and (done % 50 == 0 or record):
-            record = {
-                "step": done,
-                "loss": total["loss"],
-                "nce": total["nce"],
-                "tau": tau,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                **record,
-            }
-            log.log(record, prefix="stage A | ", echo="dev_R@1" in record)
-            bar.set_postfix(loss=f"{total['loss']:.3f}", r1=f"{last_dev.get('R@1', 0):.3f}")
-        if done % a.save_every == 0 and done < a.steps:
-            checkpoint(done)
-    bar.close()
-    if start < a.steps:
-        checkpoint(a.steps)
+        if done % 50 == 0 or record:
+            record = {"step": done, "loss": total["loss"], "nce": total["nce"], "tau": tau,
+                      "lr": lr, "grad_norm": float(grad_norm), **record}
+            run.record(record, echo="dev_R@1" in record, loss=f"{total['loss']:.3f}",
+                       r1=f"{last_dev.get('R@1', 0):.3f}")
 
     meta = {
         **meta,
@@ -295,10 +244,10 @@ def train_stage_a(
         "steps": a.steps,
         "train_pairs": n,
         "english_sentences": n_en,
-        "train_seconds": seconds(),
-        "dev_metrics": last_dev or evaluate(a.steps),
+        "train_seconds": run.seconds(),
+        "dev_metrics": last_dev or evaluate(),
         "stage_a_config": dataclasses.asdict(a),
     }
     art = StageAArtifact(projector.cpu().eval(), targets, reserved_rows.cpu(), meta)
-    dist.on_main(save_stage_a, run_dir / "stage_a", art)
+    dist.on_main(save_stage_a, run.run_dir / "stage_a", art)
     return art

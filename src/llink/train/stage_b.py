@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,15 +34,8 @@ from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
-from llink.train.state import (
-    batch_indices,
-    clean_stale_states,
-    fixed_settings,
-    language_groups,
-    load_state,
-    save_state,
-    saved_progress,
-)
+from llink.train.state import batch_indices, language_groups
+from llink.train.trainer import BestDev, Parts, TrainingRun
 
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs"}
 STOP_WORDS = frozenset(
@@ -155,11 +146,8 @@ def evaluate_nll(
                 sums[g + key] += v
 
     starts = list(range(0, len(data.examples), batch_size))
-    world = dist.world_size()
-    for first in range(0, len(starts), world):
-        j = first + dist.rank()
-        real = j < len(starts)  # a rank without a batch this round runs a dummy one
-        lo = starts[j if real else 0]
+    for j, real in dist.dealt_batches(len(starts)):
+        lo = starts[j]
         rows = range(lo, min(lo + batch_size, len(data.examples)))
         sl = slice(rows.start, rows.stop)
         b = collate(data.examples[sl], pad)
@@ -273,12 +261,8 @@ def train_stage_b(
 ) -> dict[str, Any]:
     """Train the bridge (and LoRA); write ``run_dir/stage_b`` (final) and ``stage_b-best``."""
     b = cfg.stage_b
-    run_dir = Path(cfg.run_dir)
-    state_dir = run_dir / "stage_b-state"
-    log = MetricsLog(run_dir / "stage_b.metrics.jsonl")
-    main = dist.is_main()
-    progress = progress and main
-    torch.manual_seed(cfg.seed)
+    run = TrainingRun(cfg, "stage_b", "Stage B", b, RESUMABLE_CHANGES,
+                      outputs=("stage_b-best", "stage_b"), progress=progress)
     device = model.device
     vocab = model.lm.get_output_embeddings().weight.shape[0]
     if b.bow_weight > 0 and model.bow is None:
@@ -292,89 +276,63 @@ def train_stage_b(
     dist.broadcast_(p for g in groups for p in g["params"])  # identical start on every rank
     opt = torch.optim.AdamW(groups, weight_decay=b.weight_decay)
     runner = StepRunner(cfg.compute, device)
-    start, earlier = 0, {}  # earlier: progress of the run before a resume (best, time)
-    if main:  # half-written folders of interrupted checkpoint writes
-        clean_stale_states(state_dir, run_dir / "stage_b-best", run_dir / "stage_b")
-    if resume:
-        start, parts = load_state(state_dir, "Stage B", fixed_settings(b, RESUMABLE_CHANGES), opt)
-        earlier = saved_progress(state_dir)
-        model.bridge.load_state_dict(parts["bridge"])
+    saved = run.begin(opt, resume)
+    if saved is not None:
+        model.bridge.load_state_dict(saved["bridge"])
         if model.reader is not None:
-            model.reader.load_state_dict(parts["reader"])
+            model.reader.load_state_dict(saved["reader"])
         if model.bow is not None:
-            model.bow.load_state_dict(parts["bow"])
+            model.bow.load_state_dict(saved["bow"])
         if model.has_lora:
-            set_peft_model_state_dict(model.lm, parts["lora"])
+            set_peft_model_state_dict(model.lm, saved["lora"])
         if b.lr_projector > 0:
-            model.projector.load_state_dict(parts["projector"])
-        if main:
-            log.truncate_after(start)
-            print(f"resuming Stage B from step {start} ({state_dir})")
-    elif main and log.path.exists():
-        log.path.unlink()
-    dist.barrier()  # nobody loads the state while the main process may replace it
+            model.projector.load_state_dict(saved["projector"])
 
-    def checkpoint(step: int) -> None:
-        parts = {"bridge": model.bridge.state_dict()}
+    def parts() -> Parts:
+        out = {"bridge": model.bridge.state_dict()}
         if model.reader is not None:
-            parts["reader"] = model.reader.state_dict()
+            out["reader"] = model.reader.state_dict()
         if model.bow is not None:
-            parts["bow"] = model.bow.state_dict()
+            out["bow"] = model.bow.state_dict()
         if model.has_lora:
-            parts["lora"] = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
+            out["lora"] = get_peft_model_state_dict(model.lm, save_embedding_layers=False)
         if b.lr_projector > 0:
-            parts["projector"] = model.projector.state_dict()
-        progress = {"dev_best": best if "step" in best else None, "dev_start": base_dev,
-                    "train_seconds": seconds()}
-        dist.on_main(save_state, state_dir, parts, opt, step, fixed_settings(b, RESUMABLE_CHANGES),
-                     progress=progress)
-
-    def seconds() -> float:  # training time of the whole run, over resumes
-        return round(earlier.get("train_seconds", 0.0) + time.time() - t0, 1)
+            out["projector"] = model.projector.state_dict()
+        return out
 
     pad = int(model.tokenizer.pad_token_id)
     n = len(train.examples)
     groups = language_groups(langs, cfg.data.lang_alpha)
-    best = earlier.get("dev_best") or {"nll_injected": float("inf")}
-    base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if start == 0 \
-        else earlier.get("dev_start", {})
-    if start == 0 and main:
-        log.log({"step": 0, **_flat_dev(base_dev)}, prefix="stage B | ")
-    t0 = time.time()
-    if start == 0 and b.lexical_steps > 0 and content is not None:
+    best = BestDev("nll_injected", run.earlier.get("dev_best"))
+    base_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True) if run.start == 0 \
+        else run.earlier.get("dev_start", {})
+    if run.start == 0:
+        run.record({"step": 0, **_flat_dev(base_dev)})
+    run.start_clock()
+    if run.start == 0 and b.lexical_steps > 0 and content is not None:
         model.train()
-        lexical_warmup(model, b, train, content, vocab, cfg.seed, log if main else None,
-                       progress)
+        lexical_warmup(model, b, train, content, vocab, cfg.seed,
+                       run.metrics if run.main else None, run.progress)
         after = evaluate_nll(model, dev, b.micro_batch)
-        if main:
-            log.log({"step": 0, "phase": "lexical", **_flat_dev(after)}, prefix="stage B | ")
+        run.record({"step": 0, "phase": "lexical", **_flat_dev(after)})
     model.train()
-    bar = tqdm(
-        range(start, b.steps),
-        desc="stage B",
-        disable=not progress,
-        unit="step",
-        initial=start,
-        total=b.steps,
-    )
-    for step in bar:
+    for step in run.steps(b.steps, opt, parts,
+                          lambda: {"dev_best": best.summary(), "dev_start": base_dev}):
         lora_on = model.has_lora and step >= b.bridge_warmup_steps
         _set_lora_trainable(model, lora_on)
         for g in opt.param_groups:
             g["lr"] = group_lr(g, step, b)
-        # dropout masks reproducible on resume (and different on each rank)
-        torch.manual_seed(cfg.seed * 7919 + step + 1_000_003 * dist.rank())
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
             idx = dist.local_slice(batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17, groups))
             batch = collate([train.examples[i] for i in idx], pad)
             with runner.autocast():
-                loss, parts = _step_loss(
+                loss, terms = _step_loss(
                     model, b, batch, train.enc[idx], train.teacher[idx], content, vocab, step,
                     tokens=train.token_rows(idx),
                 )
             runner.backward(loss / b.grad_accum)
-            for k, v in parts.items():
+            for k, v in terms.items():
                 stats[k] = stats.get(k, 0.0) + v / b.grad_accum
         stats = dist.mean_floats(stats)
         trainable = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
@@ -388,33 +346,19 @@ def train_stage_b(
             "grad_norm": float(grad_norm),
             "lr_bridge": opt.param_groups[1]["lr"],
         }
-        is_eval = done % b.eval_every == 0 or done == b.steps
+        is_eval = run.is_eval(done, b.steps)
         if is_eval:
             dev_m = evaluate_nll(model, dev, b.micro_batch)
             record.update(_flat_dev(dev_m))
-            if dev_m["nll_injected"] < best["nll_injected"]:
-                best = {**dev_m, "step": done}
-                dist.on_main(save_llink, run_dir / "stage_b-best", model,
+            if best.offer(dev_m, done):
+                dist.on_main(save_llink, run.run_dir / "stage_b-best", model,
                              {**meta, "step": done, "dev": dev_m})
-        if main:
-            log.log(record, prefix="stage B | ", echo=is_eval)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}")
-        if done % b.save_every == 0 and done < b.steps:
-            checkpoint(done)
-    bar.close()
-    if start < b.steps:
-        checkpoint(b.steps)
+        run.record(record, echo=is_eval, loss=f"{stats['loss']:.3f}")
     final_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True)
-    summary = {
-        "dev_final": final_dev,
-        "dev_best": best if "step" in best else None,  # None: no dev evaluation ran
-        "dev_start": base_dev,
-        "train_seconds": seconds(),
-        "steps": b.steps,
-    }
+    summary = run.summary(b.steps, final_dev, best, base_dev)
     dist.on_main(
         save_llink,
-        run_dir / "stage_b",
+        run.run_dir / "stage_b",
         model,
         {**meta, "step": b.steps, "dev": final_dev, "stage_b_config": dataclasses.asdict(b)},
     )

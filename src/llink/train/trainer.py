@@ -1,0 +1,186 @@
+"""The skeleton every trainer shares: files, resume, seeding, progress bar, log, checkpoints.
+
+Stage A, Stage B and the baseline differ in their model, batches and loss; around
+those they do the same things, held here so that each trainer keeps only its own part::
+
+    run = TrainingRun(cfg, "stage_b", "Stage B", cfg.stage_b, RESUMABLE_CHANGES,
+                      outputs=("stage_b-best", "stage_b"), progress=progress)
+    ...  # build the model and optimizer (the constructor seeded torch with cfg.seed)
+    parts = run.begin(opt, resume)  # the saved tensors to restore, or None
+    run.start_clock()
+    for step in run.steps(b.steps, opt, parts_fn, progress_fn):
+        ...  # one optimizer step; run.record(...) logs it
+    # the loop saved the state every ``save_every`` steps and after the last one
+
+Files of a run named ``NAME`` in ``run_dir``: ``NAME.metrics.jsonl`` (the log),
+``NAME-state`` (the resumable state, :mod:`llink.train.state`), and the trainer's own
+model folders (``outputs``). Every rank runs the loop; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from llink.config import Config
+from llink.storage.runlog import MetricsLog
+from llink.train import distributed as dist
+from llink.train.state import (
+    clean_stale_states,
+    fixed_settings,
+    load_state,
+    save_state,
+    saved_progress,
+)
+
+#: Saved tensors of a trainer: part name (projector, bridge, lora, ...) -> state dict.
+Parts = dict[str, dict[str, torch.Tensor]]
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The global generator's seed for ``step``: dropout masks reproducible on resume (and
+    different on each rank)."""
+    return seed * 7919 + step + 1_000_003 * dist.rank()
+
+
+class TrainingRun:
+    """One stage's training run in ``cfg.run_dir``, fresh or resumed.
+
+    ``name`` names its files, ``title`` its messages ("resuming the baseline from step
+    4"); without a leading "the" it names the stage in resume errors, and with a small
+    first letter the progress bar and log lines ("baseline | ", "stage B | ").
+    ``stage_cfg`` less ``may_change`` are the settings a resumed run must share. The
+    constructor seeds torch's global generator with ``cfg.seed``, so the weights the
+    trainer creates next start the same in every run with that seed.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        name: str,
+        title: str,
+        stage_cfg: Any,
+        may_change: set[str],
+        outputs: Sequence[str] = (),
+        progress: bool = True,
+    ) -> None:
+        self.run_dir = Path(cfg.run_dir)
+        self.name, self.title = name, title
+        self.label = title.removeprefix("the ")  # "Stage B", "baseline"
+        self.tag = self.label[:1].lower() + self.label[1:]  # "stage B", "baseline"
+        self.state_dir = self.run_dir / f"{name}-state"
+        self.metrics = MetricsLog(self.run_dir / f"{name}.metrics.jsonl")
+        self.outputs = [self.run_dir / o for o in outputs]
+        self.main = dist.is_main()
+        self.progress = progress and self.main
+        self.seed = cfg.seed
+        self.settings = fixed_settings(stage_cfg, may_change)
+        self.eval_every, self.save_every = stage_cfg.eval_every, stage_cfg.save_every
+        self.start = 0  # the first step this process runs (the saved step on resume)
+        self.earlier: dict[str, Any] = {}  # progress saved before a resume (best, time)
+        self.bar: Any = None
+        self._t0 = time.time()
+        torch.manual_seed(cfg.seed)
+
+    def begin(self, opt: torch.optim.Optimizer, resume: bool) -> Parts | None:
+        """Start fresh (drop an old log) or resume: restore ``opt``, return the saved parts.
+
+        Half-written folders of interrupted checkpoint writes (of the state and of
+        ``outputs``) are removed first; every rank waits until the main process is done.
+        """
+        parts = None
+        if self.main:
+            clean_stale_states(self.state_dir, *self.outputs)
+        if resume:
+            self.start, parts = load_state(self.state_dir, self.label, self.settings, opt)
+            self.earlier = saved_progress(self.state_dir)
+            if self.main:
+                self.metrics.truncate_after(self.start)
+                print(f"resuming {self.title} from step {self.start} ({self.state_dir})")
+        elif self.main and self.metrics.path.exists():
+            self.metrics.path.unlink()
+        dist.barrier()  # nobody loads the state while the main process may replace it
+        return parts
+
+    def start_clock(self) -> None:
+        """Training time counts from here (plus the time saved before a resume)."""
+        self._t0 = time.time()
+
+    def seconds(self) -> float:
+        """Training time of the whole run, over resumes."""
+        return round(self.earlier.get("train_seconds", 0.0) + time.time() - self._t0, 1)
+
+    def checkpoint(self, step: int, opt: torch.optim.Optimizer, parts: Parts,
+                   progress: dict[str, Any] | None = None) -> None:
+        """Save the resumable state at ``step`` (main process), with ``progress`` and the
+        training time so far."""
+        dist.on_main(save_state, self.state_dir, parts, opt, step, self.settings,
+                     progress={**(progress or {}), "train_seconds": self.seconds()})
+
+    def steps(
+        self,
+        total: int,
+        opt: torch.optim.Optimizer,
+        parts: Callable[[], Parts],
+        progress: Callable[[], dict[str, Any]] = dict,
+    ) -> Iterator[int]:
+        """Steps ``start .. total-1`` behind a progress bar, torch reseeded for each.
+
+        After every ``save_every``-th step and after the last one the state is saved
+        (``parts()`` and ``progress()`` are read then); a run resumed at its end saves
+        nothing again.
+        """
+        self.bar = tqdm(range(self.start, total), desc=self.tag,
+                        disable=not self.progress, unit="step", initial=self.start, total=total)
+        for step in self.bar:
+            torch.manual_seed(step_seed(self.seed, step))
+            yield step
+            done = step + 1
+            if done % self.save_every == 0 and done < total:
+                self.checkpoint(done, opt, parts(), progress())
+        self.bar.close()
+        if self.start < total:
+            self.checkpoint(total, opt, parts(), progress())
+
+    def is_eval(self, done: int, total: int) -> bool:
+        """Whether the dev set is evaluated after ``done`` steps (every ``eval_every``, last)."""
+        return done % self.eval_every == 0 or done == total
+
+    def summary(self, steps: int, dev_final: dict[str, Any], best: BestDev,
+                dev_start: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """What a trainer with dev evaluations returns: dev figures at the end, at the best
+        evaluation (None: no dev evaluation ran) and at the start, time, steps, ``extra``."""
+        return {"dev_final": dev_final, "dev_best": best.summary(), "dev_start": dev_start,
+                "train_seconds": self.seconds(), "steps": steps, **extra}
+
+    def record(self, record: dict[str, Any], echo: bool | None = None, **postfix: str) -> None:
+        """Append ``record`` to the log (main process) and show ``postfix`` on the bar."""
+        if not self.main:
+            return
+        self.metrics.log(record, prefix=f"{self.tag} | ", echo=echo)
+        if postfix and self.bar is not None:
+            self.bar.set_postfix(**postfix)
+
+
+class BestDev:
+    """The lowest dev figure so far (over resumes) and the step it was reached at."""
+
+    def __init__(self, key: str, earlier: dict[str, Any] | None = None) -> None:
+        self.key = key
+        self.figures: dict[str, Any] = earlier or {key: float("inf")}
+
+    def offer(self, figures: dict[str, Any], step: int) -> bool:
+        """Keep ``figures`` if they beat the best; True when they do (save the model then)."""
+        if figures[self.key] < self.figures[self.key]:
+            self.figures = {**figures, "step": step}
+            return True
+        return False
+
+    def summary(self) -> dict[str, Any] | None:
+        """The best figures with their step; None when no dev evaluation ran."""
+        return self.figures if "step" in self.figures else None
