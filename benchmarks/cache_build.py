@@ -12,17 +12,18 @@ are compared vector by vector. Results: benchmarks/results/cache_build.{json,md}
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine_description, write_results
+from benchmarks import common
+from benchmarks.common import machine_description
 
 
 def _free_port() -> int:
@@ -87,12 +88,31 @@ def run(pairs: int, procs: int, threads: int, root: Path) -> dict:
     return {"timings": timings, "same_keys": same_keys, "max_abs_diff": max_diff}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pairs", type=int, default=300)
-    ap.add_argument("--procs", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads in all")
-    args = ap.parse_args()
+def markdown(res: dict) -> str:
+    procs, n = res["procs"], res["pairs"]
+    md = (
+        f"# Cache building: 1 process vs {procs} processes\n\n"
+        f"Machine: {res['machine']}. {n} training pairs of the built-in corpus, offline models "
+        f"(multilingual-e5-small, SmolLM2-135M-Instruct), empty caches; `{res['command']}`.\n\n"
+        "| processes × threads | encoder s | teacher s | total s | pairs/s |\n"
+        "|---|---|---|---|---|\n"
+    )
+    for world, t in res["timings"].items():
+        md += (f"| {world} × {t['threads_per_process']} | {t['encoder_s']:.1f} | "
+               f"{t['teacher_s']:.1f} | {t['total_s']:.1f} | {n / t['total_s']:.1f} |\n")
+    return md + (f"\nSpeed-up: {res['speedup']:.2f}×. Same texts cached: {res['same_keys']}; "
+                 f"largest difference between the two caches: {res['max_abs_diff']:.2g}.\n")
+
+
+OPTIONS = {
+    "--pairs": {"type": int, "default": 300},
+    "--procs": {"type": int, "default": 2},
+    "--threads": {"type": int, "default": 2, "help": "torch threads in all"},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = common.parser_of(sys.modules[__name__]).parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="llink-cache-bench-") as tmp:
         res = run(args.pairs, args.procs, args.threads, Path(tmp))
     t1, tn = res["timings"][1], res["timings"][args.procs]
@@ -103,23 +123,11 @@ def main() -> None:
         "pairs_per_s_1": n / t1["total_s"],
         f"pairs_per_s_{args.procs}": n / tn["total_s"],
         "speedup": t1["total_s"] / tn["total_s"],
+        "procs": args.procs,
+        "command": f"python -m benchmarks.cache_build --pairs {args.pairs} --procs "
+                   f"{args.procs} --threads {args.threads}",
     })
-    md = (
-        f"# Cache building: 1 process vs {args.procs} processes\n\n"
-        f"Machine: {res['machine']}. {n} training pairs of the built-in corpus, offline models "
-        f"(multilingual-e5-small, SmolLM2-135M-Instruct), empty caches; "
-        f"`python -m benchmarks.cache_build --pairs {args.pairs} --procs {args.procs} "
-        f"--threads {args.threads}`.\n\n"
-        "| processes × threads | encoder s | teacher s | total s | pairs/s |\n"
-        "|---|---|---|---|---|\n"
-    )
-    for world, t in res["timings"].items():
-        md += (f"| {world} × {t['threads_per_process']} | {t['encoder_s']:.1f} | "
-               f"{t['teacher_s']:.1f} | {t['total_s']:.1f} | {n / t['total_s']:.1f} |\n")
-    md += (f"\nSpeed-up: {res['speedup']:.2f}×. Same texts cached: {res['same_keys']}; "
-           f"largest difference between the two caches: {res['max_abs_diff']:.2g}.\n")
-    write_results("cache_build", res, md)
-    print(md)
+    common.report("cache_build", res, markdown)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,38 @@
-"""What every benchmark shares: the machine line, timing, memory readings, results files."""
+"""What every benchmark shares: its command line, settings, timing, memory readings, results.
+
+A benchmark module ``NAME`` holds ``QUICK`` and ``DEFAULT`` settings, ``OPTIONS`` (its
+command line: flag -> ``add_argument`` keywords, the shared ones from :data:`MODEL`,
+:data:`THREADS` and :data:`QUICK_RUN`), ``measure`` (the timing), ``markdown`` (its
+table), ``headline`` (its rows of the summary) and::
+
+    def run(model=None, quick=False, **overrides):
+        q = common.settings(quick, QUICK, DEFAULT, overrides)
+        return common.report("NAME", measure(...q...), markdown, quick)
+
+    if __name__ == "__main__":
+        common.main(__name__)  # python -m benchmarks.NAME [options]
+
+Options given on the command line override the defaults, or the quick settings with
+``--quick``; :mod:`benchmarks.run` calls each module's ``run`` and ``headline``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 RESULTS = Path(__file__).parent / "results"
 #: Where the README's main job writes its model (``bash scripts/main.sh``).
@@ -61,6 +82,64 @@ def model_dir(path: str | None) -> str:
     return str(folder)
 
 
+#: Option of the benchmarks that read a trained model.
+MODEL = {"--model": {"help": "trained LLINK folder"}}
+#: Option of the benchmarks that run torch in this process.
+THREADS = {"--threads": {"type": int, "help": "torch CPU threads (default: torch's choice)"}}
+#: Option of the benchmarks with quick settings.
+QUICK_RUN = {"--quick": {"action": "store_true",
+                         "help": "a fast smoke run (written to benchmarks/results/quick/)"}}
+#: The shared options; the others are a benchmark's own settings (see :func:`parse`).
+SHARED_OPTIONS = ("model", "threads", "quick")
+
+
+def command_line(doc: str, options: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
+    """A parser described by the first line of ``doc``, with ``options`` (flag ->
+    ``add_argument`` keywords)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    for flag, kwargs in options.items():
+        ap.add_argument(flag, **kwargs)
+    return ap
+
+
+def parser_of(bench: ModuleType) -> argparse.ArgumentParser:
+    """A benchmark module's command line: its docstring's first line and its ``OPTIONS``."""
+    return command_line(bench.__doc__ or "", bench.OPTIONS)
+
+
+def parse(ap: argparse.ArgumentParser, argv: Sequence[str] | None = None
+          ) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parse ``argv``, apply ``--threads``; return the arguments and the benchmark's own
+    options that were given (those left out have the default None and are not)."""
+    args = ap.parse_args(argv)
+    set_threads(getattr(args, "threads", None))
+    given = {k: v for k, v in vars(args).items() if k not in SHARED_OPTIONS and v is not None}
+    return args, given
+
+
+def main(module: str, argv: Sequence[str] | None = None) -> None:
+    """``python -m benchmarks.NAME``: parse its command line, then
+    ``run(model, quick, **options given)`` of the module named ``module`` (``__name__``)."""
+    bench = sys.modules[module]
+    args, given = parse(parser_of(bench), argv)
+    bench.run(getattr(args, "model", None), args.quick, **given)
+
+
+def settings(quick: bool, quick_settings: dict[str, Any], defaults: dict[str, Any],
+             overrides: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings: the defaults (the quick settings with ``quick``), then ``overrides``."""
+    return {**(quick_settings if quick else defaults), **overrides}
+
+
+def report(name: str, res: dict[str, Any], markdown: Callable[[dict[str, Any]], str],
+           quick: bool = False) -> dict[str, Any]:
+    """Write ``res`` and its table (``NAME.json``, ``NAME.md``), print the table, return ``res``."""
+    md = markdown(res)
+    write_results(name, res, md, quick)
+    print(md)
+    return res
+
+
 def set_threads(n: int | None) -> None:
     """Use ``n`` CPU threads for torch (None: torch's default)."""
     if n:
@@ -73,16 +152,18 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
 
 
+def timed(fn: Callable[[], T]) -> tuple[float, T]:
+    """Wall seconds of ``fn()`` (a GPU synchronised before and after) and its result."""
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t, out
+
+
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls (synchronising a GPU)."""
-    times = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(timed(fn)[0] for _ in range(repeats))
 
 
 def sync() -> None:

@@ -9,25 +9,24 @@ go to benchmarks/results/generation.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from typing import Any
 
-from benchmarks.common import (
-    machine_description,
-    model_dir,
-    row,
-    set_threads,
-    sync,
-    write_results,
-)
+from benchmarks import common
+from benchmarks.common import machine_description, model_dir, row, timed
 from llink import LLINK
 from llink.config import DataConfig
 from llink.data.splits import load_splits
 
 QUICK = {"n": 8, "max_new_tokens": 8, "repeats": 1}
 DEFAULT = {"n": 32, "max_new_tokens": 32, "repeats": 1}
+OPTIONS = {
+    **common.MODEL, **common.THREADS,
+    "--n": {"type": int, "help": "test sentences"},
+    "--max-new-tokens": {"type": int},
+    "--repeats": {"type": int},
+    **common.QUICK_RUN,
+}
 
 
 def measure(folder: str, n: int, max_new_tokens: int, repeats: int) -> dict[str, Any]:
@@ -36,15 +35,11 @@ def measure(folder: str, n: int, max_new_tokens: int, repeats: int) -> dict[str,
     model.generate(texts[:2], max_new_tokens=4)  # warm-up
     batched_t, single_t = [], []
     for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        batched = model.generate(texts, max_new_tokens=max_new_tokens)
-        sync()
-        batched_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        single = [model.generate([x], max_new_tokens=max_new_tokens)[0] for x in texts]
-        sync()
-        single_t.append(time.perf_counter() - t)
+        t, batched = timed(lambda: model.generate(texts, max_new_tokens=max_new_tokens))
+        batched_t.append(t)
+        t, single = timed(lambda: [model.generate([x], max_new_tokens=max_new_tokens)[0]
+                                   for x in texts])
+        single_t.append(t)
     return {
         "machine": machine_description(),
         "sentences": len(texts),
@@ -76,29 +71,10 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
     res = measure(model_dir(model), q["n"], q["max_new_tokens"], q["repeats"])
-    md = markdown(res)
-    write_results("generation", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="trained LLINK folder")
-    ap.add_argument("--n", type=int, default=DEFAULT["n"], help="test sentences")
-    ap.add_argument("--max-new-tokens", type=int, default=DEFAULT["max_new_tokens"])
-    ap.add_argument("--repeats", type=int, default=DEFAULT["repeats"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    set_threads(args.threads)
-    if args.quick:
-        run(args.model, quick=True)
-        return
-    run(args.model, n=args.n, max_new_tokens=args.max_new_tokens, repeats=args.repeats)
+    return common.report("generation", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

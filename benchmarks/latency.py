@@ -17,22 +17,13 @@ Results: benchmarks/results/latency.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
 from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    evenly_spaced,
-    machine_description,
-    model_dir,
-    row,
-    set_threads,
-    sync,
-    write_results,
-)
+from benchmarks import common
+from benchmarks.common import evenly_spaced, machine_description, model_dir, row, timed
 from llink import LLINK
 from llink.config import DataConfig
 from llink.data.splits import load_splits
@@ -42,6 +33,20 @@ QUICK = {"n": 8, "batch_sizes": (1, 8), "repeats": 1, "max_new_tokens": 8, "n_si
          "lora_merged": True}
 DEFAULT = {"n": 32, "batch_sizes": (1, 8, 32), "repeats": 3, "max_new_tokens": 32,
            "n_single": 8, "lora_merged": True}
+OPTIONS = {
+    **common.MODEL, **common.THREADS,
+    "--n": {"type": int, "help": "test sentences"},
+    "--batch-sizes": {"type": lambda s: tuple(int(b) for b in s.split(",")),
+                      "metavar": "B,B,...", "help": "batch sizes (default 1,8,32)"},
+    "--repeats": {"type": int},
+    "--max-new-tokens": {"type": int},
+    "--n-single": {"type": int, "help": "sentences timed at batch size 1 (0: all)"},
+    "--no-lora-merged": {"dest": "lora_merged", "action": "store_false", "default": None,
+                         "help": "skip the path with LoRA merged into the decoder"},
+    "--fixed-length": {"action": "store_true", "default": None,
+                       "help": "every answer exactly max_new_tokens long (EOS suppressed)"},
+    **common.QUICK_RUN,
+}
 
 
 def answer_all(model: LLINK, texts: list[str], batch: int, base: bool, max_new_tokens: int,
@@ -49,13 +54,9 @@ def answer_all(model: LLINK, texts: list[str], batch: int, base: bool, max_new_t
     """Seconds to answer every text in batches of ``batch``, and the answers."""
     fn = model.generate_base if base else model.generate
     extra = {"min_new_tokens": max_new_tokens} if fixed_length else {}
-    answers: list[str] = []
-    sync()
-    t = time.perf_counter()
-    for i in range(0, len(texts), batch):
-        answers += fn(texts[i : i + batch], TASK, max_new_tokens=max_new_tokens, **extra)
-    sync()
-    return time.perf_counter() - t, answers
+    return timed(lambda: [a for i in range(0, len(texts), batch)
+                          for a in fn(texts[i : i + batch], TASK, max_new_tokens=max_new_tokens,
+                                      **extra)])
 
 
 def measure(folder: str, n: int, batch_sizes: tuple[int, ...], repeats: int,
@@ -181,40 +182,12 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
     fixed = q.get("fixed_length", False)
     res = measure(model_dir(model), q["n"], tuple(q["batch_sizes"]), q["repeats"],
                   q["max_new_tokens"], q["lora_merged"], q["n_single"], fixed)
-    md = markdown(res)
-    write_results("latency_fixed_length" if fixed else "latency", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="trained LLINK folder")
-    ap.add_argument("--n", type=int, default=DEFAULT["n"], help="test sentences")
-    ap.add_argument("--batch-sizes", default="1,8,32")
-    ap.add_argument("--repeats", type=int, default=DEFAULT["repeats"])
-    ap.add_argument("--max-new-tokens", type=int, default=DEFAULT["max_new_tokens"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--n-single", type=int, default=DEFAULT["n_single"],
-                    help="sentences timed at batch size 1 (0: all)")
-    ap.add_argument("--no-lora-merged", dest="lora_merged", action="store_false",
-                    help="skip the path with LoRA merged into the decoder")
-    ap.add_argument("--fixed-length", action="store_true",
-                    help="every answer exactly max_new_tokens long (EOS suppressed)")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    set_threads(args.threads)
-    if args.quick:
-        run(args.model, quick=True, lora_merged=args.lora_merged, fixed_length=args.fixed_length)
-        return
-    run(args.model, n=args.n, batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-        repeats=args.repeats, max_new_tokens=args.max_new_tokens, lora_merged=args.lora_merged,
-        n_single=args.n_single or None, fixed_length=args.fixed_length)
+    return common.report("latency_fixed_length" if fixed else "latency", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

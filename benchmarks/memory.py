@@ -23,19 +23,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import (
-    machine_description,
-    memory_mb,
-    model_dir,
-    row,
-    set_threads,
-    write_results,
-)
+from benchmarks import common
+from benchmarks.common import machine_description, memory_mb, model_dir, row
 
 JOBS = ("models", "inference", "stage_a", "stage_b")
 MARK = "MEMORY_RESULT "
 QUICK = {"stage_a_steps": 20, "stage_b_steps": 2}
 DEFAULT = {"stage_a_steps": 300, "stage_b_steps": 4}
+OPTIONS = {
+    **common.MODEL, **common.THREADS,
+    "--stage-a-steps": {"type": int},
+    "--stage-b-steps": {"type": int},
+    "--child": {"choices": JOBS, "help": argparse.SUPPRESS},
+    "--run-dir": {"help": argparse.SUPPRESS},
+    "--steps": {"type": int, "help": argparse.SUPPRESS},
+    **common.QUICK_RUN,
+}
 
 
 def child(job: str, model: str, run_dir: str, steps: int) -> dict[str, Any]:
@@ -148,38 +151,18 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 def run(model: str | None = None, quick: bool = False, threads: int | None = None,
         **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
     res = measure(model_dir(model), q["stage_a_steps"], q["stage_b_steps"], threads)
-    md = markdown(res)
-    write_results("memory", res, md, quick)
-    print(md)
-    return res
+    return common.report("memory", res, markdown, quick)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="trained LLINK folder")
-    ap.add_argument("--stage-a-steps", type=int, default=DEFAULT["stage_a_steps"])
-    ap.add_argument("--stage-b-steps", type=int, default=DEFAULT["stage_b_steps"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    ap.add_argument("--child", choices=JOBS, help=argparse.SUPPRESS)
-    ap.add_argument("--run-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        print(MARK + json.dumps(child(args.child, args.model, args.run_dir, args.steps)))
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.memory``, and each job's child process (``--child JOB``)."""
+    args, given = common.parse(common.parser_of(sys.modules[__name__]), argv)
+    if args.child:  # one job, in the child process that spawn() started
+        print(MARK + json.dumps(child(args.child, args.model, args.run_dir, args.steps or 0)))
         return
-    set_threads(args.threads)
-    if args.quick:
-        run(args.model, quick=True, threads=args.threads)
-        return
-    run(args.model, threads=args.threads, stage_a_steps=args.stage_a_steps,
-        stage_b_steps=args.stage_b_steps)
+    run(args.model, args.quick, threads=args.threads, **given)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Results: benchmarks/results/prompt_cost.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from contextlib import contextmanager
 from dataclasses import replace
@@ -26,6 +25,7 @@ from typing import Any
 
 import torch
 
+from benchmarks import common
 from benchmarks.common import (
     evenly_spaced,
     machine_description,
@@ -33,8 +33,6 @@ from benchmarks.common import (
     model_dir,
     pct,
     row,
-    set_threads,
-    write_results,
 )
 from llink import LLINK
 from llink.backbones.encoder import mean_pool
@@ -48,6 +46,14 @@ QUICK = {"n": 200, "ttft": 6, "profile": 3, "repeats": 1, "prefill_lengths": (16
 DEFAULT = {"n": None, "ttft": 40, "profile": 10, "repeats": 3,
            "prefill_lengths": (16, 32, 64, 128, 256, 384)}
 SHORT_SYSTEM = ""  # the variant's system prompt: an empty system turn
+OPTIONS = {
+    **common.MODEL, **common.THREADS,
+    "--n": {"type": int, "help": "test sentences for token counts (default: all)"},
+    "--ttft": {"type": int, "help": "sentences timed for first token"},
+    "--profile": {"type": int, "help": "sentences profiled step by step"},
+    "--repeats": {"type": int},
+    **common.QUICK_RUN,
+}
 
 
 def bucket_name(lo: int, hi: int) -> str:
@@ -385,33 +391,11 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
     res = measure(model_dir(model), q["n"], q["ttft"], q["profile"], q["repeats"],
                   tuple(q["prefill_lengths"]))
-    md = markdown(res)
-    write_results("prompt_cost", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="trained LLINK folder")
-    ap.add_argument("--n", type=int, default=None, help="test sentences for token counts")
-    ap.add_argument("--ttft", type=int, default=DEFAULT["ttft"],
-                    help="sentences timed for first token")
-    ap.add_argument("--profile", type=int, default=DEFAULT["profile"],
-                    help="sentences profiled step by step")
-    ap.add_argument("--repeats", type=int, default=DEFAULT["repeats"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    set_threads(args.threads)
-    if args.quick:
-        run(args.model, quick=True)
-        return
-    run(args.model, n=args.n, ttft=args.ttft, profile=args.profile, repeats=args.repeats)
+    return common.report("prompt_cost", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

@@ -19,7 +19,6 @@ named with it) also runs only when named.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -28,14 +27,17 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from benchmarks import generation, latency, memory, prompt_cost, serve_load, stage_a_cost, ttft
-from benchmarks.common import (
-    machine_description,
-    model_dir,
-    results_dir,
-    set_threads,
-    summary_markdown,
+from benchmarks import (
+    common,
+    generation,
+    latency,
+    memory,
+    prompt_cost,
+    serve_load,
+    stage_a_cost,
+    ttft,
 )
+from benchmarks.common import machine_description, model_dir, results_dir, summary_markdown
 
 
 class Variant:
@@ -101,18 +103,17 @@ def merge_summary(previous: dict[str, Any] | None, ran: dict[str, dict[str, Any]
             "rows": all_rows}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None,
-                    help="trained LLINK folder (default runs/default/stage_b)")
-    ap.add_argument("--only", default=None, help="comma-separated benchmark names")
-    ap.add_argument("--quick", action="store_true",
-                    help="a fast smoke run (written to benchmarks/results/quick/)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: torch's choice)")
-    args = ap.parse_args()
+OPTIONS = {
+    "--model": {"help": "trained LLINK folder (default runs/default/stage_b)"},
+    "--only": {"help": "comma-separated benchmark names"},
+    **common.QUICK_RUN,
+    **common.THREADS,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, _ = common.parse(common.parser_of(sys.modules[__name__]), argv)
     names = selected(args.only)
-    set_threads(args.threads)
     folder = model_dir(args.model) if NEEDS_MODEL & set(names) else None
 
     t0 = time.perf_counter()

@@ -22,7 +22,6 @@ benchmarks/results/serve_load.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import statistics
@@ -31,7 +30,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.common import evenly_spaced, machine_description, pct, row, write_results
+from benchmarks import common
+from benchmarks.common import evenly_spaced, machine_description, pct, row
 from llink.inference.serve import (
     ChatJob,
     Completion,
@@ -43,12 +43,25 @@ from llink.inference.serve import (
     make_server,
 )
 
-QUICK = {"concurrency": 50, "rounds": 1, "max_tokens": 4, "requests": 40, "clients": 8}
-DEFAULT = {"concurrency": 100, "rounds": 3, "max_tokens": 8, "requests": 200, "clients": 16}
+QUICK = {"concurrency": 50, "rounds": 1, "max_tokens": 4, "requests": 40, "clients": 8,
+         "old_backlog": 5}
+DEFAULT = {"concurrency": 100, "rounds": 3, "max_tokens": 8, "requests": 200, "clients": 16,
+           "old_backlog": 5}
 TEXTS = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "រក្សាទុកឯកសារមុនពេលបិទ។",
          "តារាងមានជួរឈរបី។", "ចុចប៊ូតុង OK ។", "បញ្ចូលស្លាយថ្មី។", "បោះពុម្ពទំព័របច្ចុប្បន្ន។"]
 RESET_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
                 http.client.RemoteDisconnected)
+OPTIONS = {
+    "--model": {"help": "trained LLINK folder to serve (default: the stand-in backend)"},
+    "--requests": {"type": int, "help": "requests of the bounded run (0: skip it)"},
+    "--clients": {"type": int, "help": "concurrent clients of the bounded run"},
+    "--concurrency": {"type": int, "help": "requests per burst"},
+    "--rounds": {"type": int, "help": "bursts (0: skip them)"},
+    "--max-tokens": {"type": int},
+    "--old-backlog": {"type": int,
+                      "help": "also one burst against this listen backlog (default 5; 0: skip)"},
+    **common.QUICK_RUN,
+}
 
 
 class StandInBackend:
@@ -330,39 +343,11 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
-    res = measure(model, q["concurrency"], q["rounds"], q["max_tokens"],
-                  q.get("old_backlog", 5), q["requests"], q["clients"])
-    md = markdown(res)
-    write_results("serve_load", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None,
-                    help="trained LLINK folder to serve (default: the stand-in backend)")
-    ap.add_argument("--requests", type=int, default=DEFAULT["requests"],
-                    help="requests of the bounded run (0: skip it)")
-    ap.add_argument("--clients", type=int, default=DEFAULT["clients"],
-                    help="concurrent clients of the bounded run")
-    ap.add_argument("--concurrency", type=int, default=DEFAULT["concurrency"],
-                    help="requests per burst")
-    ap.add_argument("--rounds", type=int, default=DEFAULT["rounds"],
-                    help="bursts (0: skip them)")
-    ap.add_argument("--max-tokens", type=int, default=DEFAULT["max_tokens"])
-    ap.add_argument("--old-backlog", type=int, default=5,
-                    help="also one burst against this listen backlog (0: skip)")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    if args.quick:
-        run(args.model, quick=True, old_backlog=args.old_backlog)
-        return
-    run(args.model, concurrency=args.concurrency, rounds=args.rounds,
-        max_tokens=args.max_tokens, old_backlog=args.old_backlog, requests=args.requests,
-        clients=args.clients)
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
+    res = measure(model, q["concurrency"], q["rounds"], q["max_tokens"], q["old_backlog"],
+                  q["requests"], q["clients"])
+    return common.report("serve_load", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

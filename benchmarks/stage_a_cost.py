@@ -12,14 +12,14 @@ benchmarks/results/stage_a_cost.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
 
 import torch
 
-from benchmarks.common import machine_description, row, set_threads, write_results
+from benchmarks import common
+from benchmarks.common import machine_description, row
 from llink.config import load_config
 from llink.method.bridge import Projector
 from llink.method.losses import info_nce, linear_tau
@@ -37,6 +37,15 @@ def projector_step(proj: Projector, opt: torch.optim.Optimizer, x: torch.Tensor,
 QUICK = {"pairs": 1000, "batch": 128, "steps": 20000, "recompute_steps": 1, "cached_steps": 20}
 DEFAULT = {"pairs": 8000, "batch": 128, "steps": 20000, "recompute_steps": 3,
            "cached_steps": 200}
+OPTIONS = {
+    **common.THREADS,
+    "--pairs": {"type": int, "help": "training pairs (cache size)"},
+    "--batch": {"type": int},
+    "--steps": {"type": int, "help": "a full run's steps"},
+    "--recompute-steps": {"type": int},
+    "--cached-steps": {"type": int},
+    **common.QUICK_RUN,
+}
 
 
 def measure(pairs_n: int, batch_n: int, steps: int, recompute_steps: int, cached_steps: int
@@ -132,32 +141,10 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
     res = measure(q["pairs"], q["batch"], q["steps"], q["recompute_steps"], q["cached_steps"])
-    md = markdown(res)
-    write_results("stage_a_cost", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pairs", type=int, default=DEFAULT["pairs"],
-                    help="training pairs (cache size)")
-    ap.add_argument("--batch", type=int, default=DEFAULT["batch"])
-    ap.add_argument("--steps", type=int, default=DEFAULT["steps"], help="a full run's steps")
-    ap.add_argument("--recompute-steps", type=int, default=DEFAULT["recompute_steps"])
-    ap.add_argument("--cached-steps", type=int, default=DEFAULT["cached_steps"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    set_threads(args.threads)
-    if args.quick:
-        run(quick=True)
-        return
-    run(pairs=args.pairs, batch=args.batch, steps=args.steps,
-        recompute_steps=args.recompute_steps, cached_steps=args.cached_steps)
+    return common.report("stage_a_cost", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

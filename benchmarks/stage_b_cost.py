@@ -12,7 +12,6 @@ benchmarks/results/stage_b_cost.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import replace
@@ -20,7 +19,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import machine_description, row, set_threads, write_results
+from benchmarks import common
+from benchmarks.common import machine_description, row
 from llink.backbones.loading import load_decoder
 from llink.config import Config, load_config
 from llink.method.bridge import BagOfWordsHead, Projector
@@ -86,6 +86,17 @@ class Trainer:
         self.runner.step(self.opt, self.params, 1.0)
 
 
+QUICK = {"micro_batch": 8, "repeats": 2, "only": "0,1"}
+DEFAULT = {"micro_batch": 8, "repeats": 5, "only": None}
+OPTIONS = {
+    **common.THREADS,
+    "--micro-batch": {"type": int},
+    "--repeats": {"type": int},
+    "--only": {"help": "comma-separated indices of the designs to run (0 = default)"},
+    **common.QUICK_RUN,
+}
+
+
 def measure(micro_batch: int, repeats: int, variants: dict[str, dict[str, Any]]
             ) -> dict[str, Any]:
     base_cfg = load_config(None, [f"stage_b.micro_batch={micro_batch}"])
@@ -140,30 +151,15 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
-    """Measure, write results, return them (``quick``: two designs, two repeats)."""
-    variants = dict(list(VARIANTS.items())[:2]) if quick else VARIANTS
-    if overrides.get("only"):
-        keep = {int(i) for i in str(overrides["only"]).split(",")}
+    """Measure, write results, return them (``quick``: the first two designs, two repeats)."""
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
+    variants = VARIANTS
+    if q["only"]:
+        keep = {int(i) for i in str(q["only"]).split(",")}
         variants = {k: v for i, (k, v) in enumerate(VARIANTS.items()) if i in keep}
-    res = measure(overrides.get("micro_batch", 8), 2 if quick else overrides.get("repeats", 5),
-                  variants)
-    md = markdown(res)
-    write_results("stage_b_cost", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--only", help="comma-separated indices of the designs to run (0 = default)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    set_threads(args.threads)
-    run(quick=args.quick, micro_batch=args.micro_batch, repeats=args.repeats, only=args.only)
+    res = measure(q["micro_batch"], q["repeats"], variants)
+    return common.report("stage_b_cost", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from benchmarks.common import evenly_spaced, model_dir, pct, row, summary_markdown
@@ -72,3 +74,114 @@ def test_summary_markdown_names_each_command_of_a_merged_summary():
     md = summary_markdown(summary)
     assert "Command: `python -m benchmarks.run` (latency; d1)." in md
     assert "Command: `python -m benchmarks.run --only memory` (memory; d2)." in md
+
+
+# --- the shared harness: every documented command line parses and reaches run() ---------
+#: Command lines the README and the modules' docstrings show (placeholders filled in).
+DOCUMENTED = [
+    "benchmarks.run",
+    "benchmarks.run --only latency",
+    "benchmarks.run --quick",
+    "benchmarks.run --model runs/quickstart/stage_b",
+    "benchmarks.run --model DIR --only stage_a_cost,memory --quick --threads 2",
+    "benchmarks.stage_b_cost",
+    "benchmarks.stage_b_cost --micro-batch 8 --repeats 5",
+    "benchmarks.cache_build --pairs 300 --procs 2 --threads 2",
+    "benchmarks.latency --fixed-length --no-lora-merged",
+    "benchmarks.latency --model DIR --n 32 --batch-sizes 1,8,32 --quick",
+    "benchmarks.generation --model DIR --n 32 --repeats 1 --quick",
+    "benchmarks.memory --model DIR --stage-a-steps 300 --stage-b-steps 4 --quick",
+    "benchmarks.prompt_cost --model DIR --n 1425 --ttft 40 --quick",
+    "benchmarks.serve_load --model DIR --concurrency 100 --rounds 3 --quick",
+    "benchmarks.stage_a_cost --pairs 8000 --batch 128",
+]
+TIMED = ["generation", "latency", "memory", "prompt_cost", "serve_load", "stage_a_cost",
+         "stage_b_cost"]
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def _usage(doc: str) -> list[str]:
+    """The options of a docstring's ``python -m benchmarks.NAME [--opt VALUE] ...`` line."""
+    line = next(x for x in doc.splitlines() if "python -m benchmarks." in x)
+    line = re.sub(r"\[,\w+\]", "", line)  # NAME[,NAME]: one name
+    words = line.replace("[", " ").replace("]", " ").split()[3:]
+    return ["2" if w == "N" else w for w in words]
+
+
+@pytest.mark.parametrize("command", DOCUMENTED)
+def test_documented_command_lines_parse(command):
+    from benchmarks.common import parser_of
+
+    name, *argv = command.split()
+    parser_of(_module(name.split(".")[1])).parse_args(argv)
+
+
+@pytest.mark.parametrize("name", [*TIMED, "run", "cache_build"])
+def test_each_docstring_usage_line_parses(name):
+    from benchmarks.common import parser_of
+
+    mod = _module(name)
+    assert parser_of(mod).parse_args(_usage(mod.__doc__))
+
+
+@pytest.mark.parametrize("name", TIMED)
+def test_options_given_reach_run_and_the_others_keep_their_settings(name, monkeypatch):
+    """``python -m benchmarks.NAME``: the options given, and only those, go to run(); the
+    settings that were not given stay the defaults (or the quick ones with --quick)."""
+    from benchmarks import common
+    from benchmarks.common import parser_of, settings
+
+    mod = _module(name)
+    calls = []
+    monkeypatch.setattr(mod, "run", lambda model, quick, **kw: calls.append((model, quick, kw)))
+    argv = _usage(mod.__doc__)
+    if hasattr(mod, "main"):  # a main of its own (memory: its child processes too)
+        mod.main(argv)
+    else:
+        common.main(mod.__name__, argv)
+    args = vars(parser_of(mod).parse_args(argv))
+    model, quick, given = calls[0]
+    given.pop("threads", None)  # memory passes it on to its child processes
+    assert model == args.get("model") and quick == args.get("quick", False)
+    own = {k: v for k, v in args.items()
+           if k not in ("model", "threads", "quick") and v is not None}
+    assert given == own and given  # every usage line names at least one own option
+    if hasattr(mod, "DEFAULT"):
+        merged = settings(True, mod.QUICK, mod.DEFAULT, given)
+        assert {k: merged[k] for k in given} == given
+        assert {k: v for k, v in merged.items() if k not in given} == \
+            {k: v for k, v in mod.QUICK.items() if k not in given}
+
+
+def test_settings_put_given_options_over_quick_or_default():
+    from benchmarks.common import settings
+
+    quick, default = {"n": 8, "repeats": 1}, {"n": 32, "repeats": 3}
+    assert settings(False, quick, default, {}) == default
+    assert settings(True, quick, default, {"n": 4}) == {"n": 4, "repeats": 1}
+
+
+def test_report_writes_both_files_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    import json
+
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    res = common.report("demo", {"x": 1}, lambda r: f"| x | {r['x']} |\n", quick=True)
+    assert res == {"x": 1}
+    assert json.loads((tmp_path / "quick" / "demo.json").read_text()) == {"x": 1}
+    assert (tmp_path / "quick" / "demo.md").read_text() == "| x | 1 |\n"
+    assert "| x | 1 |" in capsys.readouterr().out
+
+
+def test_timed_returns_seconds_and_result():
+    from benchmarks.common import median_seconds, timed
+
+    seconds, out = timed(lambda: sum(range(1000)))
+    assert out == 499500 and seconds >= 0
+    assert median_seconds(lambda: None, 3) >= 0
