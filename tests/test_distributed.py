@@ -188,6 +188,7 @@ def test_resume_under_two_processes_with_fsdp(one_and_two):
     two = _overrides(root, enc, dec, pairs, "two-more", features="two", **more,
                      **{"compute.fsdp": True})
     proc = _torchrun(["run", "--resume", *two])
+    assert "2 processes (gloo)" in proc.stdout
     assert "resuming Stage A from step 12" in proc.stdout
     assert "resuming Stage B from step 4" in proc.stdout
     assert "resuming the baseline from step 4" in proc.stdout
@@ -197,6 +198,87 @@ def test_resume_under_two_processes_with_fsdp(one_and_two):
         steps = [json.loads(x)["step"]
                  for x in (root / "two-more" / f"{log}.metrics.jsonl").read_text().splitlines()]
         assert steps == [0, 1, 2, 3, 4, 5, 6], log
+
+
+# --- accelerate launch: the same processes as torchrun --------------------------------------
+def _launcher_env(root: Path) -> dict[str, str]:
+    # HF_HOME: no accelerate config file of this machine is read
+    return {**os.environ, "OMP_NUM_THREADS": "1", "LLINK_DEBUG": "1",
+            "HF_HOME": str(root / "hf-home"), "HF_HUB_OFFLINE": "1"}
+
+
+def _accelerate_launch(root: Path, launch: list[str], args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "llink", *args]
+    proc = subprocess.run(cmd, env=_launcher_env(root), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "2 processes (gloo)" in proc.stdout, proc.stdout[-3000:]
+
+
+def _mpi_like_launch(root: Path, args: list[str]) -> None:
+    """Two processes with only what ``accelerate launch --cpu --num_processes 2
+    --mpirun_hostfile H`` gives them under Open MPI (``mpirun`` is not installed here):
+    ``OMPI_COMM_WORLD_*``, the rendezvous address and ``ACCELERATE_USE_CPU``."""
+    env = {k: v for k, v in _launcher_env(root).items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    env.update(OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_LOCAL_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), ACCELERATE_USE_CPU="True")
+    procs = [subprocess.Popen([sys.executable, "-m", "llink", *args],
+                              env={**env, "OMPI_COMM_WORLD_RANK": str(r),
+                                   "OMPI_COMM_WORLD_LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:] + err[-6000:]
+    assert "2 processes (gloo)" in outs[0][0], outs[0][0][-3000:]
+
+
+def _assert_identical(a: Path, b: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        ta, tb = load_file(a / name), load_file(b / name)
+        assert ta.keys() == tb.keys() and ta
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), (name, k, float((ta[k] - tb[k]).abs().max()))
+
+
+def _logs_without_time(run: Path, stage: str) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "time"}
+            for x in (run / f"{stage}.metrics.jsonl").read_text().splitlines()]
+
+
+def test_accelerate_launch_trains_stage_a_and_b_as_torchrun_does(one_and_two):
+    """`accelerate launch --multi_gpu --num_processes 2 -m llink ... device=cpu` (accelerate's
+    torchrun launcher; its `--cpu` starts one process unless MPI starts them) trains Stage A
+    and Stage B exactly as `torchrun --nproc_per_node 2` did, bit for bit, and so as one
+    process does within the two-process tolerance."""
+    root, _, (enc, dec, pairs) = one_and_two
+    args = _overrides(root, enc, dec, pairs, "acc", features="two")
+    launch = ["--multi_gpu", "--num_processes", "2", "--main_process_port", "0",
+              "--mixed_precision", "no"]
+    _accelerate_launch(root, launch, ["train", "stage-a", "--quiet", *args])
+    _accelerate_launch(root, launch, ["train", "stage-b", "--quiet", *args])
+    weights = ("stage_a/stage_a.safetensors", "stage_b/bridge.safetensors",
+               "stage_b/lora/adapter_model.safetensors")
+    _assert_identical(root / "two", root / "acc", weights)
+    for stage in ("stage_a", "stage_b"):
+        assert _logs_without_time(root / "acc", stage) == _logs_without_time(root / "two", stage)
+    a = load_file(root / "one" / "stage_b" / "bridge.safetensors")
+    b = load_file(root / "acc" / "stage_b" / "bridge.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
+
+
+def test_mpi_style_launch_trains_stage_a_as_torchrun_does(one_and_two):
+    """Processes that know their rank only from MPI variables (what `accelerate launch
+    --cpu --num_processes 2 --mpirun_hostfile H` starts) join one group and train Stage A
+    exactly as torchrun's processes did."""
+    root, _, (enc, dec, pairs) = one_and_two
+    args = _overrides(root, enc, dec, pairs, "mpi", features="two")
+    _mpi_like_launch(root, ["train", "stage-a", "--quiet", *args])
+    _assert_identical(root / "two", root / "mpi", ("stage_a/stage_a.safetensors",))
+    assert _logs_without_time(root / "mpi", "stage_a") == \
+        _logs_without_time(root / "two", "stage_a")
 
 
 # --- the gradient algebra on its own -----------------------------------------------------

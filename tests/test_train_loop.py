@@ -113,3 +113,37 @@ def test_gradient_checkpointing_and_bf16_train_stage_b(tmp_path, tiny_encoder_di
     assert math.isfinite(first[1]["loss"])
     assert first[1]["nll"] == pytest.approx(first[0]["nll"], rel=0.05)  # bf16 rounding only
     assert first[1]["nll"] != first[0]["nll"]  # but rounded: not the float32 figure
+
+
+@pytest.mark.parametrize(("configured", "launched", "want"), [
+    ("no", None, "no"), ("no", "no", "no"), ("no", "bf16", "bf16"), ("no", "fp16", "fp16"),
+    ("bf16", "no", "bf16"), ("fp16", "fp16", "fp16"),
+])
+def test_accelerate_launch_mixed_precision_flag_is_read(configured, launched, want):
+    """`accelerate launch --mixed_precision X` (ACCELERATE_MIXED_PRECISION) sets the
+    precision when the config leaves it at no; an explicit config value stands."""
+    from llink.train.loop import mixed_precision_of
+
+    env = {} if launched is None else {"ACCELERATE_MIXED_PRECISION": launched}
+    assert mixed_precision_of(ComputeConfig(mixed_precision=configured), env) == want
+
+
+@pytest.mark.parametrize(("configured", "launched", "needle"), [
+    ("no", "fp8", "fp8"), ("bf16", "fp16", "contradicts"),
+])
+def test_launcher_precision_llink_cannot_honour_is_refused(configured, launched, needle):
+    from llink.config import ConfigError
+    from llink.train.loop import mixed_precision_of
+
+    with pytest.raises(ConfigError, match=needle):
+        mixed_precision_of(ComputeConfig(mixed_precision=configured),
+                           {"ACCELERATE_MIXED_PRECISION": launched})
+
+
+def test_a_session_trains_in_the_launchers_precision(monkeypatch, capsys):
+    from llink.config import load_config
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    session = Session(load_config(None, ["device=cpu"]), progress=False)
+    assert session.cfg.compute.mixed_precision == "bf16"  # what run_dir/config.json records
+    assert "compute.mixed_precision=bf16 (accelerate launch" in capsys.readouterr().out

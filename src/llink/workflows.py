@@ -65,6 +65,7 @@ from llink.storage.fileio import read_jsonl, write_json_atomic
 from llink.storage.runlog import write_run_info
 from llink.train import distributed as dist
 from llink.train.baseline import train_baseline
+from llink.train.loop import mixed_precision_of
 from llink.train.stage_a import compute_features, train_stage_a
 from llink.train.stage_b import EncodedExamples, evaluate_nll, tokenize_examples, train_stage_b
 
@@ -81,8 +82,14 @@ class Session:
 
     def __post_init__(self) -> None:
         # Under `torchrun` / `accelerate launch`: join the process group; only rank 0 shows bars.
-        dist.init_from_env(self.cfg.device)
+        if dist.init_from_env(self.cfg.device) and dist.is_main():
+            print(f"{dist.world_size()} processes ({dist.backend_name()}), batches split over them")
         self.progress = self.progress and dist.is_main()
+        precision = mixed_precision_of(self.cfg.compute)  # accelerate launch --mixed_precision
+        if precision != self.cfg.compute.mixed_precision:
+            self.cfg.compute.mixed_precision = precision
+            if dist.is_main():
+                print(f"compute.mixed_precision={precision} (accelerate launch --mixed_precision)")
 
     @property
     def device(self) -> torch.device:

@@ -1,10 +1,23 @@
-"""Everything about processes: start from the launcher's environment, ranks, barriers, gathers.
+"""Everything about processes: joining the launcher's process group, ranks, barriers, gathers.
 
-``torchrun`` and ``accelerate launch`` both export ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` joins the
-process group they describe (NCCL on GPUs, Gloo on CPUs). Without those variables,
-or with ``WORLD_SIZE=1``, nothing is started and every helper here is the identity:
-a single-process run behaves exactly as if this module did not exist.
+Joining is :class:`accelerate.PartialState`'s: it reads what ``torchrun`` and
+``accelerate launch`` export (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``; multi-GPU, multi-node, FSDP/DeepSpeed configs) and what an MPI launcher
+exports (``accelerate launch --cpu --num_processes N --mpirun_hostfile H``:
+``OMPI_COMM_WORLD_*``, ``PMI_*``), starts the process group (NCCL on GPUs, Gloo on
+CPUs) and gives each process its GPU. Without a launcher, or with one process, nothing
+is started and every helper here is the identity: a single-process run behaves exactly
+as if this module did not exist.
+
+What stays hand-written, and why (measured with accelerate 1.15, see README "Scaling
+out"): the collectives the losses need and accelerate does not offer with gradients
+(:func:`gather_with_grad`, :func:`global_mean`), and gradient averaging
+(:func:`average_gradients`): ``Accelerator.prepare`` averages gradients through a
+DistributedDataParallel wrapper that only syncs the parameters trainable when it was
+built, and Stage B's LoRA becomes trainable after the bridge warm-up (a layer unfrozen
+after ``prepare`` got different gradients on the two ranks, max difference 1.99, in a
+2-process run), besides needing the model's ``forward`` where the trainers call
+``slots``/``answer_nll``.
 
 Conventions used by the training stages: batch sizes in the config are *global*;
 rank ``r`` of ``N`` takes the ``r``-th of ``N`` equal contiguous slices of each global
@@ -29,11 +42,17 @@ T = TypeVar("T")
 
 #: Minutes a rank waits at a collective (e.g. while the main process evaluates).
 TIMEOUT_ENV = "LLINK_DIST_TIMEOUT_MIN"
+#: Where launchers announce the number of processes: torchrun / accelerate launch, then
+#: MPI (MPICH / Intel MPI, Open MPI, MVAPICH), in the order accelerate reads them.
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 def launched_world_size() -> int:
     """The world size the launcher announced (1 when not launched by one)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    for var in WORLD_SIZE_VARS:
+        if os.environ.get(var):
+            return int(os.environ[var])
+    return 1
 
 
 def is_distributed() -> bool:
@@ -51,7 +70,11 @@ def world_size() -> int:
 
 def local_rank() -> int:
     """This process's index on its node (picks its GPU)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
+    if not is_distributed():
+        return 0
+    from accelerate import PartialState
+
+    return PartialState().local_process_index
 
 
 def is_main() -> bool:
@@ -65,28 +88,42 @@ def backend_for(device: str = "auto") -> str:
     return "nccl" if use_cuda and dist.is_nccl_available() else "gloo"
 
 
+def backend_name() -> str:
+    """The process group's backend (``gloo``, ``nccl``; ``none`` in a single process)."""
+    return str(dist.get_backend()) if is_distributed() else "none"
+
+
 def init_from_env(device: str = "auto") -> bool:
     """Join the process group described by the launcher's environment, once.
 
     Returns True when running distributed. With CUDA, each process takes the GPU of
-    its ``LOCAL_RANK``. The collective timeout is ``$LLINK_DIST_TIMEOUT_MIN``
-    minutes (default 60), long enough for the main process to evaluate or save.
+    its local rank; with ``device`` cpu (or no GPU) the processes use Gloo. The
+    collective timeout is ``$LLINK_DIST_TIMEOUT_MIN`` minutes (default 60), long
+    enough for the main process to evaluate or save.
     """
     if is_distributed():
         return True
-    if launched_world_size() <= 1 or not dist.is_available():
+    world = launched_world_size()
+    if world <= 1 or not dist.is_available():
         return False
-    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
-        raise RuntimeError(
-            f"WORLD_SIZE={launched_world_size()} but {', '.join(missing)} not set: start "
-            "multi-process runs with `torchrun` or `accelerate launch`."
-        )
-    backend = backend_for(device)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if "WORLD_SIZE" in os.environ:  # torchrun-style: the rest must be there too
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise RuntimeError(
+                f"WORLD_SIZE={world} but {', '.join(missing)} not set: start multi-process "
+                "runs with `torchrun` or `accelerate launch`."
+            )
+    from accelerate import PartialState
+
     minutes = float(os.environ.get(TIMEOUT_ENV, "60"))
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=minutes))
+    PartialState(cpu=backend_for(device) == "gloo",
+                 timeout=datetime.timedelta(minutes=minutes))
+    if not is_distributed():
+        raise RuntimeError(
+            f"launched as {world} processes, but they could not join one process group "
+            "(LOCAL_RANK unset for a GPU run?): start multi-process runs with `torchrun` or "
+            "`accelerate launch`."
+        )
     return True
 
 

@@ -4,23 +4,63 @@
 (:class:`~llink.config.ComputeConfig`): bf16/fp16 autocast, the fp16 loss scaler,
 TF32, and averaging gradients over processes. Trainers write their loss inside
 ``runner.autocast()``, call ``runner.backward(loss)`` per micro-batch and
-``runner.step(opt, params, clip)`` once per step.
+``runner.step(opt, params, clip)`` once per step; gradient accumulation is the
+trainer's loop over micro-batches (each draws its own rows, reproducibly, and divides
+its loss by the number of micro-batches), with one gradient sync per step.
+
+Why not ``accelerate.Accelerator`` (measured with accelerate 1.15; README "Scaling
+out"): it is one state per process, and a second ``Accelerator`` with another
+``mixed_precision`` in the same process raises ``ValueError`` ("AcceleratorState has
+already been initialized"), while llink runs trainers with different precisions in one
+process (the tests, the Python API); its gradient sync needs ``prepare(model)`` (see
+:mod:`llink.train.distributed` for why that does not fit); ``save_state`` writes
+pickles (``optimizer.bin``, ``random_states_0.pkl``) in place, where llink's states are
+safetensors + JSON with SHA-256, written atomically (:mod:`llink.train.state`). Its
+autocast and loss scaling are torch's ``autocast`` and ``GradScaler``, which this
+module uses directly, so the figures are the same either way. What accelerate's
+launcher sets is read: the processes (:mod:`llink.train.distributed`) and its
+``--mixed_precision`` flag (:func:`mixed_precision_of`).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
 
-from llink.config import ComputeConfig
+from llink.config import ComputeConfig, ConfigError
 from llink.train import distributed as dist
 
 if TYPE_CHECKING:
     from llink.method.model import PromptedDecoder
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+#: What ``accelerate launch --mixed_precision X`` exports to the processes it starts.
+LAUNCHER_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+
+
+def mixed_precision_of(compute: ComputeConfig, environ: Mapping[str, str] = os.environ) -> str:
+    """The precision to train in: ``compute.mixed_precision``, or the launcher's
+    ``--mixed_precision`` (``accelerate launch``) when the config leaves it at ``no``.
+
+    A launcher precision llink does not train in (fp8), or one that contradicts an
+    explicit bf16/fp16 in the config, raises :class:`~llink.config.ConfigError`.
+    """
+    configured, launched = compute.mixed_precision, environ.get(LAUNCHER_PRECISION_ENV, "no")
+    if launched in ("", "no", configured):
+        return configured
+    if launched not in _AUTOCAST_DTYPES:
+        raise ConfigError(f"accelerate launch --mixed_precision {launched}: llink trains in "
+                          "no, bf16 or fp16 (compute.mixed_precision)")
+    if configured != "no":
+        raise ConfigError(f"accelerate launch --mixed_precision {launched} contradicts "
+                          f"compute.mixed_precision={configured}: drop one of them")
+    return launched
 
 
 def configure_tf32(enabled: bool) -> None:
