@@ -1,0 +1,76 @@
+"""The trainers' shared skeleton (llink.train.trainer) on a toy model: saves, resumes, reseeds."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from llink.config import load_config
+from llink.train.trainer import BestDev, TrainingRun, step_seed
+
+
+def _run(tmp_path, **over):
+    items = {"run_dir": tmp_path / "run", "stage_a.save_every": 2, "stage_a.eval_every": 3,
+             **over}
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
+    return cfg, TrainingRun(cfg, "toy", "the toy", cfg.stage_a, {"steps", "save_every"},
+                            progress=False)
+
+
+def _train(tmp_path, steps, resume=False):
+    cfg, run = _run(tmp_path, **{"stage_a.steps": steps})
+    lin = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    saved = run.begin(opt, resume)
+    if saved is not None:
+        lin.load_state_dict(saved["lin"])
+    seen, draws = [], []
+    real = run.checkpoint
+    run.checkpoint = lambda step, *a, **k: (seen.append(step), real(step, *a, **k))
+    run.start_clock()
+    for step in run.steps(steps, opt, lambda: {"lin": lin.state_dict()}, lambda: {"x": 1}):
+        draws.append(torch.rand(1))  # the global generator, reseeded for this step
+        lin(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        run.record({"step": step + 1, "is_eval": run.is_eval(step + 1, steps)})
+    return run, lin, seen, draws
+
+
+def test_the_loop_saves_every_save_every_steps_and_at_the_end(tmp_path):
+    run, _, seen, draws = _train(tmp_path, 5)
+    assert seen == [2, 4, 5]
+    meta = json.loads((run.state_dir / "state.json").read_text())
+    assert meta["step"] == 5 and meta["progress"]["x"] == 1
+    assert "train_seconds" in meta["progress"]
+    for step, value in enumerate(draws):
+        torch.manual_seed(step_seed(run.seed, step))
+        assert torch.equal(torch.rand(1), value)
+    records = [json.loads(x) for x in run.metrics.path.read_text().splitlines()]
+    assert [r["is_eval"] for r in records] == [False, False, True, False, True]
+
+
+def test_a_resumed_loop_runs_the_rest_and_a_finished_one_saves_nothing(tmp_path, capsys):
+    _, full, _, full_draws = _train(tmp_path / "full", 7)
+    _train(tmp_path / "cut", 4)
+    run, cut, seen, draws = _train(tmp_path / "cut", 7, resume=True)
+    assert run.start == 4 and seen == [6, 7]
+    assert "resuming the toy from step 4" in capsys.readouterr().out
+    assert [torch.equal(a, b) for a, b in zip(draws, full_draws[4:], strict=True)] == [True] * 3
+    for a, b in zip(full.parameters(), cut.parameters(), strict=True):
+        assert torch.equal(a, b)
+    steps = [json.loads(x)["step"] for x in run.metrics.path.read_text().splitlines()]
+    assert steps == list(range(1, 8))
+    run, _, seen, draws = _train(tmp_path / "cut", 7, resume=True)
+    assert seen == [] and draws == []
+
+
+def test_best_dev_keeps_the_lowest_figure_over_resumes():
+    best = BestDev("nll")
+    assert best.summary() is None
+    assert best.offer({"nll": 2.0}, 3) and not best.offer({"nll": 2.5}, 6)
+    assert best.summary() == {"nll": 2.0, "step": 3}
+    again = BestDev("nll", best.summary())  # what a resumed run starts from
+    assert not again.offer({"nll": 2.0}, 9) and again.offer({"nll": 1.0}, 12)
+    assert again.summary() == {"nll": 1.0, "step": 12}
