@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -131,9 +132,22 @@ def settings(quick: bool, quick_settings: dict[str, Any], defaults: dict[str, An
     return {**(quick_settings if quick else defaults), **overrides}
 
 
+def invoked_command() -> str | None:
+    """``python -m benchmarks.NAME ...`` as this process was started (None when it was not
+    started as a benchmark, e.g. under pytest)."""
+    script = Path(sys.argv[0])
+    if script.parent.name != "benchmarks" or script.suffix != ".py":
+        return None
+    return shlex.join(["python", "-m", f"benchmarks.{script.stem}", *sys.argv[1:]])
+
+
 def report(name: str, res: dict[str, Any], markdown: Callable[[dict[str, Any]], str],
            quick: bool = False) -> dict[str, Any]:
-    """Write ``res`` and its table (``NAME.json``, ``NAME.md``), print the table, return ``res``."""
+    """Write ``res`` and its table (``NAME.json``, ``NAME.md``), print the table, return ``res``.
+
+    ``res["command"]`` records the command line that measured it (see :func:`invoked_command`).
+    """
+    res.setdefault("command", invoked_command())
     md = markdown(res)
     write_results(name, res, md, quick)
     print(md)

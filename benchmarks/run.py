@@ -20,7 +20,6 @@ named with it) also runs only when named.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from datetime import UTC, datetime
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = model_dir(args.model) if NEEDS_MODEL & set(names) else None
 
     t0 = time.perf_counter()
-    command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
+    command = common.invoked_command() or "python -m benchmarks.run"
     ran: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for name in names:

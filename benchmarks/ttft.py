@@ -25,27 +25,14 @@ Results: benchmarks/results/ttft.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import shlex
 import statistics
-import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from benchmarks.common import (
-    evenly_spaced,
-    machine_description,
-    median_seconds,
-    model_dir,
-    pct,
-    row,
-    set_threads,
-    sync,
-    write_results,
-)
+from benchmarks import common
+from benchmarks.common import machine_description, model_dir, row, timed
 from llink import LLINK
 from llink.backbones.decoder import FrozenDecoder
 from llink.backbones.prefix_cache import PrefixCache
@@ -58,6 +45,17 @@ TASK = "translate_to_english"
 TARGETS = {"ttft": 2.5, "throughput": 5.0}
 QUICK = {"n": 4, "repeats": 1, "batch": 2, "n_batch": 4, "max_new_tokens": 4}
 DEFAULT = {"n": 40, "repeats": 3, "batch": 32, "n_batch": None, "max_new_tokens": 32}
+OPTIONS = {
+    **common.MODEL,
+    "--n": {"type": int, "help": "test sentences timed for the first token"},
+    "--repeats": {"type": int},
+    "--batch": {"type": int, "help": "batch size of the throughput figure"},
+    "--n-batch": {"type": int,
+                  "help": "test sentences for the throughput figure (default: one batch)"},
+    "--max-new-tokens": {"type": int, "help": "answer length cap of the throughput figure"},
+    **common.THREADS,
+    **common.QUICK_RUN,
+}
 #: answers for a batch of texts, given max_new_tokens
 Answerer = Callable[[list[str], int], list[str]]
 
@@ -118,7 +116,7 @@ def time_first_tokens(paths: dict[str, Answerer], texts: list[str], repeats: int
         paths["llink_served_slots_cached"]([text], 1)  # the text seen before: slots cached
         r: dict[str, Any] = {"chars": len(text)}
         for name in names if i % 2 == 0 else reversed(names):
-            r[name] = median_seconds(lambda f=paths[name], x=text: f([x], 1), repeats)
+            r[name] = common.median_seconds(lambda f=paths[name], x=text: f([x], 1), repeats)
         out.append(r)
     return out
 
@@ -132,14 +130,10 @@ def throughput(paths: dict[str, Answerer], names: list[str], texts: list[str], b
         paths[name](texts[:batch], 2)
     for rep in range(repeats):
         for name in names if rep % 2 == 0 else reversed(names):
-            got: list[str] = []
-            sync()
-            t = time.perf_counter()
-            for i in range(0, len(texts), batch):
-                got += paths[name](texts[i:i + batch], max_new_tokens)
-            sync()
-            times[name].append(time.perf_counter() - t)
-            answers[name] = got
+            t, answers[name] = timed(lambda f=paths[name]: [
+                a for i in range(0, len(texts), batch)
+                for a in f(texts[i:i + batch], max_new_tokens)])
+            times[name].append(t)
     return {"seconds": times, "answers": answers,
             "sentences_per_s": {n: len(texts) / statistics.median(times[n]) for n in names}}
 
@@ -168,8 +162,8 @@ def first_token_checks(paths: dict[str, Answerer], merged: LLINK, folder: str, d
 def measure(folder: str, n: int, repeats: int, batch: int, n_batch: int | None,
             max_new_tokens: int) -> dict[str, Any]:
     test = load_splits(DataConfig()).test
-    texts = [p.foreign for p in evenly_spaced(test, n)]
-    batch_texts = [p.foreign for p in evenly_spaced(test, n_batch or batch)]
+    texts = [p.foreign for p in common.evenly_spaced(test, n)]
+    batch_texts = [p.foreign for p in common.evenly_spaced(test, n_batch or batch)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     paths, models = build_paths(folder, device)
     merged, tok = models["merged"], models["merged"].tokenizer
@@ -183,8 +177,8 @@ def measure(folder: str, n: int, repeats: int, batch: int, n_batch: int | None,
                      ("llink_no_prefix_cache", "llink"), ("base_no_prefix_cache", "base")):
         ratios = [r[num] / r[den] for r in per]
         ttft[f"{num}/{den}_median"] = statistics.median(ratios)
-        ttft[f"{num}/{den}_p10"] = pct(ratios, 0.1)
-        ttft[f"{num}/{den}_p90"] = pct(ratios, 0.9)
+        ttft[f"{num}/{den}_p10"] = common.pct(ratios, 0.1)
+        ttft[f"{num}/{den}_p90"] = common.pct(ratios, 0.9)
 
     names = ["llink", "base", "llink_no_prefix_cache", "base_no_prefix_cache"]
     tp = throughput(paths, names, batch_texts, batch, repeats, max_new_tokens)
@@ -323,42 +317,13 @@ def headline(res: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def run(model: str | None = None, quick: bool = False, command: str | None = None,
-        **overrides: Any) -> dict[str, Any]:
+def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict[str, Any]:
     """Measure with the defaults (or the quick settings), write results, return them."""
-    q = {**(QUICK if quick else DEFAULT), **overrides}
+    q = common.settings(quick, QUICK, DEFAULT, overrides)
     res = measure(model_dir(model), q["n"], q["repeats"], q["batch"], q["n_batch"],
                   q["max_new_tokens"])
-    res["command"] = command
-    md = markdown(res)
-    write_results("ttft", res, md, quick)
-    print(md)
-    return res
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="trained LLINK folder")
-    ap.add_argument("--n", type=int, default=DEFAULT["n"],
-                    help="test sentences timed for the first token")
-    ap.add_argument("--repeats", type=int, default=DEFAULT["repeats"])
-    ap.add_argument("--batch", type=int, default=DEFAULT["batch"],
-                    help="batch size of the throughput figure")
-    ap.add_argument("--n-batch", type=int, default=None,
-                    help="test sentences for the throughput figure (default: one batch)")
-    ap.add_argument("--max-new-tokens", type=int, default=DEFAULT["max_new_tokens"],
-                    help="answer length cap of the throughput figure")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
-    args = ap.parse_args()
-    set_threads(args.threads)
-    command = shlex.join(["python", "-m", "benchmarks.ttft", *sys.argv[1:]])
-    if args.quick:
-        run(args.model, quick=True, command=command)
-        return
-    run(args.model, command=command, n=args.n, repeats=args.repeats, batch=args.batch,
-        n_batch=args.n_batch, max_new_tokens=args.max_new_tokens)
+    return common.report("ttft", res, markdown, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.main(__name__)

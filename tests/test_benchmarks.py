@@ -94,9 +94,11 @@ DOCUMENTED = [
     "benchmarks.prompt_cost --model DIR --n 1425 --ttft 40 --quick",
     "benchmarks.serve_load --model DIR --concurrency 100 --rounds 3 --quick",
     "benchmarks.stage_a_cost --pairs 8000 --batch 128",
+    "benchmarks.ttft --model runs/variants/default/stage_b",
+    "benchmarks.serve_load --model DIR --requests 200 --clients 16 --concurrency 100 --rounds 3",
 ]
 TIMED = ["generation", "latency", "memory", "prompt_cost", "serve_load", "stage_a_cost",
-         "stage_b_cost"]
+         "stage_b_cost", "ttft"]
 
 
 def _module(name: str):
@@ -106,8 +108,10 @@ def _module(name: str):
 
 
 def _usage(doc: str) -> list[str]:
-    """The options of a docstring's ``python -m benchmarks.NAME [--opt VALUE] ...`` line."""
-    line = next(x for x in doc.splitlines() if "python -m benchmarks." in x)
+    """The options of a docstring's ``python -m benchmarks.NAME [--opt VALUE] ...`` lines."""
+    lines = doc.split("\n\n")
+    line = " ".join(next(p for p in lines if "python -m benchmarks." in p).split())
+    line = line.replace(" \\ ", " ")
     line = re.sub(r"\[,\w+\]", "", line)  # NAME[,NAME]: one name
     words = line.replace("[", " ").replace("]", " ").split()[3:]
     return ["2" if w == "N" else w for w in words]
@@ -173,10 +177,19 @@ def test_report_writes_both_files_and_prints_the_table(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(common, "RESULTS", tmp_path)
     res = common.report("demo", {"x": 1}, lambda r: f"| x | {r['x']} |\n", quick=True)
-    assert res == {"x": 1}
-    assert json.loads((tmp_path / "quick" / "demo.json").read_text()) == {"x": 1}
+    assert res == {"x": 1, "command": None}  # not started as python -m benchmarks.demo
+    assert json.loads((tmp_path / "quick" / "demo.json").read_text()) == res
     assert (tmp_path / "quick" / "demo.md").read_text() == "| x | 1 |\n"
     assert "| x | 1 |" in capsys.readouterr().out
+
+
+def test_results_record_the_command_that_measured_them(monkeypatch):
+    from benchmarks.common import invoked_command
+
+    monkeypatch.setattr("sys.argv", ["/x/benchmarks/ttft.py", "--n", "4", "--model", "a b"])
+    assert invoked_command() == "python -m benchmarks.ttft --n 4 --model 'a b'"
+    monkeypatch.setattr("sys.argv", ["/x/bin/pytest", "-q"])
+    assert invoked_command() is None
 
 
 def test_timed_returns_seconds_and_result():
