@@ -541,7 +541,6 @@ class LLINK(PromptedDecoder):
 # --- model folders: building these models from disk and saving them ---------------------
 
 
-
 def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
     """Write a complete LLINK model folder: bridge, projector, reserved rows, LoRA, config.
 
