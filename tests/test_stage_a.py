@@ -88,7 +88,8 @@ def test_stage_a_trains_logs_and_saves(tmp_path, tiny_encoder_dir, tiny_decoder_
     assert torch.equal(loaded.targets.whitener, art.targets.whitener)
     assert art.meta["targets"] == "whitened"
     rows = evaluate_retrieval(session, baselines=True)
-    assert set(rows) >= {"Latin-token overlap floor", "encoder cross-lingual (reference)"}
+    assert set(rows) >= {"Latin-token overlap floor", "encoder cross-lingual (reference)",
+                         "encoder cross-lingual, training mean removed (reference)"}
     assert (run / "eval" / "retrieval.json").exists()
 
 
@@ -202,6 +203,12 @@ def test_leave_one_source_out_retrieval(tmp_path, tiny_encoder_dir, tiny_decoder
             want = retrieval_metrics(art.project(foreign), art.targets(teacher))
             assert r[k] == pytest.approx(want, abs=1e-6), (g, k)
         assert r["encoder"] == pytest.approx(retrieval_metrics(foreign, english), abs=1e-6)
+        # the centred reference removes the mean of the training split that left g out
+        sub_train = [p for p in session.splits.train if p.source.split(":")[0] != g]
+        mean = encoder_vectors(session.encoder, [p.foreign for p in sub_train], root,
+                               progress=False).mean(0)
+        assert r["encoder_centred"] == pytest.approx(
+            retrieval_metrics(foreign - mean, english - mean), abs=1e-6)
     held = Session(_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, path,
                         **{"data.exclude_sources": "gettext"}), progress=False)
     assert all(not p.source.startswith("gettext") for p in held.splits.train + held.splits.dev)
