@@ -14,6 +14,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from llink import LLINK
 from llink.backbones.prefix_cache import LRU, PrefixCache, prefixed_batch, shared_length
+from llink.cli import build_parser
 from llink.inference.serve import ChatJob, LLINKBackend
 from llink.method.model import LoRAMergedError, save_llink
 from llink.storage.checkpoints import CheckpointError
@@ -268,6 +269,25 @@ def test_slot_cache_is_hit_by_follow_up_questions_and_changes_no_answer(merged, 
         assert backend.describe()["lora"] == "merged"
     finally:
         merged.prefix_cache = None
+
+
+def test_slot_cache_off_reads_every_text_and_gives_the_same_answers(merged, monkeypatch):
+    backend = LLINKBackend(merged, "tiny", slot_cache_size=0)  # llink serve --slot-cache 0
+    try:
+        reads: list[list[str]] = []
+        real_read = merged.read
+        monkeypatch.setattr(merged, "read", lambda texts: reads.append(list(texts))
+                            or real_read(texts))
+        first = _answer(backend, [_job(KM[0])])
+        again = _answer(backend, [_job(KM[0])])
+        assert reads == [[KM[0]], [KM[0]]] and again == first
+        assert backend.slot_cache.stats() == {"entries": 0, "max_entries": 0, "hits": 0,
+                                              "misses": 0}
+    finally:
+        merged.prefix_cache = None
+    with pytest.raises(ValueError, match="0 \\(off\\) or positive"):
+        LLINKBackend(merged, "tiny", slot_cache_size=-1)
+    assert build_parser().parse_args(["serve", "--model", "m", "--slot-cache", "0"]).slot_cache == 0
 
 
 # --------------------------------------------------------------------------- benchmark

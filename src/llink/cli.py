@@ -459,7 +459,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
         api_key=serve.api_key_from_env(args.api_key_env), read_timeout_s=args.read_timeout)
     backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name,
-                                 engine=args.engine)
+                                 engine=args.engine, slot_cache_size=args.slot_cache)
     serve.run_server(serve.make_server(backend, settings, args.host, args.port))
 
 
@@ -729,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-timeout", type=_positive_float, default=30.0, metavar="S",
                    help="seconds a client may take to send its request body; a shorter body "
                    "than its Content-Length gets a 408 after that (default 30)")
+    p.add_argument("--slot-cache", type=_count, default=256, metavar="N",
+                   help="keep the slots of the last N foreign texts, so follow-up questions "
+                   "about a text skip the encoder (default 256; 0: off)")
     return parser
 
 

@@ -521,13 +521,14 @@ class LLINKBackend:
         device: str = "auto",
         cache_dir: str | None = None,
         name: str | None = None,
+        slot_cache_size: int = 256,
     ) -> LLINKBackend:
         from llink.backbones.loading import resolve_device
         from llink.method.model import load_llink
 
         model = load_llink(folder, device=resolve_device(device), cache_dir=cache_dir,
                            merge_lora=True)
-        return cls(model, name or Path(folder).resolve().name)
+        return cls(model, name or Path(folder).resolve().name, slot_cache_size)
 
     def describe(self) -> dict[str, Any]:
         m = self.model
@@ -1245,10 +1246,12 @@ def load_backend(
     cache_dir: str | None = None,
     name: str | None = None,
     engine: str = "transformers",
+    slot_cache_size: int = 256,
 ) -> Backend:
     """The backend for an LLINK folder or a plain Hugging Face causal LM (exactly one);
     ``engine="vllm"`` serves an ``llink export`` folder with a vLLM engine
-    (:mod:`llink.inference.vllm_engine`)."""
+    (:mod:`llink.inference.vllm_engine`). An LLINK backend keeps the slots of the last
+    ``slot_cache_size`` foreign texts (0: none)."""
     if (model_dir is None) == (hf_model is None):
         raise ServeError("give exactly one of an LLINK model folder or a Hugging Face model")
     if engine not in ENGINES:
@@ -1260,9 +1263,10 @@ def load_backend(
         if model_dir is None:
             raise ServeError("--engine vllm serves an LLINK export (--model OUT, from `llink "
                              "export`); serve a plain model with vLLM's own `vllm serve`")
-        return VLLMBackend.load(model_dir, device, cache_dir, name)
+        return VLLMBackend.load(model_dir, device, cache_dir, name,
+                                slot_cache_size=slot_cache_size)
     if model_dir is not None:
-        return LLINKBackend.load(model_dir, device, cache_dir, name)
+        return LLINKBackend.load(model_dir, device, cache_dir, name, slot_cache_size)
     assert hf_model is not None
     return HFBackend.load(hf_model, device, cache_dir, name)
 

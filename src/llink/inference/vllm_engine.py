@@ -78,9 +78,9 @@ class VLLMBackend(LLINKBackend):
     """
 
     def __init__(self, model: Any, name: str, engine: Engine,
-                 sampling_params: Callable[..., Any], embeds_dtype: torch.dtype | None = None
-                 ) -> None:
-        super().__init__(model, name)
+                 sampling_params: Callable[..., Any], embeds_dtype: torch.dtype | None = None,
+                 slot_cache_size: int = 256) -> None:
+        super().__init__(model, name, slot_cache_size)
         self.engine = engine
         self.sampling_params = sampling_params
         self.embeds_dtype = embeds_dtype
@@ -88,7 +88,7 @@ class VLLMBackend(LLINKBackend):
 
     @classmethod
     def load(cls, folder: str, device: str = "auto", cache_dir: str | None = None,
-             name: str | None = None, dtype: str = "bfloat16",
+             name: str | None = None, dtype: str = "bfloat16", slot_cache_size: int = 256,
              **engine_kwargs: Any) -> VLLMBackend:
         """The backend of an ``llink export`` folder: the vLLM engine on its ``decoder/``
         (``dtype``, ``engine_kwargs``: vLLM ``LLM`` arguments), the rest on ``device``."""
@@ -105,7 +105,7 @@ class VLLMBackend(LLINKBackend):
                           dtype=dtype, gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
                           **engine_kwargs)
         return cls(model, name or Path(folder).resolve().name, engine, vllm.SamplingParams,
-                   getattr(torch, dtype))
+                   getattr(torch, dtype), slot_cache_size)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "engine": "vllm"}
