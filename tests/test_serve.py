@@ -14,6 +14,7 @@ import pytest
 
 from llink.inference.serve import (
     Backend,
+    ChatJob,
     HFBackend,
     LLINKBackend,
     LLINKServer,
@@ -567,6 +568,29 @@ def test_plain_hf_model(tiny_decoder_dir):
         assert answer(results[0][1]) == answer(results[1][1]) == single
         assert results[2][1]["llink"]["task"] == "translate_to_english"
         assert srv.generate_calls == 1 + 2  # the single chat, then max_tokens 5 and 4
+
+
+def test_plain_hf_prefix_cache_changes_no_answer(tiny_decoder_dir):
+    """The template head's KV comes from the cache: the same greedy answers (and token
+    counts) as without it, for chats that share the whole head and one that does not."""
+    loaded = HFBackend.load(str(tiny_decoder_dir), device="cpu", served_name="tiny-lm")
+    off = HFBackend(loaded.model, loaded.tokenizer, "tiny-lm", prefix_cache_size=0)
+    assert loaded.template_head and loaded.template_head == off.template_head
+    jobs = [ChatJob((("user", "Open the file menu."),), 8),
+            ChatJob((("user", "Save it."),), 8),
+            ChatJob((("system", "Be brief."), ("user", "Close the window.")), 8)]
+
+    def run(backend: HFBackend, batch: list[ChatJob]) -> list[tuple[str, int, int]]:
+        done = backend.generate(batch, [backend.prepare(j) for j in batch])
+        return [(c.text, c.prompt_tokens, c.completion_tokens) for c in done]
+
+    want = [run(off, [j])[0] for j in jobs]
+    assert run(loaded, jobs[:2]) == want[:2]  # one batch sharing the head
+    assert run(loaded, jobs) == want  # a system turn of its own: a shorter shared prefix
+    assert run(loaded, [jobs[1]]) == [want[1]]
+    stats = loaded.describe()["prefix_cache"]
+    assert stats["hits"] >= 1 and stats["entries"] == 2
+    assert off.describe()["prefix_cache"] is None
 
 
 def test_plain_hf_usage_counts_are_exact(tiny_decoder_dir, monkeypatch):

@@ -617,12 +617,19 @@ class LLINKBackend:
 
 
 class HFBackend:
-    """A plain Hugging Face causal LM with its chat template."""
+    """A plain Hugging Face causal LM with its chat template.
+
+    Like the LLINK backend it reuses the KV of the template's opening (a default system
+    turn and the user turn's header, what every one-turn chat starts with): computed once
+    (``prefix_cache_size`` prefixes kept; 0: off), copied into each batch."""
 
     kind = "hf"
     needs_foreign = False
 
-    def __init__(self, model: Any, tokenizer: Any, name: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, name: str, prefix_cache_size: int = 16
+                 ) -> None:
+        from llink.backbones.prefix_cache import PrefixCache
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
@@ -632,6 +639,15 @@ class HFBackend:
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = {int(e) for e in [*eos, tokenizer.eos_token_id] if e is not None}
+        self.prefix_cache = PrefixCache(prefix_cache_size) if prefix_cache_size else None
+        self.template_head = self._template_head()
+
+    def _template_head(self) -> list[int]:
+        """The tokens every one-turn chat's prompt starts with (two chats' common start)."""
+        a, b = (self.prepare(ChatJob((("user", text),), 1)).prompt for text in ("A", "Z"))
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                 min(len(a), len(b)))
+        return a[:n]
 
     @classmethod
     def load(
@@ -660,7 +676,9 @@ class HFBackend:
         return cls(model, tokenizer, served_name or default)
 
     def describe(self) -> dict[str, Any]:
-        return {"device": str(self.model.device), "chat_template": self.templated}
+        cache = self.prefix_cache.stats() if self.prefix_cache is not None else None
+        return {"device": str(self.model.device), "chat_template": self.templated,
+                "prefix_cache": cache, "template_head_tokens": len(self.template_head)}
 
     def render(self, job: ChatJob) -> str:
         """The prompt text: the conversation (last user turn = LLINK instruction if foreign)."""
@@ -692,16 +710,37 @@ class HFBackend:
         import torch
         from transformers import StoppingCriteriaList
 
+        from llink.backbones.prefix_cache import (
+            cache_argument,
+            prefill,
+            prefixed_batch,
+            shared_length,
+        )
         from llink.method.inject import pad_batch
 
         pad = int(self.tokenizer.pad_token_id)
-        ids, mask = pad_batch([p.prompt for p in prepared], pad, side="left")
-        steps = _Steps(ids.shape[1], _streaming(jobs), self._text, self.eos_ids, on_text)
+        prompts = [p.prompt for p in prepared]
         dev = self.model.device
+        n = 0
+        if self.prefix_cache is not None and self.template_head:
+            n = shared_length(self.template_head, prompts)
+        cached: dict[str, Any] = {}
+        if n:  # [shared head][left padding][own tokens]; the head's KV comes from the cache
+            ids, mask = prefixed_batch(prompts, n, pad)
+            head = ids[:1, :n].to(dev)
+            embed = self.model.get_input_embeddings()
+            kv = self.prefix_cache.copy_for(
+                tuple(prompts[0][:n]), len(prompts),
+                lambda: prefill(self.model.get_decoder(), embed(head)))
+            cached = {cache_argument(self.model): kv}
+        else:
+            ids, mask = pad_batch(prompts, pad, side="left")
+        steps = _Steps(ids.shape[1], _streaming(jobs), self._text, self.eos_ids, on_text)
         with torch.no_grad(), seeded(jobs[0].seed, dev):
             out = self.model.generate(
                 input_ids=ids.to(dev),
                 attention_mask=mask.to(dev),
+                **cached,
                 max_new_tokens=jobs[0].max_tokens,
                 num_beams=1,
                 pad_token_id=pad,
