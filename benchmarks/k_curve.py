@@ -21,7 +21,7 @@ from benchmarks.compare_gen import pool_outputs
 from llink.eval.generation import score_systems
 from llink.eval.numbers import numeric_fidelity
 
-RUN_NAME = re.compile(r"^(pooled|tokens|all_tokens)-k(\d+)$")
+RUN_NAME = re.compile(r"^(pooled|tokens|all_tokens)-k(\d+)(?:-s(\d+))?$")
 #: the row the others are tested against (the shipped default's design)
 REFERENCE = "tokens-k8"
 
@@ -31,9 +31,12 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def curve_runs(root: Path) -> list[Path]:
-    """Run folders named ``<source>-k<K>``, by source then K."""
-    runs = [p for p in root.iterdir() if p.is_dir() and RUN_NAME.match(p.name)]
-    return sorted(runs, key=lambda p: (RUN_NAME.match(p.name)[1], int(RUN_NAME.match(p.name)[2])))
+    """Run folders named ``<source>-k<K>[-s<seed>]``, by source, K, then seed."""
+    def key(p: Path) -> tuple[str, int, int]:
+        m = RUN_NAME.match(p.name)
+        return m[1], int(m[2]), int(m[3] or 0)
+
+    return sorted((p for p in root.iterdir() if p.is_dir() and RUN_NAME.match(p.name)), key=key)
 
 
 def _pvalues(res: dict[str, Any], metric: str = "chrf") -> dict[str, float]:
@@ -64,11 +67,12 @@ def measure(root: Path) -> dict[str, Any]:
     p = _pvalues(gen) if gen else {}
     rows = {}
     for run in runs:
-        source, k = RUN_NAME.match(run.name).groups()
+        source, k, seed = RUN_NAME.match(run.name).groups()
         summ = _json(run / "stage_b.summary.json")
         test = _json(run / "eval" / "nll.json")
         udhr = _json(run / "eval" / "nll-udhr-en-km.json")
-        row: dict[str, Any] = {"source": source, "K": int(k), "slot_tokens": int(k) + 2}
+        row: dict[str, Any] = {"source": source, "K": int(k), "slot_tokens": int(k) + 2,
+                               "seed": int(seed) if seed else None}
         if summ:
             row["dev_nll"] = summ["dev_final"]["nll_injected"]
             row["dev_gap"] = summ["dev_final"]["usage_gap"]
@@ -99,15 +103,16 @@ def markdown(res: dict[str, Any]) -> str:
              f"chrF on {res['gen_n']} held-out test items (hash sample), greedy, 48 new tokens; "
              f"p: paired bootstrap against {res['reference']} (1,000 resamples). NLL gap = "
              "ablated − injected answer NLL per token (test: 256 pairs; UDHR: 47 paragraphs).",
-             "", "| slots | K | decoder tokens | dev NLL | test NLL / gap | UDHR NLL / gap | "
-             "chrF (95% CI) | p | numbers kept | chrF, items with numbers | train min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| slots | K | Stage B seed | decoder tokens | dev NLL | test NLL / gap | "
+             "UDHR NLL / gap | chrF (95% CI) | p | numbers kept | chrF, items with numbers | "
+             "train min |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["runs"].items():
         ci = f" ({r['chrf_ci'][0]:.2f}–{r['chrf_ci'][1]:.2f})" if r.get("chrf_ci") else ""
         kept = (f"{r['numbers_kept']}/{r['numbers_n']}" if r.get("numbers_n") else "–")
         pv = "" if name == res["reference"] else _f(r, "p_vs_reference")
         lines.append(
-            f"| {r['source']} | {r['K']} | {r['slot_tokens']} | {_f(r, 'dev_nll')} | "
+            f"| {r['source']} | {r['K']} | {r['seed'] or 'default'} | {r['slot_tokens']} | "
+            f"{_f(r, 'dev_nll')} | "
             f"{_f(r, 'test_nll')} / {_f(r, 'test_gap')} | {_f(r, 'udhr_nll')} / "
             f"{_f(r, 'udhr_gap')} | {_f(r, 'chrf', '.2f')}{ci} | {pv} | {kept} | "
             f"{_f(r, 'numbers_chrf', '.2f')} | {_f(r, 'train_min', '.1f')} |")

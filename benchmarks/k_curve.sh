@@ -11,6 +11,8 @@
 #   bash benchmarks/k_curve.sh                      # trains everything (~2.5 h on 2 cores)
 #   MAIN=runs/default bash benchmarks/k_curve.sh    # reuses a main-job run as tokens-k8
 #   KS="1 8 16" bash benchmarks/k_curve.sh          # a subset of K
+#   SEED=2 KS=8 bash benchmarks/k_curve.sh          # Stage B again with another seed
+#       (runs <source>-k<K>-s2, on the same Stage A): how far one run can be trusted
 # Extra arguments are overrides for every run. Finished steps are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,8 @@ for k in $KS; do
     log "Stage A K=$k"; llink train stage-a run_dir="$OUT/a-k$k" model.num_slots="$k"
   fi
   for src in $SOURCES; do
-    run="$OUT/$src-k$k"; set=(model.num_slots="$k" model.slot_source="$src" run_dir="$run")
+    run="$OUT/$src-k$k${SEED:+-s$SEED}"
+    set=(model.num_slots="$k" model.slot_source="$src" run_dir="$run" ${SEED:+seed=$SEED})
     mkdir -p "$run"
     [ -d "$run/stage_a" ] || cp -r "$OUT/a-k$k/stage_a" "$run/stage_a"
     if [ ! -f "$run/stage_b/llink.json" ]; then

@@ -29,8 +29,10 @@ def test_k_curve_rows_by_source_and_k_with_numbers_and_p(tmp_path):
     _run(tmp_path, "pooled-k16", ["Open it", "Save pages", "Close the window", "Print copies"],
          dev=3.9, gap=0.8)
     _run(tmp_path, "pooled-k2", ["x", "y", "z", "w"], dev=4.1)
+    _run(tmp_path, "pooled-k2-s2", ["x", "y", "z", "Print"], dev=4.0)
     (tmp_path / "a-k8").mkdir()  # Stage A folders are not rows
-    assert [p.name for p in curve_runs(tmp_path)] == ["pooled-k2", "pooled-k16", "tokens-k8"]
+    assert [p.name for p in curve_runs(tmp_path)] == ["pooled-k2", "pooled-k2-s2", "pooled-k16",
+                                                      "tokens-k8"]
     res = measure(tmp_path)
     rows = res["runs"]
     assert rows["tokens-k8"]["numbers_kept"] == 3 and rows["pooled-k16"]["numbers_kept"] == 0
@@ -41,6 +43,9 @@ def test_k_curve_rows_by_source_and_k_with_numbers_and_p(tmp_path):
     assert 0 < rows["pooled-k2"]["p_vs_reference"] <= 0.5
     md = markdown(res).splitlines()
     body = [line for line in md if line.startswith("| pooled") or line.startswith("| tokens")]
-    assert [line.split(" | ")[:2] for line in body] == [["| pooled", "2"], ["| pooled", "16"],
-                                                       ["| tokens", "8"]]
-    assert "3/3" in body[2]  # the third reference has no number and "– / –" in body[0]
+    assert [line.split(" | ")[:3] for line in body] == [
+        ["| pooled", "2", "default"], ["| pooled", "2", "2"], ["| pooled", "16", "default"],
+        ["| tokens", "8", "default"]]
+    assert rows["pooled-k2-s2"]["seed"] == 2 and rows["pooled-k2"]["seed"] is None
+    assert "3/3" in body[3]  # the third reference has no number
+    assert "– / –" in body[0]
