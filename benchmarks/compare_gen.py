@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llink.eval.generation import read_outputs, score_by_group, score_systems
+from llink.eval.generation import input_dependence, read_outputs, score_by_group, score_systems
 from llink.eval.numbers import numeric_fidelity
 
 #: generation pools: folder under eval/ → title
@@ -123,7 +123,9 @@ def gen_rows(runs: list[Path], pool: str) -> tuple[list[str], dict[str, Any]]:
         v = p.get((a, b, "chrf"), p.get((b, a, "chrf")))
         return "" if v is None or a == b else f"{v:.3f}"
 
-    head = ["system", "chrF", "95% CI", "BLEU", *(f"{g} chrF (n={by[g]['n']})" for g in by),
+    dep = {n: input_dependence(o, refs) for n, o in outs.items()}
+    head = ["system", "chrF", "95% CI", "BLEU", "margin (p)", "top share",
+            *(f"{g} chrF (n={by[g]['n']})" for g in by),
             "p vs default", "p vs baseline", "p vs base"]
     lines = [f"{POOLS.get(pool, pool)}: {len(refs)} items, greedy, 48 new tokens; paired "
              "bootstrap (1,000 resamples)", "",
@@ -132,12 +134,14 @@ def gen_rows(runs: list[Path], pool: str) -> tuple[list[str], dict[str, Any]]:
     for n in order:
         s = res["systems"][n]
         cells = [n, f"{s['chrf']:.2f}", f"{s['chrf_ci'][0]:.2f}–{s['chrf_ci'][1]:.2f}",
-                 f"{s['bleu']:.2f}", *(f"{by[g]['systems'][n]['chrf']:.2f}" for g in by),
+                 f"{s['bleu']:.2f}", f"{dep[n]['margin']:+.2f} (p {dep[n]['p_value']:.3f})",
+                 f"{dep[n]['top_share']:.2f}",
+                 *(f"{by[g]['systems'][n]['chrf']:.2f}" for g in by),
                  pval(n, "default") if "default" in outs else "",
                  pval(n, "baseline") if "baseline" in outs else "",
                  pval(n, "base") if "base" in outs else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    out: dict[str, Any] = {"n": len(refs), **res, "by_source": by}
+    out: dict[str, Any] = {"n": len(refs), **res, "input_dependence": dep, "by_source": by}
     if pool == "gen-numbers":
         num = numeric_fidelity(refs, outs, groups)
         out["numbers"] = num

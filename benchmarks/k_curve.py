@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compare_gen import pool_outputs
-from llink.eval.generation import score_systems
+from llink.eval.generation import input_dependence, score_systems
 from llink.eval.numbers import numeric_fidelity
 
 RUN_NAME = re.compile(r"^(pooled|tokens|all_tokens)-k(\d+)(?:-s(\d+))?$")
@@ -83,8 +83,11 @@ def measure(root: Path) -> dict[str, Any]:
                 row[f"{key}_n"] = d["examples"]
         if run.name in gen.get("systems", {}):
             s = gen["systems"][run.name]
+            dep = input_dependence(outs[run.name], refs)
             row.update(chrf=s["chrf"], chrf_ci=s["chrf_ci"], bleu=s["bleu"],
-                       p_vs_reference=p.get(run.name))
+                       p_vs_reference=p.get(run.name), margin=dep["margin"],
+                       margin_p=dep["p_value"], top_share=dep["top_share"],
+                       distinct=dep["distinct"])
         if run.name in num.get("systems", {}):
             s = num["systems"][run.name]
             row.update(numbers_kept=s["hits"], numbers_n=num["n_with_numbers"],
@@ -104,8 +107,9 @@ def markdown(res: dict[str, Any]) -> str:
              f"p: paired bootstrap against {res['reference']} (1,000 resamples). NLL gap = "
              "ablated − injected answer NLL per token (test: 256 pairs; UDHR: 47 paragraphs).",
              "", "| slots | K | Stage B seed | decoder tokens | dev NLL | test NLL / gap | "
-             "UDHR NLL / gap | chrF (95% CI) | p | numbers kept | chrF, items with numbers | "
-             "train min |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "UDHR NLL / gap | chrF (95% CI) | p | margin (p) | top share | numbers kept | "
+             "chrF, items with numbers | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in res["runs"].items():
         ci = f" ({r['chrf_ci'][0]:.2f}–{r['chrf_ci'][1]:.2f})" if r.get("chrf_ci") else ""
         kept = (f"{r['numbers_kept']}/{r['numbers_n']}" if r.get("numbers_n") else "–")
@@ -114,10 +118,15 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r['source']} | {r['K']} | {r['seed'] or 'default'} | {r['slot_tokens']} | "
             f"{_f(r, 'dev_nll')} | "
             f"{_f(r, 'test_nll')} / {_f(r, 'test_gap')} | {_f(r, 'udhr_nll')} / "
-            f"{_f(r, 'udhr_gap')} | {_f(r, 'chrf', '.2f')}{ci} | {pv} | {kept} | "
+            f"{_f(r, 'udhr_gap')} | {_f(r, 'chrf', '.2f')}{ci} | {pv} | {_f(r, 'margin', '+.2f')} ({_f(r, 'margin_p')}) | "
+            f"{_f(r, 'top_share', '.2f')} | {kept} | "
             f"{_f(r, 'numbers_chrf', '.2f')} | {_f(r, 'train_min', '.1f')} |")
     lines += ["", "decoder tokens: the K slots and the two `<foreign>` markers; the literals "
-              "line (numbers, Latin words) is the same for every K."]
+              "line (numbers, Latin words) is the same for every K. margin: chrF minus chrF "
+              "of the same outputs against other items' references (what reading the input "
+              "adds; 0 for a constant output); top share: the most common output's share.",
+              "p compares items (bootstrap over the test sample), not training runs: see the "
+              "seed rows for how far one run moves."]
     return "\n".join(lines) + "\n"
 
 

@@ -79,6 +79,10 @@ def test_gen_writes_outputs_scores_and_paired_tests(run):
         assert p["b_score"] == pytest.approx(scores[p["b"]][p["metric"]])
         assert p["delta"] == pytest.approx(p["a_score"] - p["b_score"])
     assert res["settings"]["max_new_tokens"] == 8
+    for name in systems:  # how much each system's chrF depends on its input
+        dep = saved["input_dependence"][name]
+        assert dep["chrf"] == pytest.approx(saved["systems"][name]["chrf"])
+        assert dep["margin"] == pytest.approx(dep["chrf"] - dep["chrf_other_references"])
     # the ablated prompt is the same for every item, so its output is too
     abl = [json.loads(x)["output"] for x in (ev / "gen" / "ablated.jsonl").read_text().splitlines()]
     assert len(set(abl)) == 1

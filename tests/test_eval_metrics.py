@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from llink.eval.generation import GenItem, generate_outputs, read_outputs, score_systems
+from llink.eval.generation import (
+    GenItem,
+    generate_outputs,
+    input_dependence,
+    read_outputs,
+    score_systems,
+)
 from llink.eval.numbers import extract_numbers, normalise_number, numeric_fidelity
 from llink.eval.tokens import token_budget
 
@@ -41,6 +47,25 @@ def test_disjoint_characters_score_zero_and_paired_test_separates_systems():
     p = pairs[("good", "half", "chrf")]
     assert p["delta"] == pytest.approx(p["a_score"] - p["b_score"]) and p["delta"] > 0
     assert p["p_value"] < 0.05
+
+
+def test_input_dependence_tells_a_reading_system_from_a_constant_one():
+    refs = REFS[:12]
+    generic = "Select the file to save in the current document."
+    exact = input_dependence(refs, refs)
+    constant = input_dependence([generic] * 12, refs)
+    # the perfect system loses most of its chrF against other items' references
+    assert exact["chrf"] == pytest.approx(100.0) and exact["margin"] > 60
+    assert exact["distinct"] == 1.0 and exact["top_share"] == pytest.approx(1 / 12)
+    # the constant one scores the same against any re-pairing: margin 0, one output
+    assert constant["chrf"] > 5 and constant["margin"] == pytest.approx(0.0, abs=1e-9)
+    assert (constant["distinct"], constant["top_share"], constant["top"]) == (1 / 12, 1.0, generic)
+    assert constant["shuffles"] == 5
+    assert exact["p_value"] < 0.05 and constant["p_value"] > 0.5
+    # scored against references rotated by a seeded offset: never an item's own
+    assert input_dependence(refs, refs, seed=1)["chrf_other_references"] < 40
+    with pytest.raises(ValueError, match="12 outputs for 11 references"):
+        input_dependence(refs, refs[:11])
 
 
 def test_generation_file_resumes_and_keeps_index_order(tmp_path):

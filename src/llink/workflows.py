@@ -30,6 +30,7 @@ from llink.eval.generation import (
     format_gen_table,
     format_group_chrf,
     generate_outputs,
+    input_dependence,
     read_outputs,
     score_by_group,
     score_systems,
@@ -733,6 +734,7 @@ def evaluate_generation(
                      "llink_model": str(model_dir), "baseline_model": str(baseline_dir),
                      **scores.pop("scoring")},
         **scores,
+        "input_dependence": {name: input_dependence(outs, refs) for name, outs in outputs.items()},
         "by_source": by_source,
         **({"by_lang": by_lang} if by_lang else {}),
     }

@@ -157,6 +157,57 @@ def score_systems(
     return {"systems": {n: systems[n] for n in names}, "paired": paired, "scoring": settings}
 
 
+#: fixed re-pairings of outputs with other items' references in :func:`input_dependence`
+SHUFFLES = 5
+
+
+def input_dependence(
+    outputs: Sequence[str], references: Sequence[str], shuffles: int = SHUFFLES, seed: int = 0,
+    n_samples: int = BOOTSTRAP_SAMPLES,
+) -> dict[str, Any]:
+    """How much of a system's chrF comes from reading its input.
+
+    Corpus chrF pays for generic English: one fixed sentence repeated for every item can
+    score as much as a system (on the main job's sample, "Select the file to be saved in
+    the current document." scores 14.9). So each system is also scored against the
+    references of *other* items (``shuffles`` fixed re-pairings, each a rotation by a
+    seeded offset, so no output meets its own reference; averaged): ``margin`` = chrF
+    against its own references minus that. An input-blind system has margin 0 whatever its
+    chrF. ``p_value``: sacrebleu's paired bootstrap test (``n_samples`` resamples) of the
+    outputs against the first re-pairing (corpus chrF sums per-item statistics, so scoring
+    rotated references equals scoring rotated outputs against the true ones): small when
+    the system reads its input. ``distinct`` is the fraction of different outputs,
+    ``top_share`` how many items got the most common one (``top``)."""
+    import random
+    from collections import Counter
+
+    n = len(outputs)
+    if n != len(references):
+        raise ValueError(f"{n} outputs for {len(references)} references")
+    outs, refs = list(outputs), list(references)
+    chrf = _metrics()["chrf"]
+    own = float(chrf.corpus_score(outs, [refs]).score)
+    rng = random.Random(seed)
+    rotations = [rng.randrange(1, n) for _ in range(shuffles if n > 1 else 0)]
+    # output i meets reference i + k: the outputs rotated by -k against the true references
+    others = [float(chrf.corpus_score(outs[-k:] + outs[:-k], [refs]).score) for k in rotations]
+    p_value = float("nan")
+    if rotations and n_samples:
+        k = rotations[0]
+        other = outs[-k:] + outs[:-k]
+        if other == outs:  # an input-blind system: nothing to test (sacrebleu says 0.001)
+            p_value = 1.0
+        else:
+            test = score_systems({"own": outs, "other": other}, refs, n_samples)
+            p_value = next(r["p_value"] for r in test["paired"] if r["metric"] == "chrf")
+    shuffled = sum(others) / len(others) if others else float("nan")
+    top, count = Counter(outs).most_common(1)[0] if n else ("", 0)
+    return {"chrf": own, "chrf_other_references": shuffled, "margin": own - shuffled,
+            "shuffles": len(others), "p_value": p_value,
+            "distinct": len(set(outs)) / n if n else 0.0,
+            "top_share": count / n if n else 0.0, "top": top}
+
+
 def score_by_group(
     outputs: dict[str, list[str]], references: list[str], groups: Sequence[str],
     n_samples: int = BOOTSTRAP_SAMPLES,
@@ -206,6 +257,15 @@ def format_gen_table(result: dict[str, Any]) -> str:
     for p in result["paired"]:
         lines.append(f"  {p['a']} vs {p['b']} {p['metric']}: {p['a_score']:.2f} vs "
                      f"{p['b_score']:.2f} (delta {p['delta']:+.2f}, p = {p['p_value']:.4f})")
+    if result.get("input_dependence"):
+        lines.append("Input dependence: chrF against other items' references (the same "
+                     "outputs, re-paired), margin = own - other; distinct outputs; the most "
+                     "common output's share")
+        for name, d in result["input_dependence"].items():
+            lines.append(f"  {name:<10} other {d['chrf_other_references']:6.2f}  margin "
+                         f"{d['margin']:+6.2f} (p = {d['p_value']:.3f})  distinct "
+                         f"{d['distinct']:.2f}  top "
+                         f"{d['top_share']:.2f} {d['top'][:50]!r}")
     if result.get("by_source"):
         lines.append(format_group_chrf(result["by_source"], "chrF per source (95% CI):",
                                        "source"))
