@@ -1,6 +1,7 @@
 """Tables comparing the runs of ``benchmarks/slot_variants.sh`` (or any folder of runs).
 
     python -m benchmarks.compare_gen runs/variants [--out benchmarks/results/slot_variants.md]
+        [--constant "A fixed sentence."]   # also score one sentence written for every item
 
 Reads what the runs saved (nothing is recomputed but the scores): Stage A retrieval on
 the test pool and the out-of-domain UDHR pool (``eval/retrieval*.json``), Stage B's dev
@@ -110,11 +111,15 @@ def pool_outputs(runs: list[Path], pool: str) -> tuple[list[str], list[str], dic
     return refs, groups, {n: [r[i]["output"] for i in common] for n, r in found.items()}
 
 
-def gen_rows(runs: list[Path], pool: str) -> tuple[list[str], dict[str, Any]]:
-    """chrF / BLEU with intervals, per source chrF, paired p against the baseline and base."""
+def gen_rows(runs: list[Path], pool: str, constant: str | None = None
+             ) -> tuple[list[str], dict[str, Any]]:
+    """chrF / BLEU with intervals, per source chrF, paired p against the baseline and base;
+    ``constant``: a row for that one sentence written for every item (a floor)."""
     refs, groups, outs = pool_outputs(runs, pool)
     if not outs:
         return [], {}
+    if constant:
+        outs["fixed sentence"] = [constant] * len(refs)
     res = score_systems(outs, refs)
     by = score_by_group(outs, refs, groups) if len(set(groups)) > 1 else {}
     p = {(r["a"], r["b"], r["metric"]): r["p_value"] for r in res["paired"]}
@@ -158,13 +163,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("root", help="folder of run folders (e.g. runs/variants)")
     ap.add_argument("--out", help="markdown file to write (and .json beside it)")
+    ap.add_argument("--constant", metavar="SENTENCE",
+                    help="also score this one sentence written for every item (a floor)")
     args = ap.parse_args()
     runs = sorted(p for p in Path(args.root).iterdir() if p.is_dir())
     md = [f"# Variants in {args.root}", "", "## Stage A retrieval", "", *retrieval_rows(runs),
           "", "## Stage B dev NLL", "", *stage_b_rows(runs)]
     data: dict[str, Any] = {}
     for pool in POOLS:
-        lines, res = gen_rows(runs, pool)
+        lines, res = gen_rows(runs, pool, args.constant)
         if lines:
             md += ["", f"## Generation: {POOLS[pool]}", "", *lines]
             data[pool] = res
