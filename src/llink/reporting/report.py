@@ -125,9 +125,18 @@ def _generation(run: RunFolder, img_dir: Path) -> list[Block]:
     if not g:
         return [Block("h2", "Generation quality"), _missing("generation", "llink eval gen")]
     out = [Block("h2", f"Generation quality ({g.get('n', '?')} test sentences)")]
-    rows = [[name, s.get("chrf"), s.get("chrf_ci"), s.get("bleu"), s.get("bleu_ci")]
+    dep = g.get("input_dependence") or {}
+    rows = [[name, s.get("chrf"), s.get("chrf_ci"), s.get("bleu"), s.get("bleu_ci"),
+             dep.get(name, {}).get("margin"), dep.get(name, {}).get("p_value"),
+             dep.get(name, {}).get("top_share")]
             for name, s in g.get("systems", {}).items()]
-    out.append(_table(["system", "chrF", "chrF 95% CI", "BLEU", "BLEU 95% CI"], rows, digits=2))
+    out.append(_table(["system", "chrF", "chrF 95% CI", "BLEU", "BLEU 95% CI", "input margin",
+                       "margin p", "top share"], rows, digits=2))
+    if dep:
+        out.append(Block("p", "Input margin: chrF minus chrF of the same outputs scored "
+                         "against other items' references (what reading the input adds; 0 "
+                         "for an output that ignores it). Top share: how many items got the "
+                         "system's most common output."))
     paired = g.get("paired") or []
     if paired:
         out.append(Block("h3", "Paired significance"))
