@@ -317,11 +317,15 @@ def _results(ev: Evidence, meta: dict[str, Any], run_dir: Path | None) -> list[B
         else:
             split = Path(str(g.get("settings", {}).get("split", tag))).name
             what = f"{_num(g.get('n'))} pairs of `{split}` (out of domain)"
+        dep = g.get("input_dependence") or {}
         out.append(Block("p", f"Translation to English, {what}: greedy decoding, sacrebleu "
-                              "chrF2 and BLEU with 95% bootstrap intervals."))
-        out.append(_table(["system", "chrF", "chrF 95% CI", "BLEU"],
+                              "chrF2 and BLEU with 95% bootstrap intervals; input margin: "
+                              "chrF minus chrF against other items' references (what reading "
+                              "the input adds, 0 for a fixed answer)."))
+        out.append(_table(["system", "chrF", "chrF 95% CI", "BLEU", "input margin"],
                           [[_SYSTEMS.get(name, name), _num(s.get("chrf"), 2),
-                            _ci(s.get("chrf_ci")), _num(s.get("bleu"), 2)]
+                            _ci(s.get("chrf_ci")), _num(s.get("bleu"), 2),
+                            _num(dep.get(name, {}).get("margin"), 2)]
                            for name, s in g.get("systems", {}).items()]))
     nums = _numbers(ev)
     if nums:
