@@ -72,6 +72,15 @@ def write_results(name: str, res: dict[str, Any], markdown: str, quick: bool = F
     (folder / f"{name}.md").write_text(markdown)
 
 
+def print_and_write(text: str, data: dict[str, Any], out: str | None) -> None:
+    """Print a markdown report; with ``out``, write it there and ``data`` as JSON beside it
+    (the quality-table scripts: ``compare_gen``, ``k_curve``)."""
+    print(text)
+    if out:
+        Path(out).write_text(text)
+        Path(out).with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+
+
 def model_dir(path: str | None) -> str:
     """The trained LLINK folder to benchmark: ``path``, or the quick-start run's."""
     folder = Path(path) if path else DEFAULT_MODEL

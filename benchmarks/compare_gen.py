@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import print_and_write
 from llink.eval.generation import input_dependence, read_outputs, score_by_group, score_systems
 from llink.eval.numbers import numeric_fidelity
 
@@ -176,10 +177,7 @@ def main() -> None:
             md += ["", f"## Generation: {POOLS[pool]}", "", *lines]
             data[pool] = res
     text = "\n".join(md) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    print_and_write(text, data, args.out)
 
 
 if __name__ == "__main__":

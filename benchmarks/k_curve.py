@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import print_and_write
 from benchmarks.compare_gen import pool_outputs
 from llink.eval.generation import input_dependence, score_systems
 from llink.eval.numbers import numeric_fidelity
@@ -137,10 +138,7 @@ def main() -> None:
     args = ap.parse_args()
     res = measure(Path(args.root))
     text = markdown(res)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
-        Path(args.out).with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    print_and_write(text, res, args.out)
 
 
 if __name__ == "__main__":
