@@ -41,7 +41,8 @@ def measure(overrides: list[str]) -> dict[str, Any]:
         return encoder_vectors(session.encoder, texts, root, cfg.stage_a.encoder_batch_size,
                                progress=False)
 
-    km_mean = vecs([p.foreign for p in splits.train]).mean(0)
+    train_km = vecs([p.foreign for p in splits.train])
+    km_mean = train_km.mean(0)
     en_mean = vecs([p.en for p in splits.train]).mean(0)
     wordnet = read_english(cfg.data, [*splits.dev, *splits.test])
     wn_mean = vecs(wordnet).mean(0)
@@ -64,8 +65,7 @@ def measure(overrides: list[str]) -> dict[str, Any]:
         "rows": rows,
         "pools": {k: len(v) for k, v in pools.items()},
         "train_pairs": len(splits.train), "wordnet_sentences": len(wordnet),
-        "mean_norm_over_row_norm": float(km_mean.norm() / vecs(
-            [p.foreign for p in splits.train]).norm(dim=1).mean()),
+        "mean_norm_over_row_norm": float(km_mean.norm() / train_km.norm(dim=1).mean()),
         "cos_khmer_mean_english_mean": float(cos(km_mean, en_mean, dim=0)),
         "encoder": cfg.model.encoder,
     }

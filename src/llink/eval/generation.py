@@ -188,13 +188,13 @@ def input_dependence(
     chrf = _metrics()["chrf"]
     own = float(chrf.corpus_score(outs, [refs]).score)
     rng = random.Random(seed)
-    rotations = [rng.randrange(1, n) for _ in range(shuffles if n > 1 else 0)]
     # output i meets reference i + k: the outputs rotated by -k against the true references
-    others = [float(chrf.corpus_score(outs[-k:] + outs[:-k], [refs]).score) for k in rotations]
+    rotated = [outs[-k:] + outs[:-k]
+               for k in (rng.randrange(1, n) for _ in range(shuffles if n > 1 else 0))]
+    others = [float(chrf.corpus_score(r, [refs]).score) for r in rotated]
     p_value = float("nan")
-    if rotations and n_samples:
-        k = rotations[0]
-        other = outs[-k:] + outs[:-k]
+    if rotated and n_samples:
+        other = rotated[0]
         if other == outs:  # an input-blind system: nothing to test (sacrebleu says 0.001)
             p_value = 1.0
         else:

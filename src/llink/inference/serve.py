@@ -644,10 +644,10 @@ class HFBackend:
 
     def _template_head(self) -> list[int]:
         """The tokens every one-turn chat's prompt starts with (two chats' common start)."""
+        from llink.backbones.prefix_cache import shared_length
+
         a, b = (self.prepare(ChatJob((("user", text),), 1)).prompt for text in ("A", "Z"))
-        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                 min(len(a), len(b)))
-        return a[:n]
+        return a[: shared_length(a, [b])]
 
     @classmethod
     def load(
