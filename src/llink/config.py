@@ -126,6 +126,9 @@ class StageBConfig:
     steps: int = 160
     micro_batch: int = 8
     grad_accum: int = 1
+    # random: each step draws its own batch | epoch: passes over the training examples
+    # (every example once per pass; one language)
+    sampling: str = "random"
     bridge_warmup_steps: int = 100  # LoRA frozen for these steps (0: LoRA from the start)
     lr_lora: float = 1e-4
     lr_bridge: float = 1e-3  # adapter + expander
@@ -388,6 +391,7 @@ CHOICES = {
     ("stage_a", "targets"): ("raw", "centred", "whitened"),
     ("model", "dtype"): ("float32", "bfloat16", "float16"),
     ("compute", "mixed_precision"): ("no", "bf16", "fp16"),
+    ("stage_b", "sampling"): ("random", "epoch"),
     ("stage_b", "contrast"): ("omit", "detached", "mismatch"),
     ("model", "slot_source"): ("pooled", "tokens", "all_tokens"),
     ("stage_a", "teacher_pooling"): ("foreign_emb", "mean"),

@@ -29,7 +29,7 @@ from llink.train import distributed as dist
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
 from llink.train.stage_b import RESUMABLE_CHANGES
-from llink.train.state import batch_indices, language_groups
+from llink.train.state import language_groups, step_batch
 from llink.train.trainer import BestDev, Parts, TrainingRun
 
 STAGE = "baseline"
@@ -164,7 +164,8 @@ def train_baseline(
         loss_sum = 0.0
         for micro in range(b.grad_accum):
             # the same examples per (step, micro-step) as Stage B draws
-            idx = batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17, groups)
+            idx = step_batch(b.sampling, n, b.micro_batch, cfg.seed, step, micro, b.grad_accum,
+                             groups)
             loss_sum += _micro_batch_backward(model, runner, train, idx, b.grad_accum)
         loss = dist.sum_floats({"loss": loss_sum / b.grad_accum})["loss"]
         grad_norm = runner.step(opt, params, b.grad_clip)

@@ -34,7 +34,7 @@ from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.loop import StepRunner, apply_decoder_options
 from llink.train.schedules import warmup_linear
-from llink.train.state import batch_indices, language_groups
+from llink.train.state import batch_indices, language_groups, step_batch
 from llink.train.trainer import BestDev, Parts, TrainingRun
 
 RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs"}
@@ -324,7 +324,8 @@ def train_stage_b(
             g["lr"] = group_lr(g, step, b)
         stats: dict[str, float] = {}
         for micro in range(b.grad_accum):
-            idx = dist.local_slice(batch_indices(n, b.micro_batch, cfg.seed, step, micro + 17, groups))
+            idx = dist.local_slice(step_batch(b.sampling, n, b.micro_batch, cfg.seed, step, micro,
+                                              b.grad_accum, groups))
             batch = collate([train.examples[i] for i in idx], pad)
             with runner.autocast():
                 loss, terms = _step_loss(

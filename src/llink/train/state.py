@@ -82,6 +82,35 @@ def batch_indices(
     return idx[torch.randperm(len(idx), generator=g)]
 
 
+def pass_indices(n: int, batch: int, seed: int, draw: int) -> torch.Tensor:
+    """Batch number ``draw`` of passes over ``n`` rows: each pass is its own seeded
+    permutation, so every row is seen once per pass; a batch that crosses the end of a
+    pass takes the rest from the next one. Stateless like :func:`batch_indices`."""
+    start = draw * batch
+    out, taken = [], 0
+    while taken < batch:
+        epoch, offset = divmod(start + taken, n)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * epoch + 1)
+        rows = torch.randperm(n, generator=g)[offset: offset + batch - taken]
+        out.append(rows)
+        taken += len(rows)
+    return torch.cat(out)
+
+
+def step_batch(
+    sampling: str, n: int, batch: int, seed: int, step: int, micro: int, grad_accum: int,
+    groups: Groups | None = None,
+) -> torch.Tensor:
+    """The rows of (step, micro-step): ``random`` (each draw its own random batch, with
+    language ``groups``) or ``epoch`` (passes over the rows, every row once per pass)."""
+    if sampling == "epoch":
+        if groups is not None:
+            raise ValueError("stage_b.sampling=epoch passes over one language's rows; "
+                             "with several languages use stage_b.sampling=random")
+        return pass_indices(n, batch, seed, step * grad_accum + micro)
+    return batch_indices(n, batch, seed, step, micro + 17, groups)
+
+
 def fixed_settings(stage_cfg: Any, may_change: set[str]) -> dict[str, Any]:
     """The settings of a stage that a resumed run must share (JSON-normalised)."""
     items = {k: v for k, v in dataclasses.asdict(stage_cfg).items() if k not in may_change}
