@@ -74,7 +74,7 @@ def test_baseline_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_d
     cfg = _cfg(root, tiny_encoder_dir, tiny_decoder_dir, run="cut")
     import llink.train.baseline as bl
 
-    real = bl.batch_indices
+    real = bl.step_batch
     calls = {"n": 0}
 
     def crash(*a, **k):
@@ -83,21 +83,21 @@ def test_baseline_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_d
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(bl, "batch_indices", crash)
+    monkeypatch.setattr(bl, "step_batch", crash)
     with pytest.raises(KeyboardInterrupt):
         run_baseline(Session(cfg, progress=False))
     # training reseeds every step, so a restart from 0 would end with the same weights:
     # the resumed run must take steps 4 to 11 (the checkpoint is of step 4), and only those
     steps = []
 
-    def record(n, batch, seed, step, micro=0, groups=None):
+    def record(sampling, n, batch, seed, step, micro, grad_accum, groups=None):
         steps.append(step)
-        return real(n, batch, seed, step, micro, groups)
+        return real(sampling, n, batch, seed, step, micro, grad_accum, groups)
 
-    monkeypatch.setattr(bl, "batch_indices", record)
+    monkeypatch.setattr(bl, "step_batch", record)
     capsys.readouterr()
     run_baseline(Session(cfg, progress=False), resume=True)
-    monkeypatch.setattr(bl, "batch_indices", real)
+    monkeypatch.setattr(bl, "step_batch", real)
     assert steps == list(range(4, 12))
     assert "resuming the baseline from step 4" in capsys.readouterr().out
     full = load_baseline(root / "run" / "baseline").lm.state_dict()

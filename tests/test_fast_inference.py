@@ -21,6 +21,8 @@ from llink.storage.checkpoints import CheckpointError
 
 from .reference import greedy_reference
 from .test_stage_b import (  # noqa: F401  (module fixtures: a tiny trained model)
+    model,
+    model_dir,
     stage_b_probe,
     trained,
 )
@@ -59,17 +61,7 @@ def assert_same(a: tuple[list[str], list[torch.Tensor]], b: tuple[list[str], lis
 
 
 @pytest.fixture(scope="module")
-def model_dir(trained):  # noqa: F811
-    return trained[3] / "run" / "stage_b"
-
-
-@pytest.fixture(scope="module")
-def model(model_dir, trained):  # noqa: F811
-    return LLINK.from_pretrained(str(model_dir), encoder=trained[1].encoder)
-
-
-@pytest.fixture(scope="module")
-def merged(model_dir, trained):  # noqa: F811
+def merged(model_dir, trained):
     return LLINK.from_pretrained(str(model_dir), encoder=trained[1].encoder, merge_lora=True)
 
 

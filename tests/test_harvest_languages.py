@@ -97,7 +97,7 @@ def test_dzongkha_help_alignment_keeps_ids_and_exposes_untranslated_paragraphs()
     assert dict(translated)[select].startswith("ཁྱོད་ཀྱིས་")
 
 
-def test_thai_langpack_alignment(trees: Path) -> None:  # noqa: F811
+def test_thai_langpack_alignment(trees: Path) -> None:
     english = trees / "firefox-esr" / FIREFOX
     pairs = dict(
         align_langpack(
@@ -121,7 +121,7 @@ def test_thai_langpack_alignment(trees: Path) -> None:  # noqa: F811
 class CountingArchive(FixtureArchive):
     """The fixture archive, counting what is fetched and how often Contents is searched."""
 
-    def __init__(self, trees: Path, one_search: bool = True) -> None:  # noqa: F811
+    def __init__(self, trees: Path, one_search: bool = True) -> None:
         super().__init__(trees)
         self.fetched: Counter[str] = Counter()
         self.searches = 0
@@ -148,7 +148,7 @@ class CountingArchive(FixtureArchive):
 
 
 def test_one_pass_fetches_each_package_once_and_writes_each_language(
-    trees: Path,  # noqa: F811
+    trees: Path,
     tmp_path: Path,
 ) -> None:
     archive = CountingArchive(trees)
@@ -194,7 +194,7 @@ def test_one_pass_fetches_each_package_once_and_writes_each_language(
 
 
 def test_an_archive_without_a_combined_search_is_searched_once_per_language(
-    trees: Path,  # noqa: F811
+    trees: Path,
 ) -> None:
     archive = CountingArchive(trees, one_search=False)
     patterns = {s.code: catalogue_path_re(s) for s in (language("km"), TH, DZ)}

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-from llink import LLINK
 from llink.cli import main
 from llink.inference.diagnostics import (
     WARN_UNUSED,
@@ -19,21 +18,13 @@ from llink.method.inject import UnknownTaskError
 
 from .reference import greedy_reference
 from .test_stage_b import (  # noqa: F401  (module fixtures: a tiny trained model)
+    model,
+    model_dir,
     stage_b_probe,
     trained,
 )
 
 KM = ["ខ្ញុំស្រឡាញ់គ្រួសាររបស់ខ្ញុំ។", "បើកម៉ឺនុយឯកសារ។", "បញ្ចូលស្លាយថ្មី។"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(trained):  # noqa: F811
-    return trained[3] / "run" / "stage_b"
-
-
-@pytest.fixture(scope="module")
-def model(model_dir, trained):  # noqa: F811
-    return LLINK.from_pretrained(str(model_dir), encoder=trained[1].encoder)
 
 
 def test_batched_generation_equals_one_at_a_time(model):

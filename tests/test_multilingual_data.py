@@ -185,7 +185,7 @@ def test_harvest_commands_pass_the_size_cap(monkeypatch, tmp_path):
     assert calls == [3_000_000, 3_000_000]
 
 
-def test_harvest_with_a_size_cap_writes_it_in_the_provenance(tmp_path, trees):  # noqa: F811
+def test_harvest_with_a_size_cap_writes_it_in_the_provenance(tmp_path, trees):
     import os
 
     from llink.data.harvest import harvest

@@ -145,7 +145,7 @@ def test_listen_backlog_covers_the_queue(stand_in):
     assert stand_in.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
 
 
-def test_100_simultaneous_requests_no_resets_same_answers(tiny_llink):  # noqa: F811
+def test_100_simultaneous_requests_no_resets_same_answers(tiny_llink):
     """100 connections at once against the tiny LLINK model: every one answered, each
     answer the one the same request gets alone (batched generation changes nothing)."""
     from llink.inference.serve import LLINKBackend
@@ -168,7 +168,7 @@ def test_burst_helper_reports_resets_as_resets():
 
 
 def test_bounded_load_with_merged_lora_and_caches_gives_the_sequential_answers(
-        tiny_llink):  # noqa: F811
+        tiny_llink):
     """A bounded run (8 clients, one request in flight each) against the tiny model served
     as llink serve serves it (prefix cache, slot cache): every answer is the one the same
     request gets alone."""

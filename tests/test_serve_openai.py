@@ -17,7 +17,7 @@ KEY = "k3y"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_llink):  # noqa: F811
+def server(tiny_llink):
     with serving(LLINKBackend(tiny_llink, "tiny-llink"), api_key=KEY, batch_wait_ms=5,
                  **LIMITS) as srv:
         yield srv
@@ -31,7 +31,7 @@ def ask(text: str, question: str = "") -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{question} <foreign>{text}</foreign>".strip()}]
 
 
-def test_models_and_chat_completion(server, tiny_llink):  # noqa: F811
+def test_models_and_chat_completion(server, tiny_llink):
     c = client(server)
     assert [m.id for m in c.models.list()] == ["tiny-llink"]
     resp = c.chat.completions.create(model="tiny-llink", messages=ask(FOREIGN[0]), max_tokens=8)

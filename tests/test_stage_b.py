@@ -77,6 +77,20 @@ def trained(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir, stage_b_probe)
     return cfg, session, summary, root
 
 
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    """The folder of the shared run's final model."""
+    return trained[3] / "run" / "stage_b"
+
+
+@pytest.fixture(scope="module")
+def model(model_dir, trained):
+    """The shared run's model loaded back (adapters kept), with the session's encoder."""
+    from llink import LLINK
+
+    return LLINK.from_pretrained(str(model_dir), encoder=trained[1].encoder)
+
 def _records(run):
     return [json.loads(x) for x in (run / "stage_b.metrics.jsonl").read_text().splitlines()]
 

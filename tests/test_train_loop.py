@@ -89,7 +89,7 @@ def _stage_b(tmp_path, enc, dec, pairs, run, monkeypatch, **over):
 
 
 def test_gradient_checkpointing_and_bf16_train_stage_b(tmp_path, tiny_encoder_dir,
-                                                       tiny_decoder_dir, pair_file,  # noqa: F811
+                                                       tiny_decoder_dir, pair_file,
                                                        monkeypatch):
     args = (tmp_path, tiny_encoder_dir, tiny_decoder_dir, pair_file)
     plain, plain_seen = _stage_b(*args, "plain", monkeypatch)

@@ -94,6 +94,28 @@ def prefixed_batch(prompts: Sequence[Sequence[int]], n: int, pad_id: int
     return ids, mask
 
 
+def prefix_cached_batch(
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    cache: PrefixCache | None,
+    prefix: Sequence[int] | None,
+    prefill_head: Callable[[torch.Tensor], DynamicCache],
+    key: Hashable = (),
+) -> tuple[torch.Tensor, torch.Tensor, DynamicCache | None]:
+    """A generate batch: ids [B, T] and mask laid out [shared prefix][left padding][own
+    tokens], and a copy of the KV of the part of ``prefix`` every prompt shares (None
+    without a cache, a prefix or a shared part: then plain left padding).
+    ``prefill_head(ids [1, n])`` computes that KV on a miss; the cache key is ``(key,
+    the shared ids)``, so ``key`` names anything else the KV depends on (adapters on/off)."""
+    n = shared_length(prefix, prompts) if cache is not None and prefix else 0
+    ids, mask = prefixed_batch(prompts, n, pad_id)
+    if n == 0 or cache is None:
+        return ids, mask, None
+    head = ids[:1, :n]
+    kv = cache.copy_for((key, tuple(prefix[:n])), len(prompts), lambda: prefill_head(head))
+    return ids, mask, kv
+
+
 def cache_argument(model: nn.Module) -> str:
     """The name under which ``model.forward`` / ``generate`` take a KV cache: ``cache``
     (transformers 5) or ``past_key_values`` (earlier)."""

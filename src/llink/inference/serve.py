@@ -710,31 +710,15 @@ class HFBackend:
         import torch
         from transformers import StoppingCriteriaList
 
-        from llink.backbones.prefix_cache import (
-            cache_argument,
-            prefill,
-            prefixed_batch,
-            shared_length,
-        )
-        from llink.method.inject import pad_batch
+        from llink.backbones.prefix_cache import cache_argument, prefill, prefix_cached_batch
 
         pad = int(self.tokenizer.pad_token_id)
-        prompts = [p.prompt for p in prepared]
         dev = self.model.device
-        n = 0
-        if self.prefix_cache is not None and self.template_head:
-            n = shared_length(self.template_head, prompts)
-        cached: dict[str, Any] = {}
-        if n:  # [shared head][left padding][own tokens]; the head's KV comes from the cache
-            ids, mask = prefixed_batch(prompts, n, pad)
-            head = ids[:1, :n].to(dev)
-            embed = self.model.get_input_embeddings()
-            kv = self.prefix_cache.copy_for(
-                tuple(prompts[0][:n]), len(prompts),
-                lambda: prefill(self.model.get_decoder(), embed(head)))
-            cached = {cache_argument(self.model): kv}
-        else:
-            ids, mask = pad_batch(prompts, pad, side="left")
+        embed = self.model.get_input_embeddings()
+        ids, mask, kv = prefix_cached_batch(  # the head's KV comes from the cache
+            [p.prompt for p in prepared], pad, self.prefix_cache, self.template_head,
+            lambda head: prefill(self.model.get_decoder(), embed(head.to(dev))))
+        cached: dict[str, Any] = {} if kv is None else {cache_argument(self.model): kv}
         steps = _Steps(ids.shape[1], _streaming(jobs), self._text, self.eos_ids, on_text)
         with torch.no_grad(), seeded(jobs[0].seed, dev):
             out = self.model.generate(

@@ -28,13 +28,7 @@ from torch import nn
 
 from llink.backbones.decoder import FrozenDecoder
 from llink.backbones.encoder import FrozenEncoder
-from llink.backbones.prefix_cache import (
-    PrefixCache,
-    cache_argument,
-    prefill,
-    prefixed_batch,
-    shared_length,
-)
+from llink.backbones.prefix_cache import PrefixCache, cache_argument, prefill, prefix_cached_batch
 from llink.method.bridge import (
     BagOfWordsHead,
     Projector,
@@ -50,7 +44,6 @@ from llink.method.inject import (
     PromptFormat,
     inject_slots,
     instruction_text,
-    pad_batch,
     slot_span,
 )
 from llink.method.literals import extract_literals
@@ -249,20 +242,12 @@ class PromptedDecoder(nn.Module):
                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Ids and mask of a generate batch, and the cached KV of the prefix its prompts
         share with ``prefix`` (as a generate argument; none without a prefix cache)."""
-        pad = int(self.tokenizer.pad_token_id)
-        n = 0
-        if self.prefix_cache is not None and prefix:
-            n = shared_length(prefix, prompts)
-        if n == 0:
-            ids, mask = pad_batch(prompts, pad, side="left")
-            return ids.to(self.device), mask.to(self.device), {}
-        ids, mask = prefixed_batch(prompts, n, pad)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        head = ids[:1, :n]
-        kv = self.prefix_cache.copy_for(
-            (base, tuple(prefix[:n])), len(prompts),
-            lambda: prefill(self._backbone(), self.embed(head, None)))
-        return ids, mask, {cache_argument(self.lm): kv}
+        ids, mask, kv = prefix_cached_batch(
+            prompts, int(self.tokenizer.pad_token_id), self.prefix_cache, prefix,
+            lambda head: prefill(self._backbone(), self.embed(head.to(self.device), None)),
+            key=base)
+        cached = {} if kv is None else {cache_argument(self.lm): kv}
+        return ids.to(self.device), mask.to(self.device), cached
 
     @torch.no_grad()
     def generate_from_ids(
