@@ -80,6 +80,7 @@ class Session:
     _encoder: FrozenEncoder | None = field(default=None, repr=False)
     _decoder: FrozenDecoder | None = field(default=None, repr=False)
     _splits: Splits | None = field(default=None, repr=False)
+    _encoder_mean: torch.Tensor | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # Under `torchrun` / `accelerate launch`: join the process group; only rank 0 shows bars.
@@ -228,12 +229,15 @@ ENCODER_CENTRED_ROW = "encoder cross-lingual, training mean removed (reference)"
 
 
 def training_encoder_mean(session: Session) -> torch.Tensor:
-    """Mean encoder vector of the training split's foreign sentences (cached features)."""
-    a = session.cfg.stage_a
-    vecs = encoder_vectors(session.encoder, [p.foreign for p in session.splits.train],
-                           features_root(session.cfg.features_cache), a.encoder_batch_size,
-                           session.progress, desc="encoder (training mean)")
-    return vecs.mean(0)
+    """Mean encoder vector of the training split's foreign sentences (cached features;
+    computed once per session)."""
+    if session._encoder_mean is None:
+        a = session.cfg.stage_a
+        vecs = encoder_vectors(session.encoder, [p.foreign for p in session.splits.train],
+                               features_root(session.cfg.features_cache), a.encoder_batch_size,
+                               session.progress, desc="encoder (training mean)")
+        session._encoder_mean = vecs.mean(0)
+    return session._encoder_mean
 
 
 def evaluate_retrieval(
