@@ -1,5 +1,6 @@
 """`llink eval gen|tokens|numbers` end to end on tiny models (all four systems)."""
 
+import dataclasses
 import json
 import shutil
 from collections import Counter
@@ -9,6 +10,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from llink.cli import main
+from llink.method.literals import extract_literals
 from llink.method.model import load_baseline, load_llink
 from llink.workflows import (
     Session,
@@ -193,3 +195,23 @@ def test_saved_outputs_follow_the_model_content_not_its_path(run, tmp_path, caps
     evaluate_generation(session, ["llink"], n=3, max_new_tokens=2, batch_size=3,
                         model_dir=moved / "stage_b")
     assert "discarding" not in capsys.readouterr().out
+
+
+def test_literal_bias_reaches_llinks_generation_and_is_recorded(run, tmp_path):
+    cfg, session, root = run
+    biased = Session(dataclasses.replace(session.cfg, run_dir=str(tmp_path / "biased")),
+                     progress=False)
+    biased._encoder, biased._decoder, biased._splits = (session._encoder, session._decoder,
+                                                        session._splits)
+    model_dir = root / "run" / "stage_b"
+    res = evaluate_generation(biased, ["llink"], n=6, max_new_tokens=6, batch_size=2,
+                              model_dir=model_dir, literal_bias=50.0)
+    assert res["settings"]["literal_bias"] == 50.0
+    saved = [json.loads(x) for x in
+             (tmp_path / "biased" / "eval" / "gen" / "llink.jsonl").read_text().splitlines()]
+    foreign = [it.source for it in gen_items(session, 6)]
+    assert any(extract_literals(t) for t in foreign)  # some items have literals to copy
+    model = load_llink(model_dir, encoder=session.encoder)
+    want = model.generate(foreign, max_new_tokens=6, literal_bias=50.0)
+    assert [r["output"] for r in saved] == want
+    assert want != model.generate(foreign, max_new_tokens=6)

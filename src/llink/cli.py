@@ -76,6 +76,17 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _literal_bias(text: str) -> float:
+    """``--literal-bias``: a finite number >= 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(x) or x < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return x
+
+
 def _gate_boost(text: str) -> float:
     """``--gate-boost``: the bounds the server applies to ``llink.gate_boost``."""
     try:
@@ -192,7 +203,9 @@ def cmd_eval_gen(args: argparse.Namespace) -> None:
                         max_new_tokens=args.max_new_tokens or e.max_new_tokens,
                         batch_size=args.batch_size or e.batch_size, model_dir=args.model,
                         baseline_dir=args.baseline, pairs_file=args.pairs,
-                        numbers_only=args.numbers)
+                        numbers_only=args.numbers,
+                        literal_bias=e.literal_bias if args.literal_bias is None
+                        else args.literal_bias)
 
 
 def cmd_eval_judge(args: argparse.Namespace) -> None:
@@ -322,7 +335,8 @@ def cmd_infer(args: argparse.Namespace) -> None:
     for w in check_inputs(texts, model.encoder.max_chars, task):
         print(f"llink: warning: {w}", file=sys.stderr)
     results = compare(model, texts, task, args.strict, args.gate_boost, args.question,
-                      args.max_new_tokens, with_diagnostics=args.compare)
+                      args.max_new_tokens, with_diagnostics=args.compare,
+                      literal_bias=args.literal_bias)
     for r in results:
         if args.json:
             print(json.dumps(r.to_dict(), ensure_ascii=False))
@@ -576,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"[0, {MAX_GATE_BOOST:g}] (1 = as trained, 0 = adapter off)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64,
                    help="answer length cap in tokens, >= 1 (default 64)")
+    p.add_argument("--literal-bias", type=_literal_bias, default=0.0, metavar="X",
+                   help="nudge the answer to copy the text's numbers and Latin words: add X "
+                   "to their next token's logit until written (default 0: off)")
     p.add_argument("--compare", action="store_true",
                    help="also show the output with slots ablated and the base decoder's")
     p = add(sub, "probe", cmd_probe,
@@ -622,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer length cap (default: eval.max_new_tokens, 48)")
     p.add_argument("--batch-size", type=_positive_int,
                    help="prompts per generate call (default: eval.batch_size, 32)")
+    p.add_argument("--literal-bias", type=_literal_bias, metavar="X",
+                   help="nudge LLINK to copy the text's numbers and Latin words: add X to "
+                   "their next token's logit until written (default: eval.literal_bias, 0)")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--baseline", metavar="DIR",
                    help="baseline folder (default: RUN_DIR/baseline)")

@@ -194,6 +194,9 @@ class EvalConfig:
     # (one decoder pass over every raw test text: the slowest row) and the Latin floor
     retrieval_baselines: bool = True
     max_new_tokens: int = 48
+    # > 0: LLINK's generation adds this to the logits of the foreign text's literals
+    # (numbers, Latin words) until they are written (llink.method.literals.LiteralBias)
+    literal_bias: float = 0.0
     batch_size: int = 32  # prompts per generate call
     baseline: bool = False  # also train the direct fine-tuning baseline and generate with it
     judge: str | None = None  # judge LM for `llink run` (e.g. offline:qwen2.5-coder-0.5b-instruct)
@@ -518,6 +521,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("eval", "gen_n"): _count(0),  # 0: skip generation
     ("eval", "nll_n"): _count(1),
     ("eval", "max_new_tokens"): _count(1),
+    ("eval", "literal_bias"): _NON_NEGATIVE,
     ("eval", "batch_size"): _count(1),
     ("eval", "judge_n"): _count(1),
     ("", "seed"): Range(0, 2**32 - 1, integer=True),

@@ -409,13 +409,15 @@ def _main_evaluations(session: Session) -> dict[str, Any]:
     if e.baseline and "baseline" not in systems:
         systems.append("baseline")
     out["gen"] = evaluate_generation(session, systems, n=e.gen_n,
-                                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+                                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                                     literal_bias=e.literal_bias)
     out["numbers"] = evaluate_numbers(session, systems)
     ood = ood_pairs_file(session.cfg)
     if ood:
         out["gen_ood"] = evaluate_generation(session, ["llink", "base"], pairs_file=ood,
                                              max_new_tokens=e.max_new_tokens,
-                                             batch_size=e.batch_size)
+                                             batch_size=e.batch_size,
+                                             literal_bias=e.literal_bias)
     if e.judge:
         for other in [s for s in systems if s != "llink"]:
             out[f"judge_llink_vs_{other}"] = evaluate_judge(session, "llink", other,
@@ -659,6 +661,7 @@ def evaluate_generation(
     baseline_dir: str | Path | None = None,
     pairs_file: str | None = None,
     numbers_only: bool = False,
+    literal_bias: float = 0.0,
 ) -> dict[str, Any]:
     """Generate on the test items for each system (resumable), score chrF/BLEU, write gen.json.
 
@@ -669,6 +672,8 @@ def evaluate_generation(
     ``numbers_only`` keeps the test items whose reference has a number (the first ``n`` of
     them in hash order), for numeric fidelity with a useful interval: written to
     ``eval/gen-numbers.json`` (with the fidelity figures) and ``eval/gen-numbers/``.
+    ``literal_bias`` > 0: LLINK's generation is nudged to copy each text's literals
+    (:class:`~llink.method.literals.LiteralBias`).
     """
     cfg = session.cfg
     unknown = [s for s in systems if s not in GEN_SYSTEMS]
@@ -708,7 +713,8 @@ def evaluate_generation(
 
     task = "translate_to_english"
     makers = {
-        "llink": (model_dir, lambda xs: llink().generate(xs, task, max_new_tokens=max_new_tokens)),
+        "llink": (model_dir, lambda xs: llink().generate(xs, task, max_new_tokens=max_new_tokens,
+                                                         literal_bias=literal_bias)),
         "base": (model_dir, lambda xs: llink().generate_base(xs, task,
                                                              max_new_tokens=max_new_tokens)),
         "baseline": (baseline_dir, lambda xs: baseline().generate_raw(
@@ -723,6 +729,8 @@ def evaluate_generation(
         settings = {"system": name, **model_identity(name, model_dir, baseline_dir),
                     "task": task, "max_new_tokens": max_new_tokens,
                     "decoding": "greedy, no_repeat_ngram_size 3, batched left-padded"}
+        if name == "llink" and literal_bias:
+            settings["literal_bias"] = literal_bias
         outputs[name] = generate_outputs(gen_dir / f"{name}.jsonl", items, fn, settings,
                                          batch_size=batch_size, progress=session.progress,
                                          desc=f"generate ({name})")
@@ -735,7 +743,7 @@ def evaluate_generation(
         "n": len(items),
         "settings": {"split": pairs_file or "test", "items": described,
                      "task": task, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                     "llink_model": str(model_dir), "baseline_model": str(baseline_dir),
+                     "literal_bias": literal_bias, "llink_model": str(model_dir), "baseline_model": str(baseline_dir),
                      **scores.pop("scoring")},
         **scores,
         "input_dependence": {name: input_dependence(outs, refs) for name, outs in outputs.items()},

@@ -71,10 +71,12 @@ def compare(
     question: str | None = None,
     max_new_tokens: int = 64,
     with_diagnostics: bool = True,
+    literal_bias: float = 0.0,
 ) -> list[Comparison]:
-    """Generate for ``texts`` (one batch each way); add ablated/base outputs and warnings."""
+    """Generate for ``texts`` (one batch each way); add ablated/base outputs and warnings.
+    ``literal_bias`` applies to the injected answer only."""
     kw = {"task": task, "strict": strict, "question": question, "max_new_tokens": max_new_tokens}
-    injected = model.generate(texts, gate_boost=gate_boost, **kw)
+    injected = model.generate(texts, gate_boost=gate_boost, literal_bias=literal_bias, **kw)
     out = [Comparison(t, o) for t, o in zip(texts, injected, strict=True)]
     if not with_diagnostics:
         return out

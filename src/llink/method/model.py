@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+from transformers import LogitsProcessorList
 
 from llink.backbones.decoder import FrozenDecoder
 from llink.backbones.encoder import FrozenEncoder
@@ -46,7 +47,7 @@ from llink.method.inject import (
     instruction_text,
     slot_span,
 )
-from llink.method.literals import extract_literals
+from llink.method.literals import LiteralBias, extract_literals
 from llink.method.projection import targets_from
 from llink.method.targets import TargetTransform
 from llink.storage import hub
@@ -481,11 +482,20 @@ class LLINK(PromptedDecoder):
         question: str | None = None,
         max_new_tokens: int = 64,
         ablate: bool = False,
+        literal_bias: float = 0.0,
         **gen_kwargs,
     ) -> list[str]:
-        """English answers for foreign texts; ``ablate=True`` leaves the placeholder rows."""
+        """English answers for foreign texts; ``ablate=True`` leaves the placeholder rows.
+        ``literal_bias`` > 0 adds that much to the logits of each text's literals
+        (numbers, Latin words; :class:`~llink.method.literals.LiteralBias`) until they
+        are written."""
         self.eval()
         prompts, slots = self.prompts_and_slots(foreign, task, strict, question, gate_boost)
+        if literal_bias:
+            bias = LiteralBias(self.tokenizer, [extract_literals(t) for t in foreign],
+                               literal_bias)
+            gen_kwargs["logits_processor"] = LogitsProcessorList(
+                [*gen_kwargs.get("logits_processor", []), bias])
         return self.generate_from_ids(prompts, None if ablate else slots,
                                       max_new_tokens=max_new_tokens,
                                       prefix=self._template(task, strict, question),
