@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llink.config import MAX_GATE_BOOST, Config, ConfigError, load_config
+from llink.config import DEFAULT_LITERAL_BIAS, MAX_GATE_BOOST, Config, ConfigError, load_config
 from llink.data.harvest import SOURCES as HARVEST_SOURCES
 from llink.data.pairs import PairFileError
 from llink.storage.checkpoints import CheckpointError
@@ -590,9 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"[0, {MAX_GATE_BOOST:g}] (1 = as trained, 0 = adapter off)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64,
                    help="answer length cap in tokens, >= 1 (default 64)")
-    p.add_argument("--literal-bias", type=_literal_bias, default=0.0, metavar="X",
-                   help="nudge the answer to copy the text's numbers and Latin words: add X "
-                   "to their next token's logit until written (default 0: off)")
+    p.add_argument("--literal-bias", type=_literal_bias, default=DEFAULT_LITERAL_BIAS,
+                   metavar="X", help="nudge the answer to copy the text's numbers and Latin "
+                   "words: add X to their next token's logit until written (default "
+                   f"{DEFAULT_LITERAL_BIAS:g}; 0: off)")
     p.add_argument("--compare", action="store_true",
                    help="also show the output with slots ablated and the base decoder's")
     p = add(sub, "probe", cmd_probe,
@@ -641,7 +642,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts per generate call (default: eval.batch_size, 32)")
     p.add_argument("--literal-bias", type=_literal_bias, metavar="X",
                    help="nudge LLINK to copy the text's numbers and Latin words: add X to "
-                   "their next token's logit until written (default: eval.literal_bias, 0)")
+                   "their next token's logit until written (default: eval.literal_bias, "
+                   f"{DEFAULT_LITERAL_BIAS:g}; 0: off)")
     p.add_argument("--model", metavar="DIR", help="LLINK model folder (default: RUN_DIR/stage_b)")
     p.add_argument("--baseline", metavar="DIR",
                    help="baseline folder (default: RUN_DIR/baseline)")
