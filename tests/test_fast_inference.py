@@ -282,6 +282,22 @@ def test_slot_cache_off_reads_every_text_and_gives_the_same_answers(merged, monk
     assert build_parser().parse_args(["serve", "--model", "m", "--slot-cache", "0"]).slot_cache == 0
 
 
+
+def test_served_answers_carry_the_literal_bias_of_llink_generate(merged):
+    texts = [KM[2], KM[0]]  # "... OK ។" has a literal, the other none
+    biased = LLINKBackend(merged, "tiny", slot_cache_size=0, literal_bias=50.0)
+    plain = LLINKBackend(merged, "tiny", slot_cache_size=0, literal_bias=0.0)
+    try:
+        got = _answer(biased, [_job(t) for t in texts])
+        assert got == merged.generate(texts, max_new_tokens=6, literal_bias=50.0)
+        assert "OK" in got[0]
+        assert _answer(plain, [_job(t) for t in texts]) == merged.generate(texts,
+                                                                         max_new_tokens=6)
+    finally:
+        merged.prefix_cache = None
+    args = build_parser().parse_args(["serve", "--model", "m"])
+    assert args.literal_bias == 4.0
+
 # --------------------------------------------------------------------------- benchmark
 def test_ttft_benchmark_quick_run(model_dir, tmp_path, monkeypatch):
     """benchmarks.ttft --quick on the tiny model: it runs, writes its files, and its

@@ -473,7 +473,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens_limit, default_max_tokens=args.default_max_tokens,
         api_key=serve.api_key_from_env(args.api_key_env), read_timeout_s=args.read_timeout)
     backend = serve.load_backend(args.model, args.hf_model, args.device, name=args.served_name,
-                                 engine=args.engine, slot_cache_size=args.slot_cache)
+                                 engine=args.engine, slot_cache_size=args.slot_cache,
+                                 literal_bias=args.literal_bias)
     serve.run_server(serve.make_server(backend, settings, args.host, args.port))
 
 
@@ -754,6 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-cache", type=_count, default=256, metavar="N",
                    help="keep the slots of the last N foreign texts, so follow-up questions "
                    "about a text skip the encoder (default 256; 0: off)")
+    p.add_argument("--literal-bias", type=_literal_bias, default=DEFAULT_LITERAL_BIAS,
+                   metavar="X", help="LLINK models: push the foreign text's numbers and Latin "
+                   "words into the answer, X added to their next token's logit until written "
+                   f"(default {DEFAULT_LITERAL_BIAS:g}; 0: off; not with --engine vllm)")
     return parser
 
 

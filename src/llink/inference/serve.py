@@ -495,16 +495,19 @@ class LLINKBackend:
     Loaded with its LoRA merged into the decoder (:meth:`load`); the model's prefix cache
     is turned on (the prompt template's KV is computed once per task), and the slots of
     the last ``slot_cache_size`` foreign texts are kept (:class:`SlotCache`), so a
-    follow-up question about the same text skips the encoder."""
+    follow-up question about the same text skips the encoder. ``literal_bias`` > 0 pushes
+    each foreign text's literals into its answer (:class:`~llink.method.literals.LiteralBias`)."""
 
     kind = "llink"
     needs_foreign = True
 
-    def __init__(self, model: Any, name: str, slot_cache_size: int = 256) -> None:
+    def __init__(self, model: Any, name: str, slot_cache_size: int = 256,
+                 literal_bias: float = 0.0) -> None:
         from llink.inference.slot_cache import SlotCache
 
         self.model = model.eval()
         self.name = name
+        self.literal_bias = literal_bias
         if model.prefix_cache is None:
             model.use_prefix_cache()
         self.slot_cache = SlotCache(slot_cache_size)
@@ -522,13 +525,14 @@ class LLINKBackend:
         cache_dir: str | None = None,
         name: str | None = None,
         slot_cache_size: int = 256,
+        literal_bias: float = 0.0,
     ) -> LLINKBackend:
         from llink.backbones.loading import resolve_device
         from llink.method.model import load_llink
 
         model = load_llink(folder, device=resolve_device(device), cache_dir=cache_dir,
                            merge_lora=True)
-        return cls(model, name or Path(folder).resolve().name, slot_cache_size)
+        return cls(model, name or Path(folder).resolve().name, slot_cache_size, literal_bias)
 
     def describe(self) -> dict[str, Any]:
         m = self.model
@@ -598,6 +602,14 @@ class LLINKBackend:
         steps = _Steps(0, _streaming(jobs), lambda ids: tok.decode(ids, skip_special_tokens=True),
                        eos, on_text)
         first = jobs[0]
+        extra: dict[str, Any] = {}
+        if self.literal_bias:
+            from transformers import LogitsProcessorList
+
+            from llink.method.literals import LiteralBias, extract_literals
+
+            extra["logits_processor"] = LogitsProcessorList([LiteralBias(
+                tok, [extract_literals(j.foreign or "") for j in jobs], self.literal_bias)])
         with torch.no_grad(), seeded(first.seed, m.device):
             prompts, slots = self.prompts_and_slots(jobs, prepared)
             texts = m.generate_from_ids(
@@ -607,6 +619,7 @@ class LLINKBackend:
                 prefix=m.template_ids(first.task, first.strict, first.question),
                 stopping_criteria=StoppingCriteriaList([steps]),
                 **decoding_kwargs(first),
+                **extra,
             )
         out = []
         rows = steps.rows(len(jobs))
@@ -1270,11 +1283,13 @@ def load_backend(
     name: str | None = None,
     engine: str = "transformers",
     slot_cache_size: int = 256,
+    literal_bias: float = 0.0,
 ) -> Backend:
     """The backend for an LLINK folder or a plain Hugging Face causal LM (exactly one);
     ``engine="vllm"`` serves an ``llink export`` folder with a vLLM engine
     (:mod:`llink.inference.vllm_engine`). An LLINK backend keeps the slots of the last
-    ``slot_cache_size`` foreign texts (0: none)."""
+    ``slot_cache_size`` foreign texts (0: none) and decodes with ``literal_bias`` (the
+    vLLM engine without it)."""
     if (model_dir is None) == (hf_model is None):
         raise ServeError("give exactly one of an LLINK model folder or a Hugging Face model")
     if engine not in ENGINES:
@@ -1289,7 +1304,8 @@ def load_backend(
         return VLLMBackend.load(model_dir, device, cache_dir, name,
                                 slot_cache_size=slot_cache_size)
     if model_dir is not None:
-        return LLINKBackend.load(model_dir, device, cache_dir, name, slot_cache_size)
+        return LLINKBackend.load(model_dir, device, cache_dir, name, slot_cache_size,
+                                 literal_bias)
     assert hf_model is not None
     return HFBackend.load(hf_model, device, cache_dir, name)
 
