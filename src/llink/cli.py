@@ -76,17 +76,6 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _literal_bias(text: str) -> float:
-    """``--literal-bias``: a finite number >= 0."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(x) or x < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return x
-
-
 def _gate_boost(text: str) -> float:
     """``--gate-boost``: the bounds the server applies to ``llink.gate_boost``."""
     try:
@@ -591,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"[0, {MAX_GATE_BOOST:g}] (1 = as trained, 0 = adapter off)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=64,
                    help="answer length cap in tokens, >= 1 (default 64)")
-    p.add_argument("--literal-bias", type=_literal_bias, default=DEFAULT_LITERAL_BIAS,
+    p.add_argument("--literal-bias", type=_non_negative_float, default=DEFAULT_LITERAL_BIAS,
                    metavar="X", help="nudge the answer to copy the text's numbers and Latin "
                    "words: add X to their next token's logit until written (default "
                    f"{DEFAULT_LITERAL_BIAS:g}; 0: off)")
@@ -641,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer length cap (default: eval.max_new_tokens, 48)")
     p.add_argument("--batch-size", type=_positive_int,
                    help="prompts per generate call (default: eval.batch_size, 32)")
-    p.add_argument("--literal-bias", type=_literal_bias, metavar="X",
+    p.add_argument("--literal-bias", type=_non_negative_float, metavar="X",
                    help="nudge LLINK to copy the text's numbers and Latin words: add X to "
                    "their next token's logit until written (default: eval.literal_bias, "
                    f"{DEFAULT_LITERAL_BIAS:g}; 0: off)")
@@ -755,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot-cache", type=_count, default=256, metavar="N",
                    help="keep the slots of the last N foreign texts, so follow-up questions "
                    "about a text skip the encoder (default 256; 0: off)")
-    p.add_argument("--literal-bias", type=_literal_bias, default=DEFAULT_LITERAL_BIAS,
+    p.add_argument("--literal-bias", type=_non_negative_float, default=DEFAULT_LITERAL_BIAS,
                    metavar="X", help="LLINK models: push the foreign text's numbers and Latin "
                    "words into the answer, X added to their next token's logit until written "
                    f"(default {DEFAULT_LITERAL_BIAS:g}; 0: off; not with --engine vllm)")

@@ -602,14 +602,10 @@ class LLINKBackend:
         steps = _Steps(0, _streaming(jobs), lambda ids: tok.decode(ids, skip_special_tokens=True),
                        eos, on_text)
         first = jobs[0]
-        extra: dict[str, Any] = {}
-        if self.literal_bias:
-            from transformers import LogitsProcessorList
+        from llink.method.literals import with_literal_bias
 
-            from llink.method.literals import LiteralBias, extract_literals
-
-            extra["logits_processor"] = LogitsProcessorList([LiteralBias(
-                tok, [extract_literals(j.foreign or "") for j in jobs], self.literal_bias)])
+        decoding = with_literal_bias(decoding_kwargs(first), tok,
+                                     [j.foreign or "" for j in jobs], self.literal_bias)
         with torch.no_grad(), seeded(first.seed, m.device):
             prompts, slots = self.prompts_and_slots(jobs, prepared)
             texts = m.generate_from_ids(
@@ -618,8 +614,7 @@ class LLINKBackend:
                 max_new_tokens=first.max_tokens,
                 prefix=m.template_ids(first.task, first.strict, first.question),
                 stopping_criteria=StoppingCriteriaList([steps]),
-                **decoding_kwargs(first),
-                **extra,
+                **decoding,
             )
         out = []
         rows = steps.rows(len(jobs))

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 MAX_LITERALS = 12
 _TOKEN = r"[A-Za-z0-9](?:[A-Za-z0-9]|[.,:/_+\-%](?=[A-Za-z0-9%]))*%?"
@@ -91,3 +93,15 @@ class LiteralBias(LogitsProcessor):
                 if lit not in text:
                     scores[r, self.next_token(out, spellings)] += self.bias
         return scores
+
+
+def with_literal_bias(gen_kwargs: dict[str, Any], tokenizer, foreign: Sequence[str],
+                      bias: float) -> dict[str, Any]:
+    """``generate`` keyword arguments with a :class:`LiteralBias` over each foreign text's
+    literals added to their ``logits_processor`` (returned unchanged when ``bias`` is 0)."""
+    if not bias:
+        return gen_kwargs
+    push = LiteralBias(tokenizer, [extract_literals(t) for t in foreign], bias)
+    return {**gen_kwargs,
+            "logits_processor": LogitsProcessorList([*gen_kwargs.get("logits_processor", []),
+                                                     push])}

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from transformers import LogitsProcessorList
 
 from llink.backbones.decoder import FrozenDecoder
 from llink.backbones.encoder import FrozenEncoder
@@ -47,7 +46,7 @@ from llink.method.inject import (
     instruction_text,
     slot_span,
 )
-from llink.method.literals import LiteralBias, extract_literals
+from llink.method.literals import extract_literals, with_literal_bias
 from llink.method.projection import targets_from
 from llink.method.targets import TargetTransform
 from llink.storage import hub
@@ -491,15 +490,10 @@ class LLINK(PromptedDecoder):
         are written."""
         self.eval()
         prompts, slots = self.prompts_and_slots(foreign, task, strict, question, gate_boost)
-        if literal_bias:
-            bias = LiteralBias(self.tokenizer, [extract_literals(t) for t in foreign],
-                               literal_bias)
-            gen_kwargs["logits_processor"] = LogitsProcessorList(
-                [*gen_kwargs.get("logits_processor", []), bias])
-        return self.generate_from_ids(prompts, None if ablate else slots,
-                                      max_new_tokens=max_new_tokens,
-                                      prefix=self._template(task, strict, question),
-                                      **gen_kwargs)
+        return self.generate_from_ids(
+            prompts, None if ablate else slots, max_new_tokens=max_new_tokens,
+            prefix=self._template(task, strict, question),
+            **with_literal_bias(gen_kwargs, self.tokenizer, foreign, literal_bias))
 
     def prompts_and_slots(
         self,
