@@ -215,3 +215,29 @@ def test_literal_bias_reaches_llinks_generation_and_is_recorded(run, tmp_path):
     want = model.generate(foreign, max_new_tokens=6, literal_bias=50.0)
     assert [r["output"] for r in saved] == want
     assert want != model.generate(foreign, max_new_tokens=6)
+
+
+def test_strict_generation_scores_accepted_answers(run, tmp_path):
+    cfg, session, root = run
+    from .conftest import KHMER_ENGLISH
+
+    path = tmp_path / "everyday.jsonl"
+    rows = [{"en": en, "foreign": km, "accept": [[en.split()[0].lower().strip(".,")]]}
+            for en, km in KHMER_ENGLISH[:4]]
+    rows[3].pop("accept")  # a pair without key words is generated, not scored
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    res = evaluate_generation(session, ["llink", "base"], max_new_tokens=6, batch_size=4,
+                              pairs_file=str(path), strict=True)
+    assert res["settings"]["strict"] is True and res["accepted"]["n"] == 3
+    model = load_llink(root / "run" / "stage_b", encoder=session.encoder)
+    foreign = [r["foreign"] for r in rows]
+    want = model.generate(foreign, strict=True, max_new_tokens=6)
+    strict_ids, _ = model.prompts_and_slots(foreign, strict=True)
+    assert strict_ids != model.prompts_and_slots(foreign)[0]  # strict changes the prompt
+    saved = [json.loads(x) for x in
+             (root / "run" / "eval" / "gen-everyday" / "llink.jsonl").read_text().splitlines()]
+    assert [r["output"] for r in saved] == want
+    from llink.eval.accepted import is_accepted
+
+    right = [i for i in range(3) if is_accepted(want[i], rows[i]["accept"])]
+    assert res["accepted"]["systems"]["llink"]["items"] == right

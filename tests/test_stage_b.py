@@ -457,3 +457,19 @@ def test_nll_on_a_pair_file_uses_its_pairs_and_writes_its_own_file(trained, tmp_
     assert m["examples"] == kept < len(pairs)
     saved = json.loads((Path(cfg.run_dir) / "eval" / "nll-ood-set.json").read_text())
     assert saved["examples"] == kept and str(path) in saved["items"]
+
+
+def test_english_read_through_the_encoder_gets_no_literals_line(model, monkeypatch):
+    """An English stand-in is all Latin words: a Literals line would spell its answer."""
+    from llink.data.tasks import ENGLISH_SOURCE, TaskExample
+    from llink.train.stage_b import tokenize_examples
+
+    monkeypatch.setattr(model, "literals", True)
+    items = [TaskExample("translate_to_english", "បោះពុម្ព ១០ ច្បាប់", "Print 10 copies."),
+             TaskExample("translate_to_english", "Print 10 copies.", "Print 10 copies.",
+                         en="Print 10 copies.", source=ENGLISH_SOURCE)]
+    khmer, english = (model.tokenizer.decode(ex.input_ids)
+                      for ex in tokenize_examples(model, items, 24))
+    assert "Literals: 10" in khmer
+    assert "Literals" not in english and "Print 10 copies." in english  # only as the answer
+    assert english.count("Print 10 copies.") == 1

@@ -192,7 +192,7 @@ def cmd_eval_gen(args: argparse.Namespace) -> None:
                         max_new_tokens=args.max_new_tokens or e.max_new_tokens,
                         batch_size=args.batch_size or e.batch_size, model_dir=args.model,
                         baseline_dir=args.baseline, pairs_file=args.pairs,
-                        numbers_only=args.numbers,
+                        numbers_only=args.numbers, strict=args.strict,
                         literal_bias=e.literal_bias if args.literal_bias is None
                         else args.literal_bias)
 
@@ -645,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only test items whose reference has a number (all of them, or the "
                    "first --n in hash order), scored for numeric fidelity too -> "
                    "RUN_DIR/eval/gen-numbers.json")
+    p.add_argument("--strict", action="store_true",
+                   help="ask for the translation only, as `llink infer --strict` (the main job "
+                   "uses it for the everyday sentences, "
+                   "src/llink/corpora/eval/everyday-en-km.jsonl, whose 'accept' key words "
+                   "also score each answer right or wrong)")
     p = add(ev_sub, "judge", cmd_eval_judge,
             "LLM judge: pairwise preference of two systems' saved generations, both orders "
             "-> RUN_DIR/eval/judge.json")

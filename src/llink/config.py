@@ -196,6 +196,9 @@ class EvalConfig:
     # an out-of-domain pair file the main job also evaluates (retrieval + generation);
     # "auto": the shipped UDHR set of data.lang (src/llink/corpora/eval/udhr-en-LANG.jsonl)
     ood_pairs: str | None = "auto"
+    # everyday sentences with key words, translated with --strict and scored right/wrong
+    # (llink.eval.accepted); "auto": src/llink/corpora/eval/everyday-en-LANG.jsonl
+    everyday_pairs: str | None = "auto"
     # the retrieval table's reference rows beyond the encoder's own: decoder-native states
     # (one decoder pass over every raw test text: the slowest row) and the Latin floor
     retrieval_baselines: bool = True

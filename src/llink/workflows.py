@@ -22,8 +22,15 @@ from llink.config import Config, DataConfig
 from llink.data.english import read_english
 from llink.data.pairs import Pair, read_pairs, source_group
 from llink.data.splits import Splits, corpus_specs, is_held_out, load_splits
-from llink.data.tasks import TaskExample, foreign_length_ok, read_task_file, translation_examples
+from llink.data.tasks import (
+    ENGLISH_SOURCE,
+    TaskExample,
+    foreign_length_ok,
+    read_task_file,
+    translation_examples,
+)
 from llink.eval import EvalError
+from llink.eval.accepted import accepted_answers, format_accepted, read_accept
 from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
 from llink.eval.generation import (
     GenItem,
@@ -386,17 +393,27 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     return {**result, "minutes": minutes}
 
 
-def ood_pairs_file(cfg: Config) -> str | None:
-    """The out-of-domain evaluation set of the main job (``eval.ood_pairs``), or None."""
-    spec = cfg.eval.ood_pairs
+def _shipped_eval_file(spec: str | None, stem: str, lang: str) -> str | None:
+    """``spec``, or for ``"auto"`` the shipped ``corpora/eval/STEM-en-LANG.jsonl`` if it
+    exists; None when off."""
     if not spec:
         return None
     if spec != "auto":
         return spec
     from importlib import resources
 
-    path = Path(str(resources.files("llink") / "corpora" / "eval" / f"udhr-en-{cfg.data.lang}.jsonl"))
+    path = Path(str(resources.files("llink") / "corpora" / "eval" / f"{stem}-en-{lang}.jsonl"))
     return str(path) if path.is_file() else None
+
+
+def ood_pairs_file(cfg: Config) -> str | None:
+    """The out-of-domain evaluation set of the main job (``eval.ood_pairs``), or None."""
+    return _shipped_eval_file(cfg.eval.ood_pairs, "udhr", cfg.data.lang)
+
+
+def everyday_pairs_file(cfg: Config) -> str | None:
+    """The everyday-sentence set of the main job (``eval.everyday_pairs``), or None."""
+    return _shipped_eval_file(cfg.eval.everyday_pairs, "everyday", cfg.data.lang)
 
 
 def _main_evaluations(session: Session) -> dict[str, Any]:
@@ -418,6 +435,13 @@ def _main_evaluations(session: Session) -> dict[str, Any]:
                                              max_new_tokens=e.max_new_tokens,
                                              batch_size=e.batch_size,
                                              literal_bias=e.literal_bias)
+    everyday = everyday_pairs_file(session.cfg)
+    if everyday:
+        out["gen_everyday"] = evaluate_generation(session, ["llink", "base"],
+                                                  pairs_file=everyday, strict=True,
+                                                  max_new_tokens=e.max_new_tokens,
+                                                  batch_size=e.batch_size,
+                                                  literal_bias=e.literal_bias)
     if e.judge:
         for other in [s for s in systems if s != "llink"]:
             out[f"judge_llink_vs_{other}"] = evaluate_judge(session, "llink", other,
@@ -468,7 +492,7 @@ def stage_b_items(session: Session, split: str) -> list[TaskExample]:
         english = read_english(session.cfg.data, [*s.dev, *s.test])[: b.english_examples]
         # English read through the encoder, answered by itself: the decoder learns to read
         # slots of any domain English covers; the foreign languages ride on the encoder
-        items += [TaskExample("translate_to_english", t, t, en=t, source="english")
+        items += [TaskExample("translate_to_english", t, t, en=t, source=ENGLISH_SOURCE)
                   for t in english if foreign_length_ok(t)]
     if not items:
         raise ValueError(f"no Stage B examples for split {split!r} with tasks {b.tasks}")
@@ -662,6 +686,7 @@ def evaluate_generation(
     pairs_file: str | None = None,
     numbers_only: bool = False,
     literal_bias: float = 0.0,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Generate on the test items for each system (resumable), score chrF/BLEU, write gen.json.
 
@@ -673,7 +698,9 @@ def evaluate_generation(
     them in hash order), for numeric fidelity with a useful interval: written to
     ``eval/gen-numbers.json`` (with the fidelity figures) and ``eval/gen-numbers/``.
     ``literal_bias`` > 0: LLINK's generation is nudged to copy each text's literals
-    (:class:`~llink.method.literals.LiteralBias`).
+    (:class:`~llink.method.literals.LiteralBias`). ``strict`` asks for the translation
+    only (``llink infer --strict``). Pairs of ``pairs_file`` with an ``accept`` field are
+    also scored right or wrong (:mod:`llink.eval.accepted`).
     """
     cfg = session.cfg
     unknown = [s for s in systems if s not in GEN_SYSTEMS]
@@ -688,6 +715,8 @@ def evaluate_generation(
                  for i, p in enumerate(pairs)]
         tag = pairs_tag(pairs_file)
         described = f"all {len(items)} pairs of {pairs_file}"
+        accepts = read_accept(pairs_file)
+        item_accepts = [accepts.get((p.en, p.foreign)) for p in pairs]
     elif numbers_only:
         items = [it for it in gen_items(session) if extract_numbers(it.reference)][: n or None]
         tag = "-numbers"
@@ -697,6 +726,8 @@ def evaluate_generation(
         items, tag = gen_items(session, n), ""
         described = (f"{len(items)} translation test items, a deterministic sample spread "
                      "over the split (the first N in the order of a hash of the English)")
+    if not pairs_file:
+        item_accepts = []
     loaded: dict[str, Any] = {}
 
     def llink() -> LLINK:
@@ -713,13 +744,14 @@ def evaluate_generation(
 
     task = "translate_to_english"
     makers = {
-        "llink": (model_dir, lambda xs: llink().generate(xs, task, max_new_tokens=max_new_tokens,
+        "llink": (model_dir, lambda xs: llink().generate(xs, task, strict,
+                                                         max_new_tokens=max_new_tokens,
                                                          literal_bias=literal_bias)),
-        "base": (model_dir, lambda xs: llink().generate_base(xs, task,
+        "base": (model_dir, lambda xs: llink().generate_base(xs, task, strict,
                                                              max_new_tokens=max_new_tokens)),
         "baseline": (baseline_dir, lambda xs: baseline().generate_raw(
-            xs, task, max_new_tokens=max_new_tokens)),
-        "ablated": (model_dir, lambda xs: llink().generate(xs, task, ablate=True,
+            xs, task, strict, max_new_tokens=max_new_tokens)),
+        "ablated": (model_dir, lambda xs: llink().generate(xs, task, strict, ablate=True,
                                                            max_new_tokens=max_new_tokens)),
     }
     gen_dir = run_dir / "eval" / f"gen{tag}"
@@ -728,7 +760,8 @@ def evaluate_generation(
         folder, fn = makers[name]
         settings = {"system": name, **model_identity(name, model_dir, baseline_dir),
                     "task": task, "max_new_tokens": max_new_tokens,
-                    "decoding": "greedy, no_repeat_ngram_size 3, batched left-padded"}
+                    "decoding": "greedy, no_repeat_ngram_size 3, batched left-padded",
+                    **({"strict": True} if strict else {})}
         if name == "llink" and literal_bias:
             settings["literal_bias"] = literal_bias
         outputs[name] = generate_outputs(gen_dir / f"{name}.jsonl", items, fn, settings,
@@ -742,7 +775,8 @@ def evaluate_generation(
     result = {
         "n": len(items),
         "settings": {"split": pairs_file or "test", "items": described,
-                     "task": task, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                     "task": task, "strict": strict, "max_new_tokens": max_new_tokens,
+                     "batch_size": batch_size,
                      "literal_bias": literal_bias, "llink_model": str(model_dir),
                      "baseline_model": str(baseline_dir),
                      **scores.pop("scoring")},
@@ -753,6 +787,8 @@ def evaluate_generation(
     }
     if numbers_only:
         result["numbers"] = numeric_fidelity(refs, outputs, [it.group for it in items])
+    if any(item_accepts):
+        result["accepted"] = accepted_answers(outputs, item_accepts)
     out = run_dir / "eval" / f"gen{tag}.json"
     write_json_atomic(out, result)
     print(format_gen_table(result))
@@ -762,6 +798,8 @@ def evaluate_generation(
                                 zero))
     if numbers_only:
         print_numeric_fidelity(result["numbers"])
+    if "accepted" in result:
+        print(format_accepted(result["accepted"]))
     print(f"written: {out} and {gen_dir}/<system>.jsonl")
     return result
 

@@ -19,6 +19,9 @@ from llink.storage.fileio import atomic_path
 
 MIN_FOREIGN_CHARS = 12
 MAX_FOREIGN_CHARS = 256
+#: ``TaskExample.source`` of English sentences read through the encoder in place of a
+#: foreign text (``stage_b.english_examples``)
+ENGLISH_SOURCE = "english"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from llink.config import Config, StageBConfig
-from llink.data.tasks import TaskExample
+from llink.data.tasks import ENGLISH_SOURCE, TaskExample
 from llink.method.bridge import BagOfWordsHead
 from llink.method.inject import Example, build_example, collate, instruction_text, slot_span
 from llink.method.losses import direction_mse, info_nce, lexical_loss, usage_penalty
@@ -79,7 +79,10 @@ def tokenize_examples(
     for i, it in enumerate(items):
         k = slot_counts[i] if slot_counts else model.num_slots
         span = it.foreign if raw_foreign else slot_span(k)
-        literals = None if raw_foreign else model.literals_of(it.foreign)
+        # English read through the encoder stands in for a foreign text: its words must
+        # come from the slots, not from a Literals line that would spell the whole answer
+        literals = None if raw_foreign or it.source == ENGLISH_SOURCE \
+            else model.literals_of(it.foreign)
         user = instruction_text(it.task, span, question=it.question, literals=literals)
         out.append(build_example(tok, fmt, user, it.answer, max_answer_tokens))
     return out
