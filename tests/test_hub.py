@@ -61,6 +61,12 @@ def run(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
     evaluate_nll_on_test(session, limit=6)
     evaluate_generation(session, ["llink", "base"], n=6, max_new_tokens=4, batch_size=3)
     evaluate_numbers(session)
+    everyday = root / "everyday.jsonl"  # a set with key words, as the main job's everyday set
+    everyday.write_text("".join(
+        json.dumps({"en": en, "foreign": km, "accept": [[en.split()[0].lower()]]},
+                   ensure_ascii=False) + "\n" for en, km in KHMER_ENGLISH[:3]))
+    evaluate_generation(session, ["llink", "base"], max_new_tokens=4, batch_size=3,
+                        pairs_file=str(everyday), strict=True)
     return SimpleNamespace(cfg=cfg, session=session, dir=run_dir, model=run_dir / "stage_b",
                            first_card=first_card)
 
@@ -108,6 +114,9 @@ def test_card_shows_the_results_measured_on_these_weights(run, capsys):
     first = json.loads((run.dir / "eval" / "gen" / "llink.jsonl").read_text().splitlines()[0])
     assert json.dumps(first["source"], ensure_ascii=False) in card  # the usage example
     assert "Left out" not in card
+    everyday = json.loads((run.dir / "eval" / "gen-everyday.json").read_text())
+    right = everyday["accepted"]["systems"]["llink"]["right"]
+    assert "| input margin | right |" in card and f"| {right} of 3 |" in card
 
 
 def test_card_of_other_weights_leaves_their_results_out(run):
@@ -115,7 +124,8 @@ def test_card_of_other_weights_leaves_their_results_out(run):
     measured on stage_b, so they are left out; Stage A retrieval (same projector) stays."""
     card = model_card(run.dir / "stage_b-best", run.dir)
     assert "Translation to English" not in card and "Answer NLL" not in card
-    assert "Left out, measured on other weights: eval/gen.json, eval/nll.json." in card
+    assert ("Left out, measured on other weights: eval/gen-everyday.json, eval/gen.json, "
+            "eval/nll.json.") in card
     assert "Stage A retrieval" in card
 
 

@@ -318,14 +318,20 @@ def _results(ev: Evidence, meta: dict[str, Any], run_dir: Path | None) -> list[B
             split = Path(str(g.get("settings", {}).get("split", tag))).name
             what = f"{_num(g.get('n'))} pairs of `{split}` (out of domain)"
         dep = g.get("input_dependence") or {}
+        acc = (g.get("accepted") or {}).get("systems", {})
         out.append(Block("p", f"Translation to English, {what}: greedy decoding, sacrebleu "
                               "chrF2 and BLEU with 95% bootstrap intervals; input margin: "
                               "chrF minus chrF against other items' references (what reading "
-                              "the input adds, 0 for a fixed answer)."))
-        out.append(_table(["system", "chrF", "chrF 95% CI", "BLEU", "input margin"],
+                              "the input adds, 0 for a fixed answer)"
+                              + ("; right: answers that contain every key word of the "
+                                 "sentence." if acc else ".")))
+        out.append(_table(["system", "chrF", "chrF 95% CI", "BLEU", "input margin",
+                           *(["right"] if acc else [])],
                           [[_SYSTEMS.get(name, name), _num(s.get("chrf"), 2),
                             _ci(s.get("chrf_ci")), _num(s.get("bleu"), 2),
-                            _num(dep.get(name, {}).get("margin"), 2)]
+                            _num(dep.get(name, {}).get("margin"), 2),
+                            *([f"{acc.get(name, {}).get('right')} of "
+                               f"{g['accepted'].get('n')}"] if acc else [])]
                            for name, s in g.get("systems", {}).items()]))
     nums = _numbers(ev)
     if nums:
