@@ -28,6 +28,7 @@ POOLS = {
     "gen": "held-out test sample (hash order)",
     "gen-udhr-en-km": "out-of-domain UDHR paragraphs",
     "gen-numbers": "held-out test items whose reference has a number",
+    "gen-everyday-en-km": "everyday sentences (translated with --strict)",
 }
 
 

@@ -473,3 +473,32 @@ def test_english_read_through_the_encoder_gets_no_literals_line(model, monkeypat
     assert "Literals: 10" in khmer
     assert "Literals" not in english and "Print 10 copies." in english  # only as the answer
     assert english.count("Print 10 copies.") == 1
+
+
+def test_english_examples_take_their_own_count_of_the_english_pool(tmp_path, tiny_encoder_dir,
+                                                                   tiny_decoder_dir):
+    """stage_b.english_examples is not capped by data.max_english (Stage A's pool), takes
+    the same hash order, and never an English sentence of dev or test."""
+    import gzip
+
+    from llink.data.english import read_english
+    from llink.data.tasks import ENGLISH_SOURCE
+    from llink.workflows import stage_b_items
+
+    pairs = make_pair_file(tmp_path)
+    session = Session(_b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pairs), progress=False)
+    held = [p.en for p in (*session.splits.dev, *session.splits.test)]
+    english = tmp_path / "english.txt.gz"
+    lines = [f"The river number {i} runs through the old town." for i in range(30)] + held[:3]
+    with gzip.open(english, "wt", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pairs,
+                 **{"data.english": str(english), "data.max_english": 5,
+                    "stage_b.english_examples": 12})
+    session = Session(cfg, progress=False)
+    got = [x for x in stage_b_items(session, "train") if x.source == ENGLISH_SOURCE]
+    assert len(got) == 12 and all(x.foreign == x.answer == x.en for x in got)
+    assert not {x.en for x in got} & set(held)
+    stage_a_pool = read_english(cfg.data, [*session.splits.dev, *session.splits.test])
+    assert len(stage_a_pool) == 5 and [x.en for x in got[:5]] == stage_a_pool
+    assert not [x for x in stage_b_items(session, "dev") if x.source == ENGLISH_SOURCE]

@@ -73,8 +73,9 @@ class DataConfig:
     zero_shot: list[str] = field(default_factory=list)
     # Monolingual English read through the encoder (llink.data.english): builtin:en-wordnet
     # or a .txt(.gz) file, one sentence per line; used where stage_a.english_fraction > 0
+    # and by stage_b.english_examples
     english: str | None = "builtin:en-wordnet"
-    max_english: int | None = 8000
+    max_english: int | None = 8000  # Stage A's pool (Stage B takes its own count)
 
 
 @dataclass
@@ -173,7 +174,8 @@ class StageBConfig:
     tasks: list[str] = field(default_factory=lambda: ["translate_to_english"])
     synthetic: str | None = None  # extra instruction examples (JSONL from `llink data synth`)
     # English sentences of data.english added as examples read through the encoder and
-    # answered by themselves (LangBridge trains its bridge on English alone)
+    # answered by themselves (LangBridge trains its bridge on English alone): the first N
+    # in the hash order Stage A's data.max_english also takes its pool from
     english_examples: int = 0
     eval_every: int = 40
     eval_pairs: int = 64

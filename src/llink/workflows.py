@@ -6,6 +6,7 @@ module is where configuration, data, models, caches and artifacts meet.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -489,7 +490,8 @@ def stage_b_items(session: Session, split: str) -> list[TaskExample]:
         items += kept
     if b.english_examples and split == "train":
         s = session.splits
-        english = read_english(session.cfg.data, [*s.dev, *s.test])[: b.english_examples]
+        every = dataclasses.replace(session.cfg.data, max_english=None)  # own count
+        english = read_english(every, [*s.dev, *s.test])[: b.english_examples]
         # English read through the encoder, answered by itself: the decoder learns to read
         # slots of any domain English covers; the foreign languages ride on the encoder
         items += [TaskExample("translate_to_english", t, t, en=t, source=ENGLISH_SOURCE)
