@@ -62,6 +62,11 @@ def test_main_job_runs_and_reports(main_job):
         ("llink", "base")]
     for name in ("tokens.json", "numbers.json", "gen/llink.jsonl", "gen/base.jsonl"):
         assert (run / "eval" / name).exists(), name
+    # and the shipped everyday sentences, asked for the translation only, scored right/wrong
+    everyday = json.loads((run / "eval" / "gen-everyday-en-km.json").read_text())
+    assert everyday["settings"]["strict"] is True and everyday["accepted"]["n"] == 40
+    assert set(everyday["accepted"]["systems"]) == {"llink", "base"}
+    assert "right answers (every key word present) on 40 items" in out
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "Generation quality (8 test sentences)" in report
     assert f"report: {run / 'report.html'}" in out
