@@ -31,7 +31,7 @@ from llink.data.tasks import (
     translation_examples,
 )
 from llink.eval import EvalError
-from llink.eval.accepted import accepted_answers, format_accepted, read_accept
+from llink.eval.accepted import Accept, accepted_answers, format_accepted, read_accept
 from llink.eval.generation import SYSTEMS as GEN_SYSTEMS
 from llink.eval.generation import (
     GenItem,
@@ -711,6 +711,7 @@ def evaluate_generation(
     run_dir = Path(cfg.run_dir)
     model_dir = Path(model_dir or run_dir / "stage_b")
     baseline_dir = Path(baseline_dir or run_dir / "baseline")
+    item_accepts: list[Accept | None] = []  # key words of each item, where its file has them
     if pairs_file:
         pairs = evaluation_pairs(session, pairs_file)[: n or None]
         items = [GenItem(i, p.foreign, p.en, source_group(p.source), p.lang)
@@ -728,8 +729,6 @@ def evaluate_generation(
         items, tag = gen_items(session, n), ""
         described = (f"{len(items)} translation test items, a deterministic sample spread "
                      "over the split (the first N in the order of a hash of the English)")
-    if not pairs_file:
-        item_accepts = []
     loaded: dict[str, Any] = {}
 
     def llink() -> LLINK:
