@@ -79,3 +79,16 @@ def test_everyday_set_is_not_in_what_training_reads():
     corpus, _ = read_pairs(resolve_pairs_path("builtin:en-km"))
     seen = {p.foreign.rstrip("។?!").strip() for p in corpus if is_sentence_like(p.en)}
     assert not everyday & seen
+
+
+def test_key_words_follow_the_pair_fields_read_pairs_accepts(tmp_path):
+    """Any English/foreign field name read_pairs takes keys the key words the same way."""
+    path = tmp_path / "set.jsonl"
+    path.write_text(json.dumps({"english": " Hello. ", "foreign": "សួស្តី។",
+                                "accept": [["hello"]]}, ensure_ascii=False) + "\n"
+                    + '{"en": "broken"\n')
+    with pytest.raises(PairFileError, match=r"set\.jsonl:2: invalid JSON"):
+        read_accept(path)
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    (pair,), _ = read_pairs(path)
+    assert read_accept(path) == {(pair.en, pair.foreign): [["hello"]]}

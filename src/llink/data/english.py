@@ -9,12 +9,11 @@ through the encoder. Files hold one sentence per line (``.txt``, optionally ``.g
 
 from __future__ import annotations
 
-import gzip
 from importlib import resources
 from pathlib import Path
 
 from llink.config import DataConfig
-from llink.data.pairs import Pair
+from llink.data.pairs import Pair, open_text
 from llink.data.splits import english_key, sample_order
 
 
@@ -38,8 +37,7 @@ def read_english(cfg: DataConfig, held_out: list[Pair]) -> list[str]:
     if not cfg.english:
         return []
     path = resolve_english_path(cfg.english)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
+    with open_text(path, "r") as fh:
         lines = [" ".join(line.split()) for line in fh]
     banned = {english_key(p.en) for p in held_out}
     seen: set[str] = set()

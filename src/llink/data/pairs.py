@@ -90,7 +90,7 @@ class ReadReport:
         return f"{self.path}: kept {self.kept} pairs; dropped: {drops}"
 
 
-def _open_text(path: Path, mode: str) -> IO[str]:
+def open_text(path: Path, mode: str) -> IO[str]:
     if path.suffix == ".gz":
         return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
     return open(path, mode, encoding="utf-8")
@@ -100,7 +100,7 @@ def _first_key(obj: dict, keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if k in obj), None)
 
 
-def _parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
+def parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
     if fmt == "tsv":
         cols = line.split("\t")
         if len(cols) < 2:
@@ -129,7 +129,7 @@ def _parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
     return Pair(en=en, foreign=fo, lang=str(lang or ""), source=str(source or ""))
 
 
-def _file_format(path: Path) -> str:
+def file_format(path: Path) -> str:
     suffixes = [s for s in path.suffixes if s != ".gz"]
     ext = suffixes[-1] if suffixes else ""
     if ext in (".jsonl", ".json", ".ndjson"):
@@ -153,15 +153,15 @@ def iter_pairs(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pair file not found: {path}")
-    fmt = _file_format(path)
+    fmt = file_format(path)
     report = report if report is not None else ReadReport(str(path))
-    with _open_text(path, "r") as fh:
+    with open_text(path, "r") as fh:
         for lineno, raw in enumerate(fh, start=1):
             line = raw.rstrip("\n").rstrip("\r")
             if not line.strip():
                 continue
             try:
-                pair = _parse_line(path, lineno, line, fmt)
+                pair = parse_line(path, lineno, line, fmt)
             except UnicodeDecodeError:
                 raise PairFileError(path, lineno, "not valid UTF-8") from None
             en, fo = pair.en.strip(), pair.foreign.strip()

@@ -13,14 +13,13 @@ straight; an alternative is a word or phrase matched whole (``"hi"`` does not ma
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llink.data.pairs import PairFileError, read_pairs
+from llink.data.pairs import PairFileError, file_format, open_text, parse_line
 from llink.eval.stats import wilson_interval
 
 #: The groups of one pair: every group must have one alternative in the output.
@@ -56,21 +55,22 @@ def _check(path: Path, lineno: int, value: Any) -> Accept:
 def read_accept(path: str | Path) -> dict[tuple[str, str], Accept]:
     """The ``accept`` groups of a JSONL pair file, keyed by (English, foreign) as
     :func:`~llink.data.pairs.read_pairs` returns them (stripped); pairs without one are
-    left out."""
+    left out, and so are files of other formats. A malformed line raises
+    :class:`~llink.data.pairs.PairFileError` naming file and line."""
     path = Path(path)
-    if not {".jsonl", ".json", ".ndjson"} & set(path.suffixes):
+    if file_format(path) != "jsonl":
         return {}
-    read_pairs(path)  # malformed lines raise with file and line first
     out: dict[tuple[str, str], Accept] = {}
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open_text(path, "r") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.rstrip("\n").rstrip("\r")
             if not line.strip():
                 continue
+            pair = parse_line(path, lineno, line, "jsonl")
             obj = json.loads(line)
             if "accept" in obj:
-                key = (str(obj.get("en", "")).strip(), str(obj.get("foreign", "")).strip())
-                out[key] = _check(path, lineno, obj["accept"])
+                out[(pair.en.strip(), pair.foreign.strip())] = _check(path, lineno,
+                                                                       obj["accept"])
     return out
 
 
