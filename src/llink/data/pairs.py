@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from llink.storage.fileio import atomic_path
 
@@ -91,6 +91,7 @@ class ReadReport:
 
 
 def open_text(path: Path, mode: str) -> IO[str]:
+    """Open a UTF-8 text file, gzip-compressed when its name ends in ``.gz``."""
     if path.suffix == ".gz":
         return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
     return open(path, mode, encoding="utf-8")
@@ -101,6 +102,8 @@ def _first_key(obj: dict, keys: tuple[str, ...]) -> str | None:
 
 
 def parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
+    """One line of a pair file in format ``fmt`` (``tsv`` or ``jsonl``) as a Pair; a
+    malformed line raises :class:`PairFileError` naming file and line."""
     if fmt == "tsv":
         cols = line.split("\t")
         if len(cols) < 2:
@@ -110,6 +113,11 @@ def parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
                 path, lineno, f"expected 2 tab-separated columns, found {len(cols)}"
             )
         return Pair(en=cols[0], foreign=cols[1])
+    return pair_from_object(path, lineno, parse_json_object(path, lineno, line))
+
+
+def parse_json_object(path: Path, lineno: int, line: str) -> dict[str, Any]:
+    """One JSONL line decoded, which must be an object; otherwise :class:`PairFileError`."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -118,6 +126,11 @@ def parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
         ) from None
     if not isinstance(obj, dict):
         raise PairFileError(path, lineno, f"expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def pair_from_object(path: Path, lineno: int, obj: dict[str, Any]) -> Pair:
+    """The Pair of a decoded JSONL line (English and foreign under any accepted key)."""
     en_key, fo_key = _first_key(obj, EN_KEYS), _first_key(obj, FOREIGN_KEYS)
     if en_key is None or fo_key is None:
         missing = "English ('en')" if en_key is None else "foreign ('foreign')"
@@ -130,6 +143,7 @@ def parse_line(path: Path, lineno: int, line: str, fmt: str) -> Pair:
 
 
 def file_format(path: Path) -> str:
+    """``jsonl`` or ``tsv``, from the file name (a ``.gz`` suffix is looked through)."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
     ext = suffixes[-1] if suffixes else ""
     if ext in (".jsonl", ".json", ".ndjson"):

@@ -13,13 +13,18 @@ straight; an alternative is a word or phrase matched whole (``"hi"`` does not ma
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llink.data.pairs import PairFileError, file_format, open_text, parse_line
+from llink.data.pairs import (
+    PairFileError,
+    file_format,
+    open_text,
+    pair_from_object,
+    parse_json_object,
+)
 from llink.eval.stats import wilson_interval
 
 #: The groups of one pair: every group must have one alternative in the output.
@@ -66,8 +71,8 @@ def read_accept(path: str | Path) -> dict[tuple[str, str], Accept]:
             line = raw.rstrip("\n").rstrip("\r")
             if not line.strip():
                 continue
-            pair = parse_line(path, lineno, line, "jsonl")
-            obj = json.loads(line)
+            obj = parse_json_object(path, lineno, line)
+            pair = pair_from_object(path, lineno, obj)
             if "accept" in obj:
                 out[(pair.en.strip(), pair.foreign.strip())] = _check(path, lineno,
                                                                        obj["accept"])
