@@ -49,6 +49,9 @@ def make_run(root: Path, name: str = "run1", r1_scale: float = 1.0) -> Path:
     (run / "eval" / "nll.json").write_text(json.dumps({
         "examples": 12, "nll_injected": 4.2, "nll_ablated": 5.5, "usage_gap": 1.3,
         "nll_base_raw": 5.2}))
+    (run / "eval" / "nll-udhr-en-km.json").write_text(json.dumps({
+        "examples": 7, "nll_injected": 3.25, "nll_ablated": 3.75, "usage_gap": 0.5,
+        "nll_base_raw": 3.5}))
     (run / "eval" / "gen.json").write_text(json.dumps({
         "n": 12, "systems": {"llink": {"chrf": 30.5, "chrf_ci": [28.0, 33.0], "bleu": 5.0,
                                        "bleu_ci": [4.0, 6.0]},
@@ -87,6 +90,7 @@ def test_html_report_holds_every_table_and_plot(tmp_path):
     assert "30.50" in text and "[28.00, 33.00]" in text  # chrF with its interval
     assert "ref &lt;1&gt;" in text  # example text is escaped
     assert "judge-z" in text and "0.700" in text
+    assert "udhr-en-km" in text and "3.750" in text  # the out-of-domain answer NLL row
     assert not (run / "report_files").exists()  # nothing but the one file
 
 

@@ -377,6 +377,8 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     stage_b = run_stage_b(session, resume=resume)
     nll = evaluate_nll_on_test(session, limit=cfg.eval.nll_n)
     result: dict[str, Any] = {"retrieval": rows, "stage_b": stage_b, "test_nll": nll}
+    if ood:  # do the slots still matter out of the training domain?
+        result["ood_nll"] = evaluate_nll_on_test(session, limit=cfg.eval.nll_n, pairs_file=ood)
     e = cfg.eval
     if e.baseline:
         result["baseline"] = run_baseline(session, resume=resume)

@@ -113,11 +113,14 @@ def _nll(run: RunFolder) -> list[Block]:
     n = run.evals.get("nll")
     if not n:
         return [Block("h2", "Answer NLL"), _missing("answer NLL", "llink eval nll")]
-    rows = [[n.get("examples"), n.get("nll_injected"), n.get("nll_ablated"), n.get("usage_gap"),
-             n.get("nll_base_raw")]]
-    return [Block("h2", "Answer NLL per token (test)"),
-            _table(["pairs", "slots injected", "slots ablated", "gap", "base decoder, raw text"],
-                   rows)]
+    others = sorted(k for k in run.evals if k.startswith("nll-"))
+    rows = [[name.removeprefix("nll-") if name != "nll" else "test", m.get("examples"),
+             m.get("nll_injected"), m.get("nll_ablated"), m.get("usage_gap"),
+             m.get("nll_base_raw")]
+            for name, m in [("nll", n), *((k, run.evals[k]) for k in others)]]
+    return [Block("h2", "Answer NLL per token"),
+            _table(["pairs", "n", "slots injected", "slots ablated", "gap",
+                    "base decoder, raw text"], rows)]
 
 
 def _generation(run: RunFolder, img_dir: Path) -> list[Block]:

@@ -62,6 +62,10 @@ def load_run(run_dir: str | Path) -> RunFolder:
         obj = read_json_object(path / "eval" / f"{name}.json")
         if obj is not None:
             run.evals[name] = obj
+    for f in sorted((path / "eval").glob("nll-*.json")):  # answer NLL on other pair files
+        obj = read_json_object(f)
+        if obj is not None:
+            run.evals[f.stem] = obj
     gen_dir = path / "eval" / "gen"
     if gen_dir.is_dir():
         for f in sorted(gen_dir.glob("*.jsonl")):
