@@ -106,8 +106,8 @@ class StageAConfig:
     teacher_layer: int = 10
     teacher_pooling: str = "mean"
     # share of each batch drawn from English sentences read through the encoder
-    # (data.english): teaches the map outside the training domain
-    english_fraction: float = 0.0
+    # (data.english): teaches the map outside the training domain (0: the paper)
+    english_fraction: float = 0.3
     whiten_eps: float = 1e-3  # eigenvalue floor, relative to the largest, for whitening
     eval_every: int = 500
     save_every: int = 1000
