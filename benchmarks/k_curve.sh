@@ -23,7 +23,7 @@ SOURCES=${SOURCES:-pooled tokens}
 UDHR=src/llink/corpora/eval/udhr-en-km.jsonl
 EXTRA=("$@")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
-llink() { command llink "$@" --quiet "${EXTRA[@]}"; }
+llink() { command llink "$@" "${EXTRA[@]}" --quiet; }  # overrides stay contiguous
 
 mkdir -p "$OUT"
 command llink models prepare

@@ -18,7 +18,7 @@ MAIN=${MAIN:-}
 UDHR=src/llink/corpora/eval/udhr-en-km.jsonl
 EXTRA=("$@")
 log() { echo "[$(date +%H:%M:%S)] $*"; }
-llink() { command llink "$@" --quiet "${EXTRA[@]}"; }
+llink() { command llink "$@" "${EXTRA[@]}" --quiet; }  # overrides stay contiguous
 
 gens() {  # run folder, systems, [--model DIR]: the three pools
   local dir=$1 systems=$2; shift 2
