@@ -16,7 +16,7 @@ SLICE = [
     "stage_a.batch_size=64", "stage_a.queue_size=512", "stage_a.queue_topk=32",
     "stage_b.steps=4", "stage_b.bridge_warmup_steps=2", "stage_b.micro_batch=4",
     "stage_b.eval_every=2", "stage_b.eval_pairs=8", "stage_b.max_answer_tokens=24",
-    "eval.gen_n=8", "eval.max_new_tokens=12", "eval.ood_pairs=none", "data.max_english=200",
+    "eval.gen_n=8", "eval.max_new_tokens=12", "eval.ood_pairs=none",
 ]
 
 

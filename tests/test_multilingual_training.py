@@ -30,8 +30,7 @@ def test_training_batches_are_balanced_over_languages(tmp_path, tiny_encoder_dir
     # the other corpus has no lang field: its pairs take "xx" from the file name
     write_pairs(tmp_path / "en-xx.jsonl", [Pair(p.en, f"xx {p.foreign} xx") for p in km[:30]])
     pairs = f"{tmp_path / 'en-km.jsonl'},{tmp_path / 'en-xx.jsonl'}"
-    cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pairs,
-                 **{"stage_a.steps": 3, "stage_a.english_fraction": 0.0})  # foreign rows only
+    cfg = _b_cfg(tmp_path, tiny_encoder_dir, tiny_decoder_dir, pairs, **{"stage_a.steps": 3})
     session = Session(cfg, progress=False)
     train = session.splits.train
     assert {p.lang for p in train} == {"km", "xx"}

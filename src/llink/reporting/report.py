@@ -113,11 +113,10 @@ def _nll(run: RunFolder) -> list[Block]:
     n = run.evals.get("nll")
     if not n:
         return [Block("h2", "Answer NLL"), _missing("answer NLL", "llink eval nll")]
-    others = sorted(k for k in run.evals if k.startswith("nll-"))
-    rows = [[name.removeprefix("nll-") if name != "nll" else "test", m.get("examples"),
-             m.get("nll_injected"), m.get("nll_ablated"), m.get("usage_gap"),
-             m.get("nll_base_raw")]
-            for name, m in [("nll", n), *((k, run.evals[k]) for k in others)]]
+    names = ["nll", *sorted(k for k in run.evals if k.startswith("nll-"))]  # test, then others
+    keys = ["examples", "nll_injected", "nll_ablated", "usage_gap", "nll_base_raw"]
+    rows = [["test" if k == "nll" else k.removeprefix("nll-"),
+             *(run.evals[k].get(x) for x in keys)] for k in names]
     return [Block("h2", "Answer NLL per token"),
             _table(["pairs", "n", "slots injected", "slots ablated", "gap",
                     "base decoder, raw text"], rows)]
