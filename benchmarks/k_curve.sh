@@ -6,7 +6,8 @@
 # trains). Every run is scored on the same items: answer NLL on 256 test pairs and on the
 # 47 UDHR paragraphs (slots injected vs ablated), chrF on the 500-item test sample and on
 # the test items whose reference has a number. Runs live in $OUT/<source>-k<K>/; the table
-# goes to benchmarks/results/k_curve.{md,json} (python -m benchmarks.k_curve).
+# goes to $RESULT (default benchmarks/results/k_curve.md, and .json; python -m
+# benchmarks.k_curve).
 #
 #   bash benchmarks/k_curve.sh                      # trains everything (~2.5 h on 2 cores)
 #   MAIN=runs/default bash benchmarks/k_curve.sh    # reuses a main-job run as tokens-k8
@@ -17,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/kcurve}
+RESULT=${RESULT:-benchmarks/results/k_curve.md}
 MAIN=${MAIN:-}
 KS=${KS:-8 1 16 4 2}
 SOURCES=${SOURCES:-pooled tokens}
@@ -51,5 +53,5 @@ for k in $KS; do
     llink eval gen --systems llink --numbers "${set[@]}"
   done
 done
-python -m benchmarks.k_curve "$OUT" --out benchmarks/results/k_curve.md
+python -m benchmarks.k_curve "$OUT" --out "$RESULT"
 log done
