@@ -85,13 +85,21 @@ def test_answer_nll_with_slots_is_the_loss_of_the_injected_embeddings(decoder):
     assert abs(float(nll.per_token() - ablated.per_token())) > 1e-3
 
 
+def _pristine_loss(tiny_decoder_dir, ids, mask, labels):
+    """The decoder as shipped: no reserved tokens, no adapters, Hugging Face's loss."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(str(tiny_decoder_dir)).eval()
+    with torch.no_grad():
+        return lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
 def test_base_answer_nll_runs_without_the_adapters(tiny_decoder_dir):
     dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
     model = PromptedDecoder(dec, PromptFormat())
     b = collate(_examples(model), int(model.tokenizer.pad_token_id))
     args = (b["input_ids"], b["attention_mask"], b["labels"])
     with torch.no_grad():
-        plain = _hf_loss(model, *args)
         model.add_lora(4, 4, 0.0, ["q_proj", "v_proj"])
         for n, p in model.lm.named_parameters():
             if "lora_B" in n:
@@ -99,6 +107,33 @@ def test_base_answer_nll_runs_without_the_adapters(tiny_decoder_dir):
         model.eval()
         with_lora = model.answer_nll(*args).per_token()
         base = model.answer_nll(*args, base=True).per_token()
-    torch.testing.assert_close(base, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(base, _pristine_loss(tiny_decoder_dir, *args),
+                               rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_lora, _hf_loss(model, *args), rtol=1e-5, atol=1e-5)
     assert abs(float(with_lora - base)) > 1e-3
+
+
+def test_base_answer_nll_is_the_shipped_decoders_whatever_k_and_reserved_rows(
+        tiny_decoder_dir):
+    """The base column must not move with K or with what training did to the reserved
+    rows: with tied embeddings those rows are output rows too, and trained ones can take
+    probability mass from the answer (a K = 4 and a K = 8 run once gave different "base"
+    figures on the same items)."""
+    figures = []
+    for k in (2, 6):
+        dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=k)
+        model = PromptedDecoder(dec, PromptFormat()).eval()
+        b = collate(_examples(model), int(model.tokenizer.pad_token_id))
+        args = (b["input_ids"], b["attention_mask"], b["labels"])
+        with torch.no_grad():
+            # rows as training might leave them: large, and aligned with the final states
+            hidden = model._backbone()(input_ids=b["input_ids"]).last_hidden_state
+            direction = hidden.mean((0, 1))
+            rows = dec.embedding_rows()
+            rows[list(dec.reserved.ids)] = 5.0 * direction / direction.norm()
+            full = _hf_loss(model, *args)  # the reserved rows now take mass: a leak
+            figures.append(model.answer_nll(*args, base=True).per_token())
+        pristine = _pristine_loss(tiny_decoder_dir, *args)
+        assert float(full - pristine) > 1e-3, "the leak this test guards against is not set up"
+        torch.testing.assert_close(figures[-1], pristine, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(figures[0], figures[1], rtol=1e-5, atol=1e-5)

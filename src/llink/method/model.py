@@ -200,7 +200,9 @@ class PromptedDecoder(nn.Module):
         base: bool = False,
     ) -> AnswerNLL:
         """NLL of the answer tokens. ``slots=None`` leaves the placeholder rows (ablation);
-        ``base=True`` runs without LoRA. Logits are computed at answer positions only."""
+        ``base=True`` is the base decoder: no LoRA, and its own vocabulary only (LLINK's
+        reserved tokens, whose rows are trained and, with tied embeddings, also output
+        rows, are left out of the softmax). Logits are computed at answer positions only."""
         input_ids = input_ids.to(self.device)
         attention_mask = attention_mask.to(self.device)
         labels = labels.to(self.device)
@@ -210,8 +212,11 @@ class PromptedDecoder(nn.Module):
             ).last_hidden_state
             target = labels[:, 1:]
             mask = target != IGNORE_INDEX
-            logits = self.lm.get_output_embeddings()(hidden[:, :-1][mask])
-        nll = F.cross_entropy(logits.float(), target[mask], reduction="none")
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][mask]).float()
+        if base:
+            reserved = torch.tensor(self.decoder.reserved.ids, device=logits.device)
+            logits = logits.index_fill(1, reserved, float("-inf"))
+        nll = F.cross_entropy(logits, target[mask], reduction="none")
         rows = mask.nonzero()[:, 0]
         total = torch.zeros(input_ids.shape[0], device=nll.device).index_add(0, rows, nll)
         return AnswerNLL(total, mask.sum(1).float())
