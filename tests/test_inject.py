@@ -30,6 +30,16 @@ def test_slot_span_and_instruction():
     assert len(TASKS) == 8
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_foreign_last_moves_only_the_foreign_span_and_its_literals(strict):
+    args = ("translate_to_english", slot_span(2), strict, None, ["30 MW"])
+    usual, last = instruction_text(*args).split("\n"), instruction_text(*args, True).split("\n")
+    assert sorted(usual) == sorted(last)
+    assert last[-2:] == ["Foreign: <foreign><f0><f1></foreign>", "Literals: 30 MW"]
+    assert usual[1:3] == last[-2:] and usual[0] == last[0]
+    assert PromptFormat(foreign_last=True).user_text(*args) == "\n".join(last)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_inject_slots_writes_exactly_the_slot_positions(side, k):

@@ -372,6 +372,16 @@ def test_artifact_keeps_the_system_prompt(trained, tmp_path):
     again = load_llink(tmp_path / "short", encoder=session.encoder)
     assert again.fmt.system_prompt == ""
     assert again.prompt_ids("translate_to_english") == model.prompt_ids("translate_to_english")
+    # the foreign-last order travels with the artifact too, and only what follows the
+    # template is left to prefill per request
+    model.fmt = replace(model.fmt, foreign_last=True)
+    save_llink(tmp_path / "last", model, meta)
+    last = load_llink(tmp_path / "last", encoder=session.encoder)
+    assert last.fmt.foreign_last and not again.fmt.foreign_last
+    ids = last.prompt_ids("translate_to_english")
+    assert ids == model.prompt_ids("translate_to_english")
+    tail = len(ids) - len(last.template_ids("translate_to_english"))
+    assert tail < len(ids) - len(again.template_ids("translate_to_english"))
 
 
 def test_frozen_projector_gives_the_same_slots_in_train_and_eval_mode(trained):

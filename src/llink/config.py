@@ -172,6 +172,9 @@ class StageBConfig:
     use_chat_template: bool = True
     # None: the chat template's own system turn (if any); "": an empty one (shorter prompt)
     system_prompt: str | None = ""
+    # the answer-language line before the foreign text, not after it: fewer tokens to
+    # prefill per request behind a prefix cache (llink.method.inject.instruction_text)
+    foreign_last: bool = False
     tasks: list[str] = field(default_factory=lambda: ["translate_to_english"])
     synthetic: str | None = None  # extra instruction examples (JSONL from `llink data synth`)
     # English sentences of data.english added as examples read through the encoder and

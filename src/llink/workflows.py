@@ -518,6 +518,12 @@ def held_out_free(
     return kept, len(items) - len(kept)
 
 
+def prompt_format(cfg: Config) -> PromptFormat:
+    """The prompt format Stage B and the baseline train with."""
+    b = cfg.stage_b
+    return PromptFormat(b.use_chat_template, b.system_prompt, b.foreign_last)
+
+
 def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     """A fresh LLINK model around the Stage A projector (its own decoder copy, for LoRA)."""
     cfg = session.cfg
@@ -533,7 +539,7 @@ def build_llink(session: Session, stage_a: StageAArtifact) -> LLINK:
     bridge = SlotBridge(decoder.hidden_size, m.num_slots, target_norm)
     reader = build_token_reader(m.slot_source, session.encoder.dim, decoder.hidden_size,
                                 m.num_slots, target_norm, m.resampler_layers)
-    fmt = PromptFormat(cfg.stage_b.use_chat_template, cfg.stage_b.system_prompt)
+    fmt = prompt_format(cfg)
     return LLINK(session.encoder, decoder, stage_a.projector, stage_a.targets, bridge,
                  fmt, reader=reader, token_layer=m.token_layer,
                  literals=m.literals, slots_per_token=m.slots_per_token).to(session.device)
@@ -631,8 +637,7 @@ def run_baseline(session: Session, resume: bool = False) -> dict[str, Any]:
     dist.on_main(write_run_info, cfg.run_dir, cfg.to_dict())
     with dist.main_first():  # its own copy of the decoder: LoRA wraps it in place
         decoder = load_decoder(cfg.model, session.device)
-    model = PromptedDecoder(decoder, PromptFormat(cfg.stage_b.use_chat_template,
-                                                  cfg.stage_b.system_prompt))
+    model = PromptedDecoder(decoder, prompt_format(cfg))
     b = cfg.stage_b
     train_items = stage_b_items(session, "train")
     dev_items = stage_b_items(session, "dev")[: b.eval_pairs]
@@ -672,8 +677,7 @@ def model_identity(system: str, model_dir: Path, baseline_dir: Path) -> dict[str
         meta = load_json(check_folder(model_dir, "LLINK model", "Train one with "
                                       "`llink train stage-b`."), "llink")
         return {"model": "base decoder", "decoder_weights": meta["decoder_weights"],
-                "use_chat_template": meta["use_chat_template"],
-                "system_prompt": meta.get("system_prompt")}
+                **PromptFormat.from_meta(meta).meta()}
     folder = baseline_dir if system == "baseline" else model_dir
     # by content only: a run folder that is moved, copied or linked keeps its outputs
     return {"model_digest": folder_digest(folder)}

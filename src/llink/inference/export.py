@@ -30,7 +30,7 @@ import torch
 
 from llink.backbones.decoder import FrozenDecoder, reserved_token_strings, slot_token
 from llink.backbones.encoder import FrozenEncoder
-from llink.method.inject import TASKS, instruction_text, pad_batch, slot_span
+from llink.method.inject import TASKS, pad_batch, slot_span
 from llink.method.model import LLINK, assemble_llink
 from llink.storage.checkpoints import (
     CheckpointError,
@@ -158,7 +158,7 @@ def _export_meta(model: LLINK) -> dict[str, Any]:
     k = model.num_slots
     reserved = model.decoder.reserved
     example = model.fmt.prompt(model.tokenizer,
-                               instruction_text("translate_to_english", slot_span(k)))
+                               model.fmt.user_text("translate_to_english", slot_span(k)))
     return {
         "format": EXPORT_FORMAT,
         "decoder": DECODER_DIR,
@@ -177,8 +177,7 @@ def _export_meta(model: LLINK) -> dict[str, Any]:
         "reserved_tokens": reserved_token_strings(k),
         "reserved_token_ids": reserved.ids,
         "prompt": {
-            "use_chat_template": model.fmt.use_chat_template,
-            "system_prompt": model.fmt.system_prompt,
+            **model.fmt.meta(),
             "slot_source": model.slot_source,
             "literals": model.literals,
             "slots_per_token": model.slots_per_token,

@@ -47,12 +47,15 @@ def slot_span(num_slots: int) -> str:
 
 def instruction_text(
     task: str, foreign: str, strict: bool = False, question: str | None = None,
-    literals: list[str] | None = None,
+    literals: list[str] | None = None, foreign_last: bool = False,
 ) -> str:
     """The user message: instruction, the foreign span (slots or raw text), its literals
     (numbers and Latin words copied as text, see :mod:`llink.method.literals`), answer language.
 
-    ``task="ask"`` takes a free-form ``question`` about the foreign text.
+    ``task="ask"`` takes a free-form ``question`` about the foreign text. ``foreign_last``
+    puts the answer-language line (and the strict suffix) before the foreign span, so all
+    that follows the span is its literals and the chat turn's end: the template a prefix
+    cache reuses grows and each request prefills fewer tokens.
     """
     if task == "ask":
         if not question:
@@ -64,11 +67,10 @@ def instruction_text(
             head += f"\nQuestion: {question}"
     else:
         raise UnknownTaskError(task)
-    lines = [head, f"Foreign: {foreign}", literal_line(literals or []), "Answer in English only."]
-    lines = [line for line in lines if line]
-    if strict:
-        lines.append(STRICT_SUFFIX)
-    return "\n".join(lines)
+    span = [f"Foreign: {foreign}", literal_line(literals or [])]
+    ask = ["Answer in English only.", STRICT_SUFFIX if strict else ""]
+    lines = [head, *ask, *span] if foreign_last else [head, *span, *ask]
+    return "\n".join(line for line in lines if line)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,24 @@ class PromptFormat:
 
     use_chat_template: bool = True
     system_prompt: str | None = None
+    foreign_last: bool = False  # see instruction_text
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> PromptFormat:
+        """The format an artifact was trained with (its JSON, see :meth:`meta`)."""
+        return cls(meta["use_chat_template"], meta.get("system_prompt"),
+                   meta.get("foreign_last", False))
+
+    def meta(self) -> dict:
+        """The fields saved in an artifact's JSON (``foreign_last`` only when set, so
+        older artifacts and their cached outputs keep their identity)."""
+        out = {"use_chat_template": self.use_chat_template, "system_prompt": self.system_prompt}
+        return {**out, "foreign_last": True} if self.foreign_last else out
+
+    def user_text(self, task: str, foreign: str, strict: bool = False,
+                  question: str | None = None, literals: list[str] | None = None) -> str:
+        """:func:`instruction_text` in this format's order."""
+        return instruction_text(task, foreign, strict, question, literals, self.foreign_last)
 
     def prompt(self, tokenizer: PreTrainedTokenizerBase, user: str) -> str:
         if self.use_chat_template and getattr(tokenizer, "chat_template", None):

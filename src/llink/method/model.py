@@ -43,7 +43,6 @@ from llink.method.inject import (
     IGNORE_INDEX,
     PromptFormat,
     inject_slots,
-    instruction_text,
     slot_span,
 )
 from llink.method.literals import extract_literals, with_literal_bias
@@ -230,7 +229,7 @@ class PromptedDecoder(nn.Module):
         """Prompt ids with the slot span (``num_slots`` placeholders, default K) and the
         foreign text's ``literals``, or with ``foreign_text`` written out (base decoder)."""
         span = slot_span(num_slots or self.num_slots) if foreign_text is None else foreign_text
-        user = instruction_text(task, span, strict, question, literals)
+        user = self.fmt.user_text(task, span, strict, question, literals)
         return self.fmt.prompt_ids(self.tokenizer, user)
 
     def template_ids(self, task: str, strict: bool = False, question: str | None = None
@@ -556,8 +555,7 @@ def save_llink(folder: str | Path, model: LLINK, meta: dict[str, Any]) -> Path:
         "num_slots": model.num_slots,
         "d_enc": model.encoder.dim,
         "d_dec": model.decoder.hidden_size,
-        "use_chat_template": model.fmt.use_chat_template,
-        "system_prompt": model.fmt.system_prompt,
+        **model.fmt.meta(),
         "targets": model.targets.kind,
         **model.targets.spec(),
         "has_lora": model.has_lora,
@@ -599,7 +597,7 @@ def assemble_llink(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path:
         load_state_dict(reader, prefixed(tensors, "reader."), path)
     targets = targets_from(meta, tensors, path)
     return LLINK(encoder, decoder, proj, targets, bridge,
-                 PromptFormat(meta["use_chat_template"], meta.get("system_prompt")),
+                 PromptFormat.from_meta(meta),
                  reader=reader, token_layer=meta.get("token_layer", -1),
                  literals=meta.get("literals", False),
                  slots_per_token=meta.get("slots_per_token", 0.0))
@@ -666,8 +664,7 @@ def save_baseline(folder: str | Path, model: PromptedDecoder, meta: dict[str, An
         **meta,
         "num_slots": model.num_slots,
         "d_dec": model.decoder.hidden_size,
-        "use_chat_template": model.fmt.use_chat_template,
-        "system_prompt": model.fmt.system_prompt,
+        **model.fmt.meta(),
     }
 
     def write_lora(tmp: Path) -> None:
@@ -703,7 +700,6 @@ def load_baseline(
              "decoder_weights": dec.fingerprint}
     compare_expected(meta, found, f"baseline {folder} vs the loaded decoder",
                      "The decoder differs from the one the baseline was trained with.")
-    model = PromptedDecoder(dec, PromptFormat(meta["use_chat_template"],
-                                              meta.get("system_prompt")))
+    model = PromptedDecoder(dec, PromptFormat.from_meta(meta))
     attach_lora(model, folder, "baseline.json")
     return model.to(dec.device).eval()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from llink.config import Config, StageBConfig
 from llink.data.tasks import ENGLISH_SOURCE, TaskExample
 from llink.method.bridge import BagOfWordsHead
-from llink.method.inject import Example, build_example, collate, instruction_text, slot_span
+from llink.method.inject import Example, build_example, collate, slot_span
 from llink.method.losses import direction_mse, info_nce, lexical_loss, usage_penalty
 from llink.method.model import LLINK, AnswerNLL, save_llink
 from llink.storage.runlog import MetricsLog
@@ -83,7 +83,7 @@ def tokenize_examples(
         # come from the slots, not from a Literals line that would spell the whole answer
         literals = None if raw_foreign or it.source == ENGLISH_SOURCE \
             else model.literals_of(it.foreign)
-        user = instruction_text(it.task, span, question=it.question, literals=literals)
+        user = fmt.user_text(it.task, span, question=it.question, literals=literals)
         out.append(build_example(tok, fmt, user, it.answer, max_answer_tokens))
     return out
 
