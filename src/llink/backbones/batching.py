@@ -18,6 +18,36 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[l
         yield order[start : start + batch_size]
 
 
+#: tokens per batch (rows × length) of :func:`fixed_shape_batches` for cached features
+EXACT_TOKENS = 128
+
+
+def fixed_shape_batches(
+    lengths: Sequence[int], max_rows: int, tokens: int = EXACT_TOKENS
+) -> Iterator[list[int]]:
+    """Yield batches of indices of equal length, longest first, each exactly
+    ``rows(length) = clamp(tokens // length, 1, max_rows)`` long: the last batch of a
+    length is filled up by repeating its last index.
+
+    A batch's shape is then a function of its length alone, and needs no padding. CPU
+    matrix kernels pick their blocking (and so the order of each sum) by shape, not by
+    the values, so an item's output is the same to the last bit whatever it is batched
+    with, for a given ``max_rows``: a feature cache filled in any order holds the same
+    vectors. (Padded batches differ in the last bits: e5's vector of a text alone vs
+    among 64 others by ~1e-6.) ``tokens`` keeps short texts in bigger batches.
+    """
+    if max_rows < 1 or tokens < 1:
+        raise ValueError("max_rows and tokens must be >= 1")
+    groups: dict[int, list[int]] = {}
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        groups.setdefault(lengths[i], []).append(i)
+    for length, group in groups.items():
+        rows = max(1, min(max_rows, tokens // max(length, 1)))
+        for start in range(0, len(group), rows):
+            chunk = group[start : start + rows]
+            yield chunk + [chunk[-1]] * (rows - len(chunk))
+
+
 def length_groups(lengths: Sequence[int], max_gap: int = 4, min_groups: int = 1) -> list[list[int]]:
     """Indices in groups of similar length, shortest first (for one batch split into passes).
 

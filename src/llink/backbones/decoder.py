@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llink.backbones.batching import length_sorted_batches
+from llink.backbones.batching import fixed_shape_batches
 from llink.backbones.encoder import mean_pool
 from llink.backbones.fingerprint import (
     code_digest,
@@ -169,7 +169,8 @@ class FrozenDecoder:
             "weights": self.fingerprint,
             "tokenizer": self.tokenizer_fingerprint,
             "code": code_digest(FrozenDecoder.teacher_input_ids, FrozenDecoder.hidden_states,
-                                FrozenDecoder.teacher_states, mean_pool),
+                                FrozenDecoder.teacher_states, mean_pool,
+                                fixed_shape_batches),
             # (_run_to_layer is left out of the key: it returns what a full pass would)
             "foreign_emb_row": tensor_digest(emb_row) if pooling == "foreign_emb" else None,
             "suffix": FOREIGN_EMB if pooling == "foreign_emb" else None,
@@ -197,13 +198,15 @@ class FrozenDecoder:
     ) -> torch.Tensor:
         """Hidden state after ``layer`` blocks (-1: the final, normalised one) of each id
         sequence, at its last token (``last``) or averaged over its tokens (``mean``),
-        [N, hidden] float32."""
+        [N, hidden] float32. Batches hold sequences of one length, in a shape set by that
+        length (:func:`~llink.backbones.batching.fixed_shape_batches`), so a sequence's
+        state does not depend, to the last bit, on what it is batched with."""
         if pooling not in TEACHER_POOLINGS and pooling != "last":
             raise ValueError(f"unknown pooling {pooling!r}")
         out = torch.empty(len(ids_list), self.hidden_size, dtype=torch.float32)
         pad = int(self.tokenizer.pad_token_id)
         base = self.model.get_decoder()
-        batches = list(length_sorted_batches([len(x) for x in ids_list], batch_size))
+        batches = list(fixed_shape_batches([len(x) for x in ids_list], batch_size))
         for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
             seqs = [ids_list[i] for i in idx]
             width = max(len(s) for s in seqs)

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from llink.backbones.batching import length_sorted_batches
+from llink.backbones.batching import fixed_shape_batches, length_sorted_batches
 from llink.backbones.fingerprint import code_digest, module_fingerprint, tokenizer_digest
 from llink.backbones.offline import explain_load_errors, resolve_model
 from llink.config import ConfigError
@@ -31,8 +31,10 @@ def clip_text(text: str, max_chars: int) -> str:
 class FrozenEncoder:
     """A frozen encoder that turns texts into mean-pooled sentence vectors.
 
-    No gradients flow and the model stays in eval mode, so the same text always
-    gives the same vector.
+    No gradients flow and the model stays in eval mode. With ``exact_lengths=True`` (what
+    the feature cache uses) a text's vector is the same to the last bit whatever it is
+    batched with; padded batches (the default, faster for many texts of mixed lengths)
+    agree with it up to float rounding.
     """
 
     def __init__(
@@ -94,7 +96,8 @@ class FrozenEncoder:
             "weights": self.fingerprint,
             "tokenizer": self.tokenizer_fingerprint,
             "code": code_digest(mean_pool, clip_text, FrozenEncoder.prepare,
-                                FrozenEncoder.encode_both),
+                                FrozenEncoder.encode_both, FrozenEncoder.batches),
+            "batching": "equal token lengths",
             "prefix": self.prefix,
             "max_chars": self.max_chars,
             "max_length": self.max_length,
@@ -116,16 +119,28 @@ class FrozenEncoder:
         start = min(start + n_prefix, stop)
         return slice(start, stop)
 
+    def batches(self, prepared: Sequence[str], batch_size: int, exact_lengths: bool
+                ) -> list[list[int]]:
+        """Index batches of prepared texts: of similar lengths, or (``exact_lengths``) of
+        one shape per token count (:func:`~llink.backbones.batching.fixed_shape_batches`:
+        no text's output depends on its batch mates)."""
+        if not exact_lengths:
+            return list(length_sorted_batches([len(t) for t in prepared], batch_size))
+        ids = self.tokenizer(list(prepared), truncation=True, max_length=self.max_length)
+        return list(fixed_shape_batches([len(x) for x in ids["input_ids"]], batch_size))
+
     @torch.inference_mode()
     def encode_both(
         self, texts: Sequence[str], layer: int | None = -1, batch_size: int = 64,
-        progress: bool = False,
+        progress: bool = False, exact_lengths: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """One encoder pass for both readings of each text: the mean-pooled vector
         [N, dim] (float32, CPU) and, unless ``layer`` is None, the hidden states of the
         text's own tokens at ``layer`` (-1: the last) as a [T_i, dim] tensor per text.
         Special tokens and the prefix are left out of the token states (the pooled vector
-        carries the sentence as a whole)."""
+        carries the sentence as a whole). ``exact_lengths``: batch only texts of equal
+        token counts, so each text's outputs are independent of the others (feature
+        caches use it; see :meth:`batches`)."""
         layers = int(getattr(self.model.config, "num_hidden_layers", 0) or 0)
         if layer is not None and layers and not -1 <= layer <= layers:
             raise ConfigError(f"model.token_layer={layer}, but the encoder {self.name or ''} has "
@@ -133,7 +148,7 @@ class FrozenEncoder:
         prepared = self.prepare(texts)
         pooled = torch.empty(len(prepared), self.dim, dtype=torch.float32)
         tokens: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
-        batches = list(length_sorted_batches([len(t) for t in prepared], batch_size))
+        batches = self.batches(prepared, batch_size, exact_lengths)
         for idx in tqdm(batches, desc="encoder", disable=not progress, unit="batch"):
             enc = self.tokenizer(
                 [prepared[i] for i in idx], padding=True, truncation=True,
@@ -153,13 +168,15 @@ class FrozenEncoder:
 
     def encode_tokens(
         self, texts: Sequence[str], layer: int = -1, batch_size: int = 64,
-        progress: bool = False,
+        progress: bool = False, exact_lengths: bool = False,
     ) -> list[torch.Tensor]:
         """Hidden states of each text's own tokens at ``layer`` (see :meth:`encode_both`)."""
-        return self.encode_both(texts, layer, batch_size, progress)[1]
+        return self.encode_both(texts, layer, batch_size, progress, exact_lengths)[1]
 
     def encode(
-        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
+        exact_lengths: bool = False,
     ) -> torch.Tensor:
-        """Return mean-pooled vectors [N, dim] (float32, on the CPU), in input order."""
-        return self.encode_both(texts, None, batch_size, progress)[0]
+        """Return mean-pooled vectors [N, dim] (float32, on the CPU), in input order
+        (``exact_lengths``: see :meth:`encode_both`)."""
+        return self.encode_both(texts, None, batch_size, progress, exact_lengths)[0]

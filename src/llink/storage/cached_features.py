@@ -38,7 +38,7 @@ def encoder_vectors(
     """Mean-pooled encoder vectors of ``texts`` [N, d_enc]."""
     store = FeatureStore(root, "encoder", encoder.cache_settings())
     return store.get(
-        list(texts), lambda xs: encoder.encode(xs, batch_size), desc=desc, progress=progress
+        list(texts), lambda xs: encoder.encode(xs, batch_size, exact_lengths=True), desc=desc, progress=progress
     )
 
 
@@ -56,7 +56,8 @@ def encoder_token_states(
     settings = {**encoder.cache_settings(), "pooling": "none (token states)", "layer": layer,
                 "code_tokens": code_digest(FrozenEncoder.text_token_span)}
     store = FeatureStore(root, "encoder-tokens", settings, ragged=True)
-    return store.get(list(texts), lambda xs: encoder.encode_tokens(xs, layer, batch_size),
+    return store.get(list(texts), lambda xs: encoder.encode_tokens(xs, layer, batch_size,
+                                                                exact_lengths=True),
                      desc=desc, progress=progress)
 
 
