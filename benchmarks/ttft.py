@@ -1,7 +1,7 @@
 """Time to first token and batch throughput, slots vs raw text, both paths served fast.
 
     python -m benchmarks.ttft [--model DIR] [--n 40] [--repeats 3] [--batch 32]
-                              [--max-new-tokens 32] [--threads N] [--quick]
+                              [--max-new-tokens 32] [--dtype float32] [--threads N] [--quick]
 
 Both paths are set up the way ``llink serve`` runs LLINK: the prompt template before the
 foreign text has its KV computed once and reused (prefix caching), and LLINK's LoRA is
@@ -19,7 +19,8 @@ Throughput: sentences/s answering ``--n-batch`` sentences (default: ``--batch``)
 batches of ``--batch``, greedy, up to ``--max-new-tokens``, median of repeats.
 Untimed checks on the same sentences: the first token with and without the prefix cache,
 merged LoRA vs the adapters, the plain decoder vs the model's own base path; the batch
-answers with and without the prefix cache.
+answers with and without the prefix cache. ``--dtype bfloat16`` loads both paths' frozen
+models in bfloat16 (the bridge stays float32).
 Results: benchmarks/results/ttft.{json,md}.
 """
 
@@ -43,8 +44,11 @@ from llink.method.model import PromptedDecoder
 
 TASK = "translate_to_english"
 TARGETS = {"ttft": 2.5, "throughput": 5.0}
-QUICK = {"n": 4, "repeats": 1, "batch": 2, "n_batch": 4, "max_new_tokens": 4}
-DEFAULT = {"n": 40, "repeats": 3, "batch": 32, "n_batch": None, "max_new_tokens": 32}
+QUICK = {"n": 4, "repeats": 1, "batch": 2, "n_batch": 4, "max_new_tokens": 4,
+         "dtype": "float32"}
+DEFAULT = {"n": 40, "repeats": 3, "batch": 32, "n_batch": None, "max_new_tokens": 32,
+           "dtype": "float32"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OPTIONS = {
     **common.MODEL,
     "--n": {"type": int, "help": "test sentences timed for the first token"},
@@ -53,6 +57,7 @@ OPTIONS = {
     "--n-batch": {"type": int,
                   "help": "test sentences for the throughput figure (default: one batch)"},
     "--max-new-tokens": {"type": int, "help": "answer length cap of the throughput figure"},
+    "--dtype": {"choices": list(DTYPES), "help": "the frozen models' dtype, both paths"},
     **common.THREADS,
     **common.QUICK_RUN,
 }
@@ -60,12 +65,12 @@ OPTIONS = {
 Answerer = Callable[[list[str], int], list[str]]
 
 
-def plain_base_decoder(model: LLINK) -> PromptedDecoder:
+def plain_base_decoder(model: LLINK, dtype: torch.dtype = torch.float32) -> PromptedDecoder:
     """The model's decoder loaded again without LoRA or adapter wrappers (the base
     decoder as one would serve it), with the model's prompt format."""
     meta = model.meta or {}
     dec = FrozenDecoder.from_pretrained(meta["decoder"], num_slots=model.num_slots,
-                                        device=model.device)
+                                        device=model.device, dtype=dtype)
     if meta.get("decoder_weights") and dec.fingerprint != meta["decoder_weights"]:
         raise SystemExit(f"the decoder {meta['decoder']} is not the one the model was "
                          "trained with (weights fingerprint differs)")
@@ -73,11 +78,12 @@ def plain_base_decoder(model: LLINK) -> PromptedDecoder:
     return PromptedDecoder(dec, model.fmt).eval()
 
 
-def build_paths(folder: str, device: str) -> tuple[dict[str, Answerer], dict[str, Any]]:
+def build_paths(folder: str, device: str, dtype: torch.dtype = torch.float32
+                ) -> tuple[dict[str, Answerer], dict[str, Any]]:
     """The timed paths by name, and the models behind them. A path with the prefix cache
     and its twin without share one model; each call sets the model's cache."""
-    merged = LLINK.from_pretrained(folder, device=device, merge_lora=True).eval()
-    base = plain_base_decoder(merged)
+    merged = LLINK.from_pretrained(folder, device=device, merge_lora=True, dtype=dtype).eval()
+    base = plain_base_decoder(merged, dtype)
     caches = {"llink": PrefixCache(), "base": PrefixCache()}
     merged.prefix_cache = caches["llink"]
     backend = LLINKBackend(merged, "bench")
@@ -142,7 +148,8 @@ def first_token_checks(paths: dict[str, Answerer], merged: LLINK, folder: str, d
                        texts: list[str]) -> dict[str, list[int]]:
     """[agreeing, compared] first tokens: prefix cache on vs off (both paths), merged LoRA
     vs the adapters, the plain decoder vs the model's own base path."""
-    unmerged = LLINK.from_pretrained(folder, device=device, encoder=merged.encoder).eval()
+    unmerged = LLINK.from_pretrained(folder, device=device, encoder=merged.encoder,
+                                     dtype=merged.decoder.embedding_rows().dtype).eval()
 
     def agree(a: Answerer, b: Answerer) -> list[int]:
         return [sum(a([t], 1) == b([t], 1) for t in texts), len(texts)]
@@ -160,12 +167,12 @@ def first_token_checks(paths: dict[str, Answerer], merged: LLINK, folder: str, d
 
 
 def measure(folder: str, n: int, repeats: int, batch: int, n_batch: int | None,
-            max_new_tokens: int) -> dict[str, Any]:
+            max_new_tokens: int, dtype: str = "float32") -> dict[str, Any]:
     test = load_splits(DataConfig()).test
     texts = [p.foreign for p in common.evenly_spaced(test, n)]
     batch_texts = [p.foreign for p in common.evenly_spaced(test, n_batch or batch)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    paths, models = build_paths(folder, device)
+    paths, models = build_paths(folder, device, DTYPES[dtype])
     merged, tok = models["merged"], models["merged"].tokenizer
 
     per = time_first_tokens(paths, texts, repeats)
@@ -194,6 +201,7 @@ def measure(folder: str, n: int, repeats: int, batch: int, n_batch: int | None,
         "machine": machine_description(),
         "model": folder,
         "device": device,
+        "dtype": dtype,
         "sample": {"split": "test", "sentences": len(texts), "test_sentences": len(test),
                    "chars_median": statistics.median(len(t) for t in texts)},
         "repeats": repeats,
@@ -247,7 +255,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"{s['sentences']} test sentences spread evenly over the test split ({s['test_sentences']}"
         f" sentences; median {s['chars_median']:.0f} characters), batch of one, "
         f"`generate(..., max_new_tokens=1)`, median of {res['repeats']} per sentence, paths "
-        f"alternating; device {res['device']}. LLINK: LoRA merged, encoder pass included. "
+        f"alternating; device {res['device']}, frozen models in {res.get('dtype', 'float32')}. "
+        "LLINK: LoRA merged, encoder pass included. "
         "Base: the same decoder without LoRA given the raw text. Prompt tokens, median: "
         f"LLINK {p['llink_median']:.0f}, base {p['base_median']:.0f}; the cached template "
         f"before the foreign text is {p['template']} of them.",
@@ -321,7 +330,7 @@ def run(model: str | None = None, quick: bool = False, **overrides: Any) -> dict
     """Measure with the defaults (or the quick settings), write results, return them."""
     q = common.settings(quick, QUICK, DEFAULT, overrides)
     res = measure(model_dir(model), q["n"], q["repeats"], q["batch"], q["n_batch"],
-                  q["max_new_tokens"])
+                  q["max_new_tokens"], q["dtype"])
     return common.report("ttft", res, markdown, quick)
 
 
