@@ -36,6 +36,7 @@ from benchmarks import common
 from benchmarks.common import machine_description, model_dir, row, timed
 from llink import LLINK
 from llink.backbones.decoder import FrozenDecoder
+from llink.backbones.loading import resolve_dtype
 from llink.backbones.prefix_cache import PrefixCache
 from llink.config import DataConfig
 from llink.data.splits import load_splits
@@ -48,7 +49,7 @@ QUICK = {"n": 4, "repeats": 1, "batch": 2, "n_batch": 4, "max_new_tokens": 4,
          "dtype": "float32"}
 DEFAULT = {"n": 40, "repeats": 3, "batch": 32, "n_batch": None, "max_new_tokens": 32,
            "dtype": "float32"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "bfloat16")
 OPTIONS = {
     **common.MODEL,
     "--n": {"type": int, "help": "test sentences timed for the first token"},
@@ -57,7 +58,7 @@ OPTIONS = {
     "--n-batch": {"type": int,
                   "help": "test sentences for the throughput figure (default: one batch)"},
     "--max-new-tokens": {"type": int, "help": "answer length cap of the throughput figure"},
-    "--dtype": {"choices": list(DTYPES), "help": "the frozen models' dtype, both paths"},
+    "--dtype": {"choices": DTYPES, "help": "the frozen models' dtype, both paths"},
     **common.THREADS,
     **common.QUICK_RUN,
 }
@@ -172,7 +173,7 @@ def measure(folder: str, n: int, repeats: int, batch: int, n_batch: int | None,
     texts = [p.foreign for p in common.evenly_spaced(test, n)]
     batch_texts = [p.foreign for p in common.evenly_spaced(test, n_batch or batch)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    paths, models = build_paths(folder, device, DTYPES[dtype])
+    paths, models = build_paths(folder, device, resolve_dtype(dtype))
     merged, tok = models["merged"], models["merged"].tokenizer
 
     per = time_first_tokens(paths, texts, repeats)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+from llink.backbones.fingerprint import code_digest
+
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Yield lists of indices, longest first, each of at most ``batch_size`` items.
@@ -46,6 +48,12 @@ def fixed_shape_batches(
         for start in range(0, len(group), rows):
             chunk = group[start : start + rows]
             yield chunk + [chunk[-1]] * (rows - len(chunk))
+
+
+def batching_key() -> str:
+    """What a feature cache key records of :func:`fixed_shape_batches`: its code and the
+    shape rule, since a batch's shape sets a feature's last bits."""
+    return f"fixed shapes, {EXACT_TOKENS} tokens; {code_digest(fixed_shape_batches)}"
 
 
 def length_groups(lengths: Sequence[int], max_gap: int = 4, min_groups: int = 1) -> list[list[int]]:

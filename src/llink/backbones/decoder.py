@@ -15,7 +15,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llink.backbones.batching import fixed_shape_batches
+from llink.backbones.batching import batching_key, fixed_shape_batches
 from llink.backbones.encoder import mean_pool
 from llink.backbones.fingerprint import (
     code_digest,
@@ -169,8 +169,8 @@ class FrozenDecoder:
             "weights": self.fingerprint,
             "tokenizer": self.tokenizer_fingerprint,
             "code": code_digest(FrozenDecoder.teacher_input_ids, FrozenDecoder.hidden_states,
-                                FrozenDecoder.teacher_states, mean_pool,
-                                fixed_shape_batches),
+                                FrozenDecoder.teacher_states, mean_pool),
+            "batching": batching_key(),
             # (_run_to_layer is left out of the key: it returns what a full pass would)
             "foreign_emb_row": tensor_digest(emb_row) if pooling == "foreign_emb" else None,
             "suffix": FOREIGN_EMB if pooling == "foreign_emb" else None,
@@ -204,24 +204,18 @@ class FrozenDecoder:
         if pooling not in TEACHER_POOLINGS and pooling != "last":
             raise ValueError(f"unknown pooling {pooling!r}")
         out = torch.empty(len(ids_list), self.hidden_size, dtype=torch.float32)
-        pad = int(self.tokenizer.pad_token_id)
         base = self.model.get_decoder()
         batches = list(fixed_shape_batches([len(x) for x in ids_list], batch_size))
         for idx in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-            seqs = [ids_list[i] for i in idx]
-            width = max(len(s) for s in seqs)
-            input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                input_ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
+            input_ids = torch.tensor([ids_list[i] for i in idx], dtype=torch.long)  # one length
+            mask = torch.ones_like(input_ids)
             hidden = self._run_to_layer(base, input_ids.to(self.device), mask.to(self.device),
                                         layer)
             if pooling == "mean":
                 out[idx] = mean_pool(hidden, mask.to(self.device)).float().cpu()
             else:
                 last = mask.sum(1) - 1
-                out[idx] = hidden[torch.arange(len(seqs)), last.to(self.device)].float().cpu()
+                out[idx] = hidden[torch.arange(len(idx)), last.to(self.device)].float().cpu()
         return out
 
     @staticmethod

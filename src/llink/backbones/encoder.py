@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from llink.backbones.batching import fixed_shape_batches, length_sorted_batches
+from llink.backbones.batching import batching_key, fixed_shape_batches, length_sorted_batches
 from llink.backbones.fingerprint import code_digest, module_fingerprint, tokenizer_digest
 from llink.backbones.offline import explain_load_errors, resolve_model
 from llink.config import ConfigError
@@ -97,7 +97,7 @@ class FrozenEncoder:
             "tokenizer": self.tokenizer_fingerprint,
             "code": code_digest(mean_pool, clip_text, FrozenEncoder.prepare,
                                 FrozenEncoder.encode_both, FrozenEncoder.batches),
-            "batching": "equal token lengths",
+            "batching": batching_key(),
             "prefix": self.prefix,
             "max_chars": self.max_chars,
             "max_length": self.max_length,

@@ -37,9 +37,8 @@ def encoder_vectors(
 ) -> torch.Tensor:
     """Mean-pooled encoder vectors of ``texts`` [N, d_enc]."""
     store = FeatureStore(root, "encoder", encoder.cache_settings())
-    return store.get(
-        list(texts), lambda xs: encoder.encode(xs, batch_size, exact_lengths=True), desc=desc, progress=progress
-    )
+    return store.get(list(texts), lambda xs: encoder.encode(xs, batch_size, exact_lengths=True),
+                     desc=desc, progress=progress)
 
 
 def encoder_token_states(
