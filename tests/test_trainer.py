@@ -74,3 +74,56 @@ def test_best_dev_keeps_the_lowest_figure_over_resumes():
     again = BestDev("nll", best.summary())  # what a resumed run starts from
     assert not again.offer({"nll": 2.0}, 9) and again.offer({"nll": 1.0}, 12)
     assert again.summary() == {"nll": 1.0, "step": 12}
+
+
+def test_a_signal_saves_the_step_under_way_and_stops_then_resume_finishes(tmp_path, capsys):
+    """SIGINT mid-step: the step finishes, the state is saved at it, TrainingStopped ends
+    the loop (the old handler back); --resume then ends where an uninterrupted run does."""
+    import os
+    import signal
+
+    import pytest
+
+    from llink.train.trainer import TrainingStopped
+
+    _, full, _, _ = _train(tmp_path / "full", 6)
+    cfg, run = _run(tmp_path / "cut", **{"stage_a.steps": 6, "stage_a.save_every": 100})
+    lin = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    run.begin(opt, False)
+    handler = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(TrainingStopped, match="after step 3 of 6"):
+        for step in run.steps(6, opt, lambda: {"lin": lin.state_dict()}):
+            if step == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives during the step
+            torch.rand(1)
+            lin(torch.ones(1, 3)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            done.append(step)
+            run.record({"step": step + 1})
+    assert done == [0, 1, 2] and signal.getsignal(signal.SIGINT) is handler
+    assert "stops after this step" in capsys.readouterr().err
+    assert json.loads((run.state_dir / "state.json").read_text())["step"] == 3
+    _, cut, seen, _ = _train(tmp_path / "cut", 6, resume=True)
+    assert seen == [4, 6]
+    for a, b in zip(full.parameters(), cut.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_cli_says_where_a_stopped_run_saved_and_how_to_resume(monkeypatch, capsys):
+    from llink import cli
+    from llink.train.trainer import TrainingStopped
+
+    def stopped(args):
+        raise TrainingStopped("Stage B stopped after step 3 of 6; its state is saved in R")
+
+    args = cli.build_parser().parse_args(["train", "stage-b"])
+    args.func = stopped  # the command, stopped by a signal after saving
+    monkeypatch.setattr(cli, "build_parser",
+                        lambda: type("P", (), {"parse_args": lambda self, a: args})())
+    assert cli.main(["train", "stage-b"]) == 130
+    assert capsys.readouterr().err.strip() == (
+        "llink: Stage B stopped after step 3 of 6; its state is saved in R: "
+        "rerun with --resume to continue")

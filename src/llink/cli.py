@@ -818,8 +818,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"llink: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("llink: interrupted; rerun with --resume to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        saved = f"{exc}: " if str(exc) else "interrupted; "  # TrainingStopped says where
+        print(f"llink: {saved}rerun with --resume to continue", file=sys.stderr)
         return 130
     return 0
 

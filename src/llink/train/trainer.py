@@ -12,6 +12,10 @@ those they do the same things, held here so that each trainer keeps only its own
         ...  # one optimizer step; run.record(...) logs it
     # the loop saved the state every ``save_every`` steps and after the last one
 
+Ctrl-C (SIGINT) or SIGTERM during the loop asks for a clean stop: the step under way
+finishes, the state is saved at it, and :class:`TrainingStopped` (a ``KeyboardInterrupt``)
+ends the run, so ``--resume`` loses nothing; a second signal stops at once.
+
 Files of a run named ``NAME`` in ``run_dir``: ``NAME.metrics.jsonl`` (the log),
 ``NAME-state`` (the resumable state, :mod:`llink.train.state`), and the trainer's own
 model folders (``outputs``). Every rank runs the loop; only the main process writes.
@@ -19,8 +23,12 @@ model folders (``outputs``). Every rank runs the loop; only the main process wri
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +48,51 @@ from llink.train.state import (
 
 #: Saved tensors of a trainer: part name (projector, bridge, lora, ...) -> state dict.
 Parts = dict[str, dict[str, torch.Tensor]]
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A training loop stopped on request (SIGINT/SIGTERM) after saving its state."""
+
+
+class StopRequest:
+    """Whether a stop was asked for: set by the first SIGINT/SIGTERM while installed."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextmanager
+def stop_on_signal(what: str) -> Iterator[StopRequest]:
+    """Within the block, the first SIGINT or SIGTERM only sets the returned request (and
+    says so on stderr); the handlers that were there before come back at once, so a second
+    signal acts as usual (Ctrl-C raises KeyboardInterrupt). Outside the main thread,
+    where signals cannot be caught, the request is never set."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    names = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in names}
+
+    def restore() -> None:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+    def handle(signum: int, _frame: Any) -> None:
+        request.signal = signum
+        restore()
+        print(f"\n{signal.Signals(signum).name}: {what} stops after this step and saves its "
+              "state (again to stop now)", file=sys.stderr, flush=True)
+
+    for s in names:
+        signal.signal(s, handle)
+    try:
+        yield request
+    finally:
+        restore()
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -133,16 +186,24 @@ class TrainingRun:
 
         After every ``save_every``-th step and after the last one the state is saved
         (``parts()`` and ``progress()`` are read then); a run resumed at its end saves
-        nothing again.
+        nothing again. A stop asked for by SIGINT/SIGTERM (:func:`stop_on_signal`) saves
+        the state after the step under way and raises :class:`TrainingStopped`.
         """
         self.bar = tqdm(range(self.start, total), desc=self.tag,
                         disable=not self.progress, unit="step", initial=self.start, total=total)
-        for step in self.bar:
-            torch.manual_seed(step_seed(self.seed, step))
-            yield step
-            done = step + 1
-            if done % self.save_every == 0 and done < total:
-                self.checkpoint(done, opt, parts(), progress())
+        with stop_on_signal(self.title) as stop:
+            for step in self.bar:
+                torch.manual_seed(step_seed(self.seed, step))
+                yield step
+                done = step + 1
+                # every rank stops at the same step if any was asked to
+                stopping = dist.sum_floats({"stop": float(bool(stop))})["stop"] > 0
+                if (stopping or done % self.save_every == 0) and done < total:
+                    self.checkpoint(done, opt, parts(), progress())
+                if stopping and done < total:
+                    self.bar.close()
+                    raise TrainingStopped(f"{self.title} stopped after step {done} of {total}; "
+                                          f"its state is saved in {self.state_dir}")
         self.bar.close()
         if self.start < total:
             self.checkpoint(total, opt, parts(), progress())
