@@ -410,6 +410,25 @@ def test_resume_with_a_changed_setting(trained, capsys):
     assert line.startswith("llink: error: cannot resume")
 
 
+def test_run_resume_starts_a_stage_the_stopped_run_never_reached(trained, capsys):
+    """`llink run --resume` after a stop between Stage A and Stage B: Stage A resumes (at
+    its end: nothing to redo), Stage B starts from step 0 instead of refusing."""
+    cut = trained.root / "stopped-after-a"
+    shutil.copytree(trained.run, cut)
+    for name in ("stage_b", "stage_b-best", "stage_b-state"):
+        shutil.rmtree(cut / name)
+    for log in cut.glob("stage_b.*"):
+        log.unlink()
+    rc = main(["run", "--resume", "--quiet", *trained.ov("stopped-after-a", **{
+        "eval.gen_n": 2, "eval.nll_n": 2, "eval.report": "false"})])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-2000:]
+    assert "resuming Stage A from step 10" in out
+    assert f"Stage B: no saved state in {cut}, so it starts from step 0" in out
+    log = (cut / "stage_b.metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == list(range(7))
+
+
 def test_user_commands_print_no_library_deprecation_warnings(trained, capsys):
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

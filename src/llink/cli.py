@@ -488,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(sub, "run", cmd_run,
             "the main job: data, models, Stage A, retrieval table, Stage B, test NLL")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: each training stage from its saved "
+                        "state, a stage the run had not reached from its start")
 
     cfg_p = sub.add_parser("config", help="inspect configuration")
     cfg_sub = cfg_p.add_subparsers(dest="config_command", required=True, metavar="ACTION")

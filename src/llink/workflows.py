@@ -77,6 +77,7 @@ from llink.train.baseline import train_baseline
 from llink.train.loop import mixed_precision_of
 from llink.train.stage_a import compute_features, train_stage_a
 from llink.train.stage_b import EncodedExamples, evaluate_nll, tokenize_examples, train_stage_b
+from llink.train.trainer import has_saved_state
 
 
 @dataclass
@@ -357,31 +358,43 @@ def evaluate_holdout(
     return res
 
 
+def _resume_stage(cfg: Config, name: str, title: str, resume: bool) -> bool:
+    """Under ``llink run --resume``: resume a stage that saved a state, start one that did
+    not (the run was stopped before it)."""
+    if resume and not has_saved_state(cfg.run_dir, name):
+        if dist.is_main():
+            print(f"{title}: no saved state in {cfg.run_dir}, so it starts from step 0")
+        return False
+    return resume
+
+
 def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
     """The README's main job: data → models → Stage A → retrieval → Stage B → test NLL →
     generation quality (chrF/BLEU vs the base decoder on raw text) → report.
 
     ``eval.baseline=true`` also trains the direct fine-tuning baseline and adds it to the
-    comparison; ``eval.judge=MODEL`` adds the pairwise LLM judge.
+    comparison; ``eval.judge=MODEL`` adds the pairwise LLM judge. ``resume`` continues
+    each training stage from its saved state and starts those that have none.
     """
     t0 = time.time()
     cfg = session.cfg
     prepared = prepare(session)
     dist.on_main(write_json_atomic, Path(cfg.run_dir) / "data.json",
                  {"splits": prepared["splits"]})
-    run_stage_a(session, resume=resume)
+    run_stage_a(session, resume=_resume_stage(cfg, "stage_a", "Stage A", resume))
     rows = evaluate_retrieval(session, baselines=cfg.eval.retrieval_baselines)
     ood = ood_pairs_file(cfg)
     if ood:
         evaluate_retrieval(session, pairs_file=ood, baselines=False)
-    stage_b = run_stage_b(session, resume=resume)
+    stage_b = run_stage_b(session, resume=_resume_stage(cfg, "stage_b", "Stage B", resume))
     nll = evaluate_nll_on_test(session, limit=cfg.eval.nll_n)
     result: dict[str, Any] = {"retrieval": rows, "stage_b": stage_b, "test_nll": nll}
     if ood:  # do the slots still matter out of the training domain?
         result["ood_nll"] = evaluate_nll_on_test(session, limit=cfg.eval.nll_n, pairs_file=ood)
     e = cfg.eval
     if e.baseline:
-        result["baseline"] = run_baseline(session, resume=resume)
+        result["baseline"] = run_baseline(
+            session, resume=_resume_stage(cfg, "baseline", "The baseline", resume))
     result.update(dist.on_main(_main_evaluations, session) or {})
     if dist.is_main():  # the model card again, now with the held-out results
         from llink.reporting.card import write_model_card

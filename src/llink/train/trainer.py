@@ -95,6 +95,19 @@ def stop_on_signal(what: str) -> Iterator[StopRequest]:
         restore()
 
 
+def state_dir(run_dir: str | Path, name: str) -> Path:
+    """The resumable state folder of the training run ``name`` in ``run_dir``."""
+    return Path(run_dir) / f"{name}-state"
+
+
+def has_saved_state(run_dir: str | Path, name: str) -> bool:
+    """Whether ``name`` left a state in ``run_dir`` to resume from (complete or not: a
+    damaged one is refused by the resume, with the reason), as a multi-stage command
+    decides which stages to resume and which to start."""
+    folder = state_dir(run_dir, name)
+    return folder.exists() or folder.with_name(f".{folder.name}.old").exists()
+
+
 def step_seed(seed: int, step: int) -> int:
     """The global generator's seed for ``step``: dropout masks reproducible on resume (and
     different on each rank)."""
@@ -126,7 +139,7 @@ class TrainingRun:
         self.name, self.title = name, title
         self.label = title.removeprefix("the ")  # "Stage B", "baseline"
         self.tag = self.label[:1].lower() + self.label[1:]  # "stage B", "baseline"
-        self.state_dir = self.run_dir / f"{name}-state"
+        self.state_dir = state_dir(self.run_dir, name)
         self.metrics = MetricsLog(self.run_dir / f"{name}.metrics.jsonl")
         self.outputs = [self.run_dir / o for o in outputs]
         self.main = dist.is_main()
