@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The long recipe (configs/offline-long.yaml: Stage A on all 34,354 pairs, Stage B one
+# pass of 4,295 steps x 8) against the direct fine-tuning baseline at the same data,
+# steps, batch and schedule, then both and the base decoder evaluated on the same 500
+# test items with paired tests (the run folder's eval/gen.json). On 2 CPU cores the
+# baseline is the long part (~11 s a step alone: it reads ~110 Khmer tokens per example
+# where LLINK reads ~10 slots), so the two trainings run side by side, one thread each
+# (two single-threaded jobs do ~14% more work than one job on two threads here).
+#
+#   bash benchmarks/long_vs_baseline.sh          # start, or continue after any stop
+#
+# Everything is resumable: Ctrl-C (or SIGTERM to both jobs) saves each training at its
+# current step, and rerunning the script continues where they stopped. Extra arguments
+# are overrides for every command. Logs: $RUN/long-llink.log, $RUN/long-baseline.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CONFIG=${CONFIG:-configs/offline-long.yaml}
+RUN=${RUN:-runs/offline-long}
+EXTRA=("$@")
+log() { echo "[$(date +%H:%M:%S)] $*"; }
+resume_if() { [ -d "$RUN/$1-state" ] && echo --resume || true; }
+
+mkdir -p "$RUN"
+llink models prepare
+log "training LLINK and the baseline side by side (logs in $RUN/long-*.log)"
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 llink train baseline --config "$CONFIG" \
+  run_dir="$RUN" "${EXTRA[@]}" $(resume_if baseline) >> "$RUN/long-baseline.log" 2>&1 &
+baseline=$!
+OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 llink run --config "$CONFIG" run_dir="$RUN" \
+  "${EXTRA[@]}" --resume >> "$RUN/long-llink.log" 2>&1 &
+main=$!
+# a stop reaches both jobs, which save their state at the step under way
+trap 'kill -TERM $baseline $main 2>/dev/null; wait; exit 130' INT TERM
+wait $main
+log "LLINK done; waiting for the baseline"
+wait $baseline
+trap - INT TERM
+log "evaluating llink, base and baseline on the same items"
+llink run --config "$CONFIG" run_dir="$RUN" eval.baseline=true "${EXTRA[@]}" --resume
+log "done: $RUN/eval/gen.json"
