@@ -5,7 +5,8 @@
 # test items with paired tests (the run folder's eval/gen.json). On 2 CPU cores the
 # baseline is the long part (~11 s a step alone: it reads ~110 Khmer tokens per example
 # where LLINK reads ~10 slots), so the two trainings run side by side, one thread each
-# (two single-threaded jobs do ~14% more work than one job on two threads here).
+# (two single-threaded jobs do ~14% more work than one job on two threads here); when
+# LLINK is done, the baseline goes on with every thread.
 #
 #   bash benchmarks/long_vs_baseline.sh          # start, or continue after any stop
 #
@@ -31,8 +32,16 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 llink run --config "$CONFIG" run_dir="$RUN" 
 main=$!
 # a stop reaches both jobs, which save their state at the step under way
 trap 'kill -TERM $baseline $main 2>/dev/null; wait; exit 130' INT TERM
-wait $main
-log "LLINK done; waiting for the baseline"
+wait $main || { code=$?; log "LLINK stopped (exit $code); stopping the baseline"
+  kill -TERM $baseline 2>/dev/null; wait; exit $code; }
+# LLINK finishes hours before the baseline: stop the single-threaded baseline (it saves
+# its state at the step under way) and continue it on every core
+log "LLINK done; the baseline continues on all cores"
+kill -TERM $baseline 2>/dev/null || true
+wait $baseline || true
+llink train baseline --config "$CONFIG" run_dir="$RUN" "${EXTRA[@]}" \
+  $(resume_if baseline) >> "$RUN/long-baseline.log" 2>&1 &
+baseline=$!
 wait $baseline
 trap - INT TERM
 log "evaluating llink, base and baseline on the same items"
