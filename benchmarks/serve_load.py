@@ -32,16 +32,9 @@ from typing import Any
 
 from benchmarks import common
 from benchmarks.common import evenly_spaced, machine_description, pct, row
-from llink.inference.serve import (
-    ChatJob,
-    Completion,
-    LLINKBackend,
-    LLINKServer,
-    OnText,
-    Prepared,
-    ServeSettings,
-    make_server,
-)
+from llink.inference.api import ChatJob, ServeSettings
+from llink.inference.backends import Completion, LLINKBackend, OnText, Prepared
+from llink.inference.serve import LLINKServer, make_server
 
 QUICK = {"concurrency": 50, "rounds": 1, "max_tokens": 4, "requests": 40, "clients": 8,
          "old_backlog": 5}

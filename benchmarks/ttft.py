@@ -40,7 +40,8 @@ from llink.backbones.loading import resolve_dtype
 from llink.backbones.prefix_cache import PrefixCache
 from llink.config import DataConfig
 from llink.data.splits import load_splits
-from llink.inference.serve import ChatJob, LLINKBackend
+from llink.inference.api import ChatJob
+from llink.inference.backends import LLINKBackend
 from llink.method.model import PromptedDecoder
 
 TASK = "translate_to_english"

@@ -25,13 +25,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llink.cli import main
+from llink.inference.api import ServeError, ServeSettings, parse_chat_request
 from llink.inference.export import (
     META,
     export_llink,
     load_export,
     prompt_embeddings,
 )
-from llink.inference.serve import ServeError, ServeSettings, load_backend, parse_chat_request
+from llink.inference.serve import load_backend
 from llink.inference.vllm_engine import VLLMBackend
 from llink.method.model import LLINK, load_llink
 from llink.storage.checkpoints import CheckpointError, load_json

@@ -15,7 +15,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from llink import LLINK
 from llink.backbones.prefix_cache import LRU, PrefixCache, prefixed_batch, shared_length
 from llink.cli import build_parser
-from llink.inference.serve import ChatJob, LLINKBackend
+from llink.inference.api import ChatJob
+from llink.inference.backends import LLINKBackend
 from llink.method.model import LoRAMergedError, save_llink
 from llink.storage.checkpoints import CheckpointError
 

@@ -308,7 +308,7 @@ def test_infer_argument_bounds(capsys, option, value):
 def test_gate_boost_bounds_are_the_servers():
     from pydantic import ValidationError
 
-    from llink.inference.serve import LLINKFields
+    from llink.inference.api import LLINKFields
 
     args = build_parser().parse_args(["infer", "--gate-boost", "10", KM])
     assert args.gate_boost == 10.0

@@ -12,19 +12,10 @@ from typing import Any
 
 import pytest
 
-from llink.inference.serve import (
-    Backend,
-    ChatJob,
-    HFBackend,
-    LLINKBackend,
-    LLINKServer,
-    ServeError,
-    ServeSettings,
-    api_key_from_env,
-    group_by_key,
-    make_server,
-    parse_chat_request,
-)
+from llink.inference.api import ChatJob, ServeError, ServeSettings, parse_chat_request
+from llink.inference.backends import Backend, HFBackend, LLINKBackend
+from llink.inference.batcher import group_by_key
+from llink.inference.serve import LLINKServer, api_key_from_env, make_server
 from llink.method.model import load_llink
 from llink.workflows import Session, run_stage_a, run_stage_b
 
@@ -511,7 +502,7 @@ def test_stream_errors_before_the_first_token_are_plain_errors(server):
 
 
 def test_text_stream_pieces_add_up_to_the_answer():
-    from llink.inference.serve import TextStream
+    from llink.inference.batcher import TextStream
 
     pieces: list[str] = []
     stream = TextStream(pieces.append)

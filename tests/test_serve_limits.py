@@ -148,7 +148,7 @@ def test_listen_backlog_covers_the_queue(stand_in):
 def test_100_simultaneous_requests_no_resets_same_answers(tiny_llink):
     """100 connections at once against the tiny LLINK model: every one answered, each
     answer the one the same request gets alone (batched generation changes nothing)."""
-    from llink.inference.serve import LLINKBackend
+    from llink.inference.backends import LLINKBackend
 
     backend = LLINKBackend(tiny_llink, "tiny-llink")
     with serving(backend, batch_wait_ms=20, max_batch=8, **LIMITS) as srv:
@@ -173,7 +173,7 @@ def test_bounded_load_with_merged_lora_and_caches_gives_the_sequential_answers(
     as llink serve serves it (prefix cache, slot cache): every answer is the one the same
     request gets alone."""
     from benchmarks.serve_load import bounded_load
-    from llink.inference.serve import LLINKBackend
+    from llink.inference.backends import LLINKBackend
 
     backend = LLINKBackend(tiny_llink, "tiny-llink")
     texts = FOREIGN * 3

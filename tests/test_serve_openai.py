@@ -9,7 +9,8 @@ from typing import Any
 import openai
 import pytest
 
-from llink.inference.serve import ChatJob, Completion, HFBackend, LLINKBackend, Prepared
+from llink.inference.api import ChatJob
+from llink.inference.backends import Completion, HFBackend, LLINKBackend, Prepared
 
 from .test_serve import FOREIGN, LIMITS, serving, tiny_llink  # noqa: F401 (module fixture)
 

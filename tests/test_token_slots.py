@@ -110,7 +110,8 @@ def test_stage_b_with_token_slots_trains_and_round_trips(tmp_path, tiny_encoder_
         model.slots(model.encode(foreign))
     # served as llink serve serves it (prefix cache, slots cached per text with their
     # counts): the answers of generate, the second time without the encoder
-    from llink.inference.serve import ChatJob, LLINKBackend
+    from llink.inference.api import ChatJob
+    from llink.inference.backends import LLINKBackend
 
     backend = LLINKBackend(again, "tiny")
     jobs = [ChatJob((("user", t),), 3, t) for t in foreign]

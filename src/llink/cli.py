@@ -769,8 +769,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from llink.data.harvest import HarvestError
     from llink.data.synth import SynthError
     from llink.eval import EvalError
+    from llink.inference.api import ServeError
     from llink.inference.diagnostics import InputError
-    from llink.inference.serve import ServeError
     from llink.method.inject import UnknownTaskError
     from llink.remote.chat_client import EndpointError
     from llink.storage.fileio import JsonFileError

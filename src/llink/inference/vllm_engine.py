@@ -1,6 +1,6 @@
 """``llink serve --engine vllm``: our API and slots in this process, generation by vLLM.
 
-The server (:mod:`llink.inference.serve`: FastAPI, request rules, batcher) is the same; the
+The server (:mod:`llink.inference.serve`, its request rules and batcher) is the same; the
 backend differs. For each batch it computes the slots here (encoder → projector → bridge of
 an ``llink export`` folder), writes them into each prompt's input embeddings
 (:func:`llink.inference.export.embed_prompts`), and hands the embeddings to a vLLM engine
@@ -30,15 +30,9 @@ from typing import Any, Protocol
 
 import torch
 
+from llink.inference.api import ChatJob, ServeError
+from llink.inference.backends import Completion, LLINKBackend, OnText, Prepared
 from llink.inference.export import DECODER_DIR, embed_prompts, load_export
-from llink.inference.serve import (
-    ChatJob,
-    Completion,
-    LLINKBackend,
-    OnText,
-    Prepared,
-    ServeError,
-)
 
 INSTALL_HINT = "pip install 'llink[vllm]'"
 #: Logit bias that keeps the reserved tokens out of answers (vLLM clamps biases to ±100).
