@@ -20,7 +20,6 @@ from typing import Any, Protocol
 from llink.inference.api import VALID_TASKS, ChatJob, ServeError, bad_request
 
 
-# --------------------------------------------------------------------------- backends
 @dataclass
 class Prepared:
     """A job's prompt token ids, ready for a batch, and notes for the client."""

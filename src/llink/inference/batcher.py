@@ -27,7 +27,7 @@ from llink.inference.backends import Backend, Prepared
 
 log = logging.getLogger(__name__)
 
-# --------------------------------------------------------------------------- batching
+
 class TextStream:
     """A streaming request's answer as deltas: ``update`` takes the text so far after each
     step, ``finish`` the final answer; the deltas handed to ``emit`` add up to the final
