@@ -53,6 +53,7 @@ from llink.inference.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
+
 # --------------------------------------------------------------------------- responses
 def _llink_info(job: ChatJob, done: Completion) -> dict[str, Any]:
     return {"task": job.task, "strict": job.strict, "gate_boost": job.gate_boost,
