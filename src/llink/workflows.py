@@ -406,6 +406,10 @@ def run_main(session: Session, resume: bool = False) -> dict[str, Any]:
         from llink.reporting.report import write_report
 
         print(f"report: {write_report(cfg.run_dir)}")
+    if dist.is_main():
+        model = Path(cfg.run_dir) / "stage_b"
+        print(f"try it: llink infer --model {model} --strict 'ឯកសារ​ត្រូវ​បាន​រក្សាទុក។'  "
+              "(--compare: also without the slots; --file F: one text per line)")
     return {**result, "minutes": minutes}
 
 
