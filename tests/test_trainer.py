@@ -127,3 +127,37 @@ def test_the_cli_says_where_a_stopped_run_saved_and_how_to_resume(monkeypatch, c
     assert capsys.readouterr().err.strip() == (
         "llink: Stage B stopped after step 3 of 6; its state is saved in R: "
         "rerun with --resume to continue")
+
+
+def test_a_second_process_cannot_train_the_same_stage_in_the_same_folder(tmp_path):
+    """Two processes training one stage in one run folder would overwrite each other's
+    state: the second is refused, naming the first; once the first is gone it may run."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    from llink.train.trainer import RunBusy
+
+    lock = tmp_path / "run" / ".toy.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, pathlib; from llink.train.trainer import hold_run_lock; "
+         f"hold_run_lock(pathlib.Path({str(lock)!r}), 'toy'); print('held', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        _, run = _run(tmp_path, **{"stage_a.steps": 3})
+        opt = torch.optim.SGD(torch.nn.Linear(3, 1).parameters(), lr=0.1)
+        with pytest.raises(RunBusy, match=rf"toy is already training in .*process {holder.pid}"):
+            run.begin(opt, resume=False)
+        assert not run.state_dir.exists()  # nothing of the other run touched
+    finally:
+        holder.communicate("")  # the holder exits, and its lock goes with it
+    run, _, seen, _ = _train(tmp_path, 3)
+    assert seen == [2, 3]
+    from llink.train import trainer
+
+    assert run.lock == lock and lock not in trainer._HELD  # let go once the steps are done
+    assert not lock.exists()

@@ -23,6 +23,7 @@ model folders (``outputs``). Every rank runs the loop; only the main process wri
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llink.config import Config
+from llink.storage.checkpoints import CheckpointError
 from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.state import (
@@ -108,10 +110,73 @@ def has_saved_state(run_dir: str | Path, name: str) -> bool:
     return folder.exists() or folder.with_name(f".{folder.name}.old").exists()
 
 
+class RunBusy(CheckpointError):
+    """Another process is training the same stage in the same run folder."""
+
+
+_HELD: dict[Path, Any] = {}  # run locks this process holds: path -> open file
+
+
+def hold_run_lock(path: Path, title: str) -> None:
+    """Hold an exclusive lock on ``path`` (it records this process's id) until
+    :func:`release_run_lock`; raise :class:`RunBusy` when another process holds it. Two
+    processes training one stage in one folder would overwrite each other's state and
+    interleave their logs. Re-entrant within a process; no locking where ``fcntl`` is
+    unavailable (Windows)."""
+    if path in _HELD:
+        return
+    try:
+        import fcntl
+    except ImportError:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held until released)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise RunBusy(
+                f"{title} is already training in {path.parent} (process {holder}): wait for "
+                "it, stop it (Ctrl-C or SIGTERM saves its state, then --resume continues it), "
+                "or give this run another run_dir") from None
+        try:  # the holder before us may have removed the file it locked: lock the new one
+            if os.stat(path).st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    _HELD[path] = fh
+
+
+def release_run_lock(path: Path) -> None:
+    """Let go of a lock taken by :func:`hold_run_lock` and remove its file (nothing if not
+    held)."""
+    fh = _HELD.pop(path, None)
+    if fh is not None:
+        path.unlink(missing_ok=True)  # removed while still locked: no one is left waiting on it
+        fh.close()  # closing the file releases the lock
+
+
 def step_seed(seed: int, step: int) -> int:
     """The global generator's seed for ``step``: dropout masks reproducible on resume (and
     different on each rank)."""
     return seed * 7919 + step + 1_000_003 * dist.rank()
+
+
+@contextmanager
+def _releasing_on_error(lock: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        release_run_lock(lock)
+        raise
 
 
 class TrainingRun:
@@ -140,6 +205,7 @@ class TrainingRun:
         self.label = title.removeprefix("the ")  # "Stage B", "baseline"
         self.tag = self.label[:1].lower() + self.label[1:]  # "stage B", "baseline"
         self.state_dir = state_dir(self.run_dir, name)
+        self.lock = self.run_dir / f".{name}.lock"
         self.metrics = MetricsLog(self.run_dir / f"{name}.metrics.jsonl")
         self.outputs = [self.run_dir / o for o in outputs]
         self.main = dist.is_main()
@@ -160,16 +226,22 @@ class TrainingRun:
         ``outputs``) are removed first; every rank waits until the main process is done.
         """
         parts = None
-        if self.main:
-            clean_stale_states(self.state_dir, *self.outputs)
-        if resume:
-            self.start, parts = load_state(self.state_dir, self.label, self.settings, opt)
-            self.earlier = saved_progress(self.state_dir)
+        if self.main:  # held until the steps are done (or the process ends)
+            hold_run_lock(self.lock, self.label)
+        try:
             if self.main:
-                self.metrics.truncate_after(self.start)
-                print(f"resuming {self.title} from step {self.start} ({self.state_dir})")
-        elif self.main and self.metrics.path.exists():
-            self.metrics.path.unlink()
+                clean_stale_states(self.state_dir, *self.outputs)
+            if resume:
+                self.start, parts = load_state(self.state_dir, self.label, self.settings, opt)
+                self.earlier = saved_progress(self.state_dir)
+                if self.main:
+                    self.metrics.truncate_after(self.start)
+                    print(f"resuming {self.title} from step {self.start} ({self.state_dir})")
+            elif self.main and self.metrics.path.exists():
+                self.metrics.path.unlink()
+        except BaseException:
+            release_run_lock(self.lock)
+            raise
         dist.barrier()  # nobody loads the state while the main process may replace it
         return parts
 
@@ -204,7 +276,7 @@ class TrainingRun:
         """
         self.bar = tqdm(range(self.start, total), desc=self.tag,
                         disable=not self.progress, unit="step", initial=self.start, total=total)
-        with stop_on_signal(self.title) as stop:
+        with stop_on_signal(self.title) as stop, _releasing_on_error(self.lock):
             for step in self.bar:
                 torch.manual_seed(step_seed(self.seed, step))
                 yield step
@@ -220,6 +292,7 @@ class TrainingRun:
         self.bar.close()
         if self.start < total:
             self.checkpoint(total, opt, parts(), progress())
+        release_run_lock(self.lock)
 
     def is_eval(self, done: int, total: int) -> bool:
         """Whether the dev set is evaluated after ``done`` steps (every ``eval_every``, last)."""
