@@ -31,8 +31,6 @@ from llink.method.inject import TASKS, instruction_text
 
 VALID_TASKS = (*TASKS, "ask")
 FOREIGN_SPAN = re.compile(r"<foreign>(.*?)</foreign>", re.DOTALL)
-JSON_TYPE = "application/json"
-ENDPOINTS = "GET /health, GET /v1/models, POST /v1/chat/completions"
 
 
 class ServeError(RuntimeError):

@@ -38,8 +38,6 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llink.inference.api import (
-    ENDPOINTS,
-    JSON_TYPE,
     ApiError,
     ChatJob,
     ChatRequest,
@@ -52,6 +50,9 @@ from llink.inference.backends import Backend, Completion, HFBackend, LLINKBacken
 from llink.inference.batcher import Batcher
 
 log = logging.getLogger(__name__)
+
+JSON_TYPE = "application/json"
+ENDPOINTS = "GET /health, GET /v1/models, POST /v1/chat/completions"
 
 
 # --------------------------------------------------------------------------- responses

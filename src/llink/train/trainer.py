@@ -172,6 +172,7 @@ def step_seed(seed: int, step: int) -> int:
 
 @contextmanager
 def _releasing_on_error(lock: Path) -> Iterator[None]:
+    """Within: an exception (a stop, a failed resume) lets go of ``lock`` on its way out."""
     try:
         yield
     except BaseException:
@@ -228,7 +229,7 @@ class TrainingRun:
         parts = None
         if self.main:  # held until the steps are done (or the process ends)
             hold_run_lock(self.lock, self.label)
-        try:
+        with _releasing_on_error(self.lock):
             if self.main:
                 clean_stale_states(self.state_dir, *self.outputs)
             if resume:
@@ -239,9 +240,6 @@ class TrainingRun:
                     print(f"resuming {self.title} from step {self.start} ({self.state_dir})")
             elif self.main and self.metrics.path.exists():
                 self.metrics.path.unlink()
-        except BaseException:
-            release_run_lock(self.lock)
-            raise
         dist.barrier()  # nobody loads the state while the main process may replace it
         return parts
 
