@@ -144,3 +144,26 @@ def test_teacher_state_of_a_text_is_the_same_alone_or_batched(tiny_decoder_dir):
     for i, text in enumerate(texts):
         alone = dec.teacher_states([text], batch_size=32, layer=1, pooling="mean")
         assert torch.equal(alone[0], together[i])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_head_gets_a_refolded_last_position_in_half_precision(tiny_decoder_dir, dtype):
+    # Generation feeds the head a last-position slice; in bf16 on the CPU torch would copy
+    # the whole transposed head weight per call for it (pytorch#151934), so the decoder
+    # hands the head fresh strides instead. float32 inputs pass through untouched.
+    dec = FrozenDecoder.from_pretrained(str(tiny_decoder_dir), num_slots=2, dtype=dtype)
+    head = dec.model.get_output_embeddings()
+    seen: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    hidden = torch.randn(2, 5, dec.hidden_size).to(dtype)
+    last = hidden[:, -1:, :]
+    with torch.no_grad():
+        out = head(last)
+        ref = head(last.reshape(2, dec.hidden_size)).unsqueeze(1)
+    handle.remove()
+    if dtype == torch.bfloat16:
+        assert seen[0] is not last and seen[0].stride(0) == dec.hidden_size
+        assert torch.equal(out, ref)  # the same matrix product as a 2-D input
+    else:
+        assert seen[0] is last
+        torch.testing.assert_close(out, ref)

@@ -88,6 +88,24 @@ def add_reserved_tokens(
     return ReservedTokens(ids[0], ids[1], ids[2], tuple(ids[3:]))
 
 
+def _restride_head_input(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Forward pre-hook of the output head: give a half-precision CPU input fresh strides.
+
+    Generation feeds the head the prompt's last position, a slice whose batch stride is
+    not rows × width. For bfloat16/float16 on the CPU, ``linear`` then does not fold it
+    into one matrix product: it runs ``bmm`` and copies the whole transposed head weight
+    on every call (pytorch/pytorch#151934; ~200 ms for SmolLM2-135M's head, 25 times the
+    product itself). A copy of the small input takes the fast path; float32 and other
+    devices are left alone.
+    """
+    x = args[0]
+    if (isinstance(x, torch.Tensor) and x.dim() == 3 and x.device.type == "cpu"
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and x.stride(0) != x.shape[1] * x.shape[2]):
+        return (torch.empty(x.shape, dtype=x.dtype).copy_(x), *args[1:])
+    return None
+
+
 class _StopForward(Exception):
     """Raised by a forward hook to end a pass once the wanted layer has run."""
 
@@ -112,6 +130,9 @@ class FrozenDecoder:
         #: Fingerprint of the base weights, taken before reserved tokens or adapters.
         self.fingerprint = module_fingerprint(model)
         self.reserved = add_reserved_tokens(tokenizer, model, num_slots, seed=seed)
+        head = model.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(_restride_head_input)
         #: Digest of the tokenizer with the reserved tokens added.
         self.tokenizer_fingerprint = tokenizer_digest(tokenizer)
 
