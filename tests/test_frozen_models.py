@@ -146,8 +146,9 @@ def test_teacher_state_of_a_text_is_the_same_alone_or_batched(tiny_decoder_dir):
         assert torch.equal(alone[0], together[i])
 
 
+@pytest.mark.parametrize("rows", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_head_gets_a_refolded_last_position_in_half_precision(tiny_decoder_dir, dtype):
+def test_head_gets_a_refolded_last_position_in_half_precision(tiny_decoder_dir, dtype, rows):
     # Generation feeds the head a last-position slice; in bf16 on the CPU torch would copy
     # the whole transposed head weight per call for it (pytorch#151934), so the decoder
     # hands the head fresh strides instead. float32 inputs pass through untouched.
@@ -155,11 +156,11 @@ def test_head_gets_a_refolded_last_position_in_half_precision(tiny_decoder_dir, 
     head = dec.model.get_output_embeddings()
     seen: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-    hidden = torch.randn(2, 5, dec.hidden_size).to(dtype)
+    hidden = torch.randn(rows, 5, dec.hidden_size).to(dtype)
     last = hidden[:, -1:, :]
     with torch.no_grad():
         out = head(last)
-        ref = head(last.reshape(2, dec.hidden_size)).unsqueeze(1)
+        ref = head(last.reshape(rows, dec.hidden_size)).unsqueeze(1)
     handle.remove()
     if dtype == torch.bfloat16:
         assert seen[0] is not last and seen[0].stride(0) == dec.hidden_size

@@ -95,14 +95,15 @@ def _restride_head_input(_module: torch.nn.Module, args: tuple[Any, ...]) -> tup
     not rows × width. For bfloat16/float16 on the CPU, ``linear`` then does not fold it
     into one matrix product: it runs ``bmm`` and copies the whole transposed head weight
     on every call (pytorch/pytorch#151934; ~200 ms for SmolLM2-135M's head, 25 times the
-    product itself). A copy of the small input takes the fast path; float32 and other
-    devices are left alone.
+    product itself). A copy of the small input with contiguous strides takes the fast path
+    (``contiguous()`` is not enough: at batch 1 the slice already counts as contiguous);
+    float32 and other devices are left alone.
     """
     x = args[0]
     if (isinstance(x, torch.Tensor) and x.dim() == 3 and x.device.type == "cpu"
             and x.dtype in (torch.bfloat16, torch.float16)
             and x.stride(0) != x.shape[1] * x.shape[2]):
-        return (torch.empty(x.shape, dtype=x.dtype).copy_(x), *args[1:])
+        return (x.clone(memory_format=torch.contiguous_format), *args[1:])
     return None
 
 
