@@ -10,6 +10,10 @@
 #
 #   bash benchmarks/long_vs_baseline.sh          # start, or continue after any stop
 #
+# Both keep their models of steps 1,250, 2,500 and 3,750 (stage_b.snapshot_every, in
+# $RUN/stage_b-stepN and $RUN/baseline-stepN), for comparisons at equal steps on the way:
+#   llink eval gen --config "$CONFIG" run_dir=$RUN/at-N --systems llink,base,baseline \
+#     --model $RUN/stage_b-stepN --baseline $RUN/baseline-stepN
 # Everything is resumable: Ctrl-C (or SIGTERM to both jobs) saves each training at its
 # current step, and rerunning the script continues where they stopped. Extra arguments
 # are overrides for every command. Logs: $RUN/long-llink.log, $RUN/long-baseline.log.

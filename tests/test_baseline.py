@@ -25,7 +25,7 @@ def _cfg(root, enc, dec, run="run", **over):
 def trained(tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
     root = tmp_path_factory.mktemp("baseline")
     make_pair_file(root)
-    cfg = _cfg(root, tiny_encoder_dir, tiny_decoder_dir)
+    cfg = _cfg(root, tiny_encoder_dir, tiny_decoder_dir, **{"stage_b.snapshot_every": 6})
     session = Session(cfg, progress=False)
     summary = run_baseline(session)
     return cfg, session, summary, root
@@ -66,6 +66,25 @@ def test_baseline_loads_back_with_the_same_nll_and_generates(trained):
     prompts = [model.prompt_ids("translate_to_english", foreign_text=it.foreign)
                for it in items[:3]]
     assert outs == greedy_reference(model, prompts, max_new_tokens=4)
+
+
+def test_baseline_snapshot_is_the_model_of_its_step(trained):
+    """``snapshot_every=6`` keeps the model after step 6 (12 is the final one): loaded back,
+    its dev NLL is the one the run logged at step 6."""
+    cfg, session, _, root = trained
+    run = root / "run"
+    assert [p.name for p in run.glob("baseline-step*")] == ["baseline-step6"]
+    model = load_baseline(run / "baseline-step6")
+    assert json.loads((run / "baseline-step6" / "baseline.json").read_text())["step"] == 6
+    from llink.train.baseline import evaluate_raw_nll
+    from llink.train.stage_b import tokenize_examples
+
+    items = stage_b_items(session, "dev")[: cfg.stage_b.eval_pairs]
+    dev = tokenize_examples(model, items, cfg.stage_b.max_answer_tokens, raw_foreign=True)
+    recs = [json.loads(x) for x in (run / "baseline.metrics.jsonl").read_text().splitlines()]
+    logged = next(r["dev_nll"] for r in recs if r["step"] == 6 and "dev_nll" in r)
+    assert evaluate_raw_nll(model, dev, cfg.stage_b.micro_batch) == pytest.approx(logged,
+                                                                                  rel=1e-5)
 
 
 def test_baseline_resume_matches_uninterrupted(trained, tiny_encoder_dir, tiny_decoder_dir,

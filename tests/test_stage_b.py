@@ -28,7 +28,7 @@ def _b_cfg(tmp_path, enc, dec, pairs, run="run", **over):
 
 #: the shared run: 5 bridge-only steps, then 5 with LoRA at a rate the tiny model learns at
 TRAINED = {"stage_b.steps": 10, "stage_b.bridge_warmup_steps": 5, "stage_b.eval_every": 5,
-           "stage_b.lr_lora": 5e-3}
+           "stage_b.lr_lora": 5e-3, "stage_b.snapshot_every": 3}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +106,27 @@ def test_stage_b_trains_and_writes_artifacts(trained):
     assert phases == ["bridge"] * 5 + ["lora"] * 5
     assert {"nll", "nll_ablated", "nll_mismatched", "bow", "loss"} <= set(recs[-1])
     assert {"nll_injected", "nll_ablated", "usage_gap", "nll_base_raw"} <= set(summary["dev_final"])
+
+
+def test_snapshots_keep_the_model_of_their_step(trained, stage_b_probe):
+    """``snapshot_every=3`` keeps the models after steps 3, 6 and 9 (10 is the final one);
+    each loads back with the LoRA weights the run had then."""
+    from llink import LLINK
+
+    _, session, _, root = trained
+    run = root / "run"
+    assert sorted(p.name for p in run.glob("stage_b-step*")) == [
+        "stage_b-step3", "stage_b-step6", "stage_b-step9"]
+    for step in (6, 9):  # LoRA trains from step 5 on: these differ
+        folder = run / f"stage_b-step{step}"
+        assert json.loads((folder / "llink.json").read_text())["step"] == step
+        kept = LLINK.from_pretrained(str(folder), encoder=session.encoder)
+        lora = {n: p for n, p in kept.lm.named_parameters() if "lora_" in n}
+        want = stage_b_probe["lora_at"][step]  # the weights at the start of step `step`
+        assert lora.keys() == want.keys()
+        assert all(torch.equal(lora[n], want[n]) for n in want)
+    assert not all(torch.equal(stage_b_probe["lora_at"][6][n], stage_b_probe["lora_at"][9][n])
+                   for n in stage_b_probe["lora_at"][9])
 
 
 def test_stage_b_learns_to_read_the_slots(trained):

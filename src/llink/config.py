@@ -184,6 +184,9 @@ class StageBConfig:
     eval_every: int = 40
     eval_pairs: int = 64
     save_every: int = 40
+    # also keep the model every N steps (stage_b-stepN/, baseline-stepN/), to compare
+    # systems at equal steps part-way through a long run; 0: only the final and best
+    snapshot_every: int = 0
 
 
 #: The literal bias (:class:`llink.method.literals.LiteralBias`) of ``llink infer`` and the
@@ -533,6 +536,7 @@ RANGES: dict[tuple[str, str], Range] = {
     ("stage_b", "eval_every"): _count(1),
     ("stage_b", "eval_pairs"): _count(1),
     ("stage_b", "save_every"): _count(1),
+    ("stage_b", "snapshot_every"): _count(0),
     ("eval", "gen_n"): _count(0),  # 0: skip generation
     ("eval", "nll_n"): _count(1),
     ("eval", "max_new_tokens"): _count(1),

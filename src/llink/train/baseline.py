@@ -181,6 +181,7 @@ def train_baseline(
                 dist.on_main(save_baseline, run.run_dir / f"{STAGE}-best", model,
                              {**meta, "step": done, "dev": {"nll": dev_nll}})
         run.record(record, echo=is_eval, loss=f"{loss:.3f}")
+        run.snapshot(done, b.steps, lambda d, s: save_baseline(d, model, {**meta, "step": s}))
     final = {"nll": evaluate_raw_nll(model, dev, b.micro_batch),
              "nll_base_raw": evaluate_raw_nll(model, dev, b.micro_batch, base=True)}
     summary = run.summary(b.steps, final, best, dev_start, train_examples=n,

@@ -37,7 +37,7 @@ from llink.train.schedules import warmup_linear
 from llink.train.state import batch_indices, language_groups, step_batch
 from llink.train.trainer import BestDev, Parts, TrainingRun
 
-RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs"}
+RESUMABLE_CHANGES = {"steps", "eval_every", "save_every", "eval_pairs", "snapshot_every"}
 STOP_WORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been "
     "being it its this that these those there here you your we our they their he she his "
@@ -358,6 +358,7 @@ def train_stage_b(
                 dist.on_main(save_llink, run.run_dir / "stage_b-best", model,
                              {**meta, "step": done, "dev": dev_m})
         run.record(record, echo=is_eval, loss=f"{stats['loss']:.3f}")
+        run.snapshot(done, b.steps, lambda d, s: save_llink(d, model, {**meta, "step": s}))
     final_dev = evaluate_nll(model, dev, b.micro_batch, with_base=True)
     summary = run.summary(b.steps, final_dev, best, base_dev)
     dist.on_main(

@@ -17,8 +17,10 @@ finishes, the state is saved at it, and :class:`TrainingStopped` (a ``KeyboardIn
 ends the run, so ``--resume`` loses nothing; a second signal stops at once.
 
 Files of a run named ``NAME`` in ``run_dir``: ``NAME.metrics.jsonl`` (the log),
-``NAME-state`` (the resumable state, :mod:`llink.train.state`), and the trainer's own
-model folders (``outputs``). Every rank runs the loop; only the main process writes.
+``NAME-state`` (the resumable state, :mod:`llink.train.state`), the trainer's own
+model folders (``outputs``) and, with ``snapshot_every``, ``NAME-stepN`` (the model
+kept at step N, :meth:`TrainingRun.snapshot`). Every rank runs the loop; only the main
+process writes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llink.config import Config
-from llink.storage.checkpoints import CheckpointError
+from llink.storage.checkpoints import CheckpointError, remove_stale_temporaries
 from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.state import (
@@ -214,6 +216,7 @@ class TrainingRun:
         self.seed = cfg.seed
         self.settings = fixed_settings(stage_cfg, may_change)
         self.eval_every, self.save_every = stage_cfg.eval_every, stage_cfg.save_every
+        self.snapshot_every = getattr(stage_cfg, "snapshot_every", 0)
         self.start = 0  # the first step this process runs (the saved step on resume)
         self.earlier: dict[str, Any] = {}  # progress saved before a resume (best, time)
         self.bar: Any = None
@@ -291,6 +294,21 @@ class TrainingRun:
         if self.start < total:
             self.checkpoint(total, opt, parts(), progress())
         release_run_lock(self.lock)
+
+    def snapshot(self, done: int, total: int, save: Callable[[Path, int], Any]) -> Path | None:
+        """Keep the model after ``done`` steps when ``snapshot_every`` divides it:
+        ``save(folder, done)`` writes ``run_dir/NAME-stepN`` (main process; the final model
+        is ``NAME``). Returns the folder, or None when no snapshot is due."""
+        if not self.snapshot_every or done % self.snapshot_every or done >= total:
+            return None
+        folder = self.run_dir / f"{self.name}-step{done}"
+
+        def write() -> None:
+            remove_stale_temporaries(folder)  # of a write a hard kill interrupted
+            save(folder, done)
+
+        dist.on_main(write)
+        return folder
 
     def is_eval(self, done: int, total: int) -> bool:
         """Whether the dev set is evaluated after ``done`` steps (every ``eval_every``, last)."""
