@@ -11,9 +11,8 @@
 #   bash benchmarks/long_vs_baseline.sh          # start, or continue after any stop
 #
 # Both keep their models of steps 1,250, 2,500 and 3,750 (stage_b.snapshot_every, in
-# $RUN/stage_b-stepN and $RUN/baseline-stepN), for comparisons at equal steps on the way:
-#   llink eval gen --config "$CONFIG" run_dir=$RUN/at-N --systems llink,base,baseline \
-#     --model $RUN/stage_b-stepN --baseline $RUN/baseline-stepN
+# $RUN/stage_b-stepN and $RUN/baseline-stepN), for comparisons at equal steps on the way;
+# the script evaluates each pair when both trainings are done ($RUN/at-N/eval/gen.json).
 # Everything is resumable: Ctrl-C (or SIGTERM to both jobs) saves each training at its
 # current step, and rerunning the script continues where they stopped. Extra arguments
 # are overrides for every command. Logs: $RUN/long-llink.log, $RUN/long-baseline.log.
@@ -51,3 +50,13 @@ trap - INT TERM
 log "evaluating llink, base and baseline on the same items"
 llink run --config "$CONFIG" run_dir="$RUN" eval.baseline=true "${EXTRA[@]}" --resume
 log "done: $RUN/eval/gen.json"
+# the learning curve at equal steps: each pair of snapshots on the same 500 items (the
+# base decoder does not train: its row is the final evaluation's)
+for kept in "$RUN"/stage_b-step*; do
+  step=${kept##*-step}
+  [ -d "$RUN/baseline-step$step" ] || continue
+  log "evaluating the models of step $step"
+  llink eval gen --config "$CONFIG" run_dir="$RUN/at-$step" --systems llink,baseline \
+    --model "$kept" --baseline "$RUN/baseline-step$step" "${EXTRA[@]}"
+done
+log "done: $RUN/at-*/eval/gen.json"
