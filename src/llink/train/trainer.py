@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from llink.config import Config
-from llink.storage.checkpoints import CheckpointError, remove_stale_temporaries
+from llink.storage.checkpoints import CheckpointError
 from llink.storage.runlog import MetricsLog
 from llink.train import distributed as dist
 from llink.train.state import (
@@ -302,12 +302,7 @@ class TrainingRun:
         if not self.snapshot_every or done % self.snapshot_every or done >= total:
             return None
         folder = self.run_dir / f"{self.name}-step{done}"
-
-        def write() -> None:
-            remove_stale_temporaries(folder)  # of a write a hard kill interrupted
-            save(folder, done)
-
-        dist.on_main(write)
+        dist.on_main(save, folder, done)  # atomic, like every model folder (save_folder)
         return folder
 
     def is_eval(self, done: int, total: int) -> bool:
